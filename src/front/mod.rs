@@ -1,0 +1,9 @@
+//! The HTTP/1.1 and WebSocket front end: bytes in, requests and messages out.
+//!
+//! - [`http`]: request parsing with limits (httparse) and response writing.
+//! - [`form`]: `application/x-www-form-urlencoded` bodies.
+//! - [`ws`]: the sans-IO WebSocket codec (server side for Twilio, client side for OpenAI) and
+//!   the opening handshakes.
+pub mod form;
+pub mod http;
+pub mod ws;

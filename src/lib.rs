@@ -1,0 +1,33 @@
+//! callbridge: an edge proxy that puts an OpenAI Realtime voice agent on a Twilio phone call.
+//!
+//! ```text
+//!  caller ─ PSTN ─ Twilio ──(Media Streams, WebSocket, JSON + base64 μ-law)──▶ callbridge
+//!                                                                               │
+//!         front/ (HTTP + WebSocket codec) ─▶ twilio/ (events) ─▶ bridge::Call ◀─ openai/ (events)
+//!                                                                               │
+//!                                   OpenAI Realtime ◀──(WebSocket, GA events, audio/pcmu)──┘
+//! ```
+//!
+//! The per-call logic lives in a sans-IO state machine ([`bridge::Call`]): drivers feed it parsed
+//! events and the current time through `handle_*`, and drain what to send through `poll_*`.
+//! Protocol modules never touch a socket or the clock; `runtime/` moves bytes.
+//!
+//! # Layout
+//! - [`config`]: the typed configuration (environment variables and flags).
+//! - [`wire`]: small shared codecs for untrusted bytes: base64 checks, a flat JSON scanner.
+//! - [`front`]: HTTP/1.1 request parsing (httparse), form bodies, the WebSocket codec, routes.
+//! - [`twilio`]: Media Streams events, TwiML, request signatures, signed stream ids.
+//! - [`openai`]: Realtime GA events, `session.update`, the client connection, the mock server.
+//! - [`bridge`]: the per-call state machine and its playout ledger (barge-in accounting).
+//! - [`runtime`]: the IO driver (tokio, epoll).
+//! - [`sim`]: a simulated Twilio caller, used by the demo, the tests and the load test.
+#![warn(missing_docs, unreachable_pub)]
+
+pub mod bridge;
+pub mod config;
+pub mod front;
+pub mod openai;
+pub mod runtime;
+pub mod sim;
+pub mod twilio;
+pub mod wire;

@@ -1,0 +1,1 @@
+//! The scripted mock OpenAI Realtime server (in progress).

@@ -1,0 +1,7 @@
+//! OpenAI Realtime (GA interface): events, `session.update`, the client, the mock server.
+//!
+//! - [`events`]: parse server events (borrowing), encode client events into reused buffers.
+//! - [`session`]: the agent's settings and the `session.update` built from them.
+pub mod events;
+pub mod mock;
+pub mod session;

@@ -1,0 +1,1 @@
+//! Base64 checks without decoding (filled in by the twilio-wire work).
