@@ -1,1 +1,529 @@
-//! Configuration.
+//! The typed configuration of `callbridge serve`: environment variables and flags (a flag wins),
+//! validated at start with messages that say what to set.
+//!
+//! Names follow the original Node backend where one existed (`PORT`, `USE_OPENAI_REALTIME`,
+//! `OPENAI_REALTIME_API_KEY`, `LOG_EVENT_TYPES`, …).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::Args;
+
+use crate::openai::session::{AgentSettings, TurnDetection};
+
+/// The real Realtime endpoint; `{model}` is replaced by `OPENAI_REALTIME_MODEL`.
+pub const DEFAULT_OPENAI_URL: &str = "wss://api.openai.com/v1/realtime?model={model}";
+
+/// OpenAI event types logged at info level when `LOG_EVENT_TYPES` is not set: the ones that
+/// tell the story of a call without the per-frame audio events.
+pub const DEFAULT_LOG_EVENT_TYPES: &str = "error,session.created,session.updated,input_audio_buffer.speech_started,\
+input_audio_buffer.speech_stopped,input_audio_buffer.committed,response.done,conversation.item.truncated";
+
+/// Settings of `callbridge serve` (also used by `demo`).
+#[derive(Debug, Clone, Args)]
+pub struct ServeArgs {
+    /// Address to listen on (overrides PORT's 0.0.0.0:PORT).
+    #[arg(long, env = "LISTEN")]
+    pub listen: Option<SocketAddr>,
+    /// Port to listen on, on all interfaces.
+    #[arg(long, env = "PORT", default_value_t = 8080)]
+    pub port: u16,
+    /// Bridge calls to OpenAI Realtime; `false` answers every call with the legacy conference.
+    #[arg(long, env = "USE_OPENAI_REALTIME", default_value_t = true, action = clap::ArgAction::Set)]
+    pub use_openai_realtime: bool,
+    /// OpenAI API key (also read from OPENAI_API_KEY).
+    #[arg(long, env = "OPENAI_REALTIME_API_KEY", hide_env_values = true)]
+    pub openai_api_key: Option<String>,
+    /// Realtime model.
+    #[arg(long, env = "OPENAI_REALTIME_MODEL", default_value = "gpt-realtime")]
+    pub openai_model: String,
+    /// Realtime WebSocket URL (`ws://` allowed for a local mock); `{model}` is substituted.
+    #[arg(long, env = "OPENAI_REALTIME_URL", default_value = DEFAULT_OPENAI_URL)]
+    pub openai_url: String,
+    /// Extra CA certificates (PEM) trusted for the OpenAI connection, besides the webpki roots.
+    #[arg(long, env = "OPENAI_EXTRA_CA_FILE")]
+    pub openai_extra_ca_file: Option<PathBuf>,
+    /// Seconds allowed for TCP + TLS + WebSocket handshake to OpenAI.
+    #[arg(long, env = "OPENAI_CONNECT_TIMEOUT_SECS", default_value_t = 5.0)]
+    pub openai_connect_timeout_secs: f64,
+    /// Seconds from the Twilio upgrade until `session.updated` must have arrived.
+    #[arg(long, env = "OPENAI_SESSION_TIMEOUT_SECS", default_value_t = 10.0)]
+    pub openai_session_timeout_secs: f64,
+    /// Public host name Twilio reaches us at (for stream URLs and signatures); else the Host header.
+    #[arg(long, env = "PUBLIC_HOST")]
+    pub public_host: Option<String>,
+    /// Twilio auth token: when set, webhook and upgrade signatures are checked.
+    #[arg(long, env = "TWILIO_AUTH_TOKEN", hide_env_values = true)]
+    pub twilio_auth_token: Option<String>,
+    /// Secret that signs stream URLs; share it between instances. Random per process when unset.
+    #[arg(long, env = "STREAM_SECRET", hide_env_values = true)]
+    pub stream_secret: Option<String>,
+    /// Seconds a minted stream URL stays valid.
+    #[arg(long, env = "STREAM_TTL_SECS", default_value_t = 120)]
+    pub stream_ttl_secs: u64,
+    /// Most concurrent calls; past it callers get the legacy conference.
+    #[arg(long, env = "MAX_CALLS", default_value_t = 2000)]
+    pub max_calls: usize,
+    /// Conference room of the legacy path; `{CallSid}` is replaced by the call's sid.
+    #[arg(long, env = "CONFERENCE_NAME", default_value = "support-{CallSid}")]
+    pub conference_name: String,
+    /// Text said before joining the conference (empty: say nothing).
+    #[arg(long, env = "FALLBACK_SAY", default_value = "担当者におつなぎします。")]
+    pub fallback_say: String,
+    /// Language of FALLBACK_SAY.
+    #[arg(long, env = "FALLBACK_SAY_LANGUAGE", default_value = "ja-JP")]
+    pub fallback_say_language: String,
+    /// OpenAI event types logged at info, comma-separated (`all` logs every type).
+    #[arg(long, env = "LOG_EVENT_TYPES", default_value = DEFAULT_LOG_EVENT_TYPES)]
+    pub log_event_types: String,
+    /// Directory of the embedded store.
+    #[arg(long, env = "DATA_DIR", default_value = "./data")]
+    pub data_dir: PathBuf,
+    /// Seconds to wait for a complete HTTP request head and body.
+    #[arg(long, env = "HTTP_READ_TIMEOUT_SECS", default_value_t = 10.0)]
+    pub http_read_timeout_secs: f64,
+    /// Agent id announced in the stream parameters.
+    #[arg(long, env = "AGENT_ID", default_value = "default")]
+    pub agent_id: String,
+    /// Agent voice.
+    #[arg(long, env = "AGENT_VOICE", default_value = "marin")]
+    pub agent_voice: String,
+    /// Agent instructions (system prompt).
+    #[arg(
+        long,
+        env = "AGENT_INSTRUCTIONS",
+        default_value = "You are a friendly phone receptionist. Answer briefly and politely."
+    )]
+    pub agent_instructions: String,
+    /// What the agent says first, if anything.
+    #[arg(long, env = "AGENT_GREETING")]
+    pub agent_greeting: Option<String>,
+    /// Caller language (ISO-639-1, e.g. `ja`) for transcription.
+    #[arg(long, env = "AGENT_LANGUAGE")]
+    pub agent_language: Option<String>,
+    /// Input transcription model (empty: no caller transcripts).
+    #[arg(long, env = "TRANSCRIPTION_MODEL", default_value = "gpt-4o-transcribe")]
+    pub transcription_model: String,
+    /// Server VAD threshold (0.0–1.0).
+    #[arg(long, env = "VAD_THRESHOLD", default_value_t = 0.5)]
+    pub vad_threshold: f64,
+    /// Server VAD prefix padding, ms.
+    #[arg(long, env = "VAD_PREFIX_PADDING_MS", default_value_t = 300)]
+    pub vad_prefix_padding_ms: u32,
+    /// Server VAD silence that ends a turn, ms.
+    #[arg(long, env = "VAD_SILENCE_DURATION_MS", default_value_t = 500)]
+    pub vad_silence_duration_ms: u32,
+    /// JSON file with a list of OpenAI function tool definitions.
+    #[arg(long, env = "AGENT_TOOLS_FILE")]
+    pub agent_tools_file: Option<PathBuf>,
+}
+
+/// Why the configuration was refused.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// The real OpenAI endpoint needs a key.
+    #[error(
+        "no OpenAI API key: set OPENAI_REALTIME_API_KEY (or OPENAI_API_KEY), or point OPENAI_REALTIME_URL \
+         at a local mock (ws://127.0.0.1:PORT/...), or set USE_OPENAI_REALTIME=false"
+    )]
+    MissingApiKey,
+    /// The OpenAI URL is not usable.
+    #[error("OPENAI_REALTIME_URL {url:?}: {why}")]
+    BadOpenAiUrl {
+        /// The URL.
+        url: String,
+        /// What is wrong.
+        why: &'static str,
+    },
+    /// A value is out of range.
+    #[error("{name}: {why}")]
+    Invalid {
+        /// The setting.
+        name: &'static str,
+        /// What is wrong.
+        why: String,
+    },
+    /// The tools file cannot be used.
+    #[error("AGENT_TOOLS_FILE {path}: {why}")]
+    ToolsFile {
+        /// The file.
+        path: String,
+        /// What is wrong.
+        why: String,
+    },
+}
+
+/// A parsed `ws://` or `wss://` URL.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WsUrl {
+    /// TLS (`wss`) or not.
+    pub tls: bool,
+    /// Host name or address (no brackets for IPv6).
+    pub host: String,
+    /// Port (default 443 / 80).
+    pub port: u16,
+    /// Path and query, starting with `/`.
+    pub path_and_query: String,
+}
+
+impl WsUrl {
+    /// Parses `ws://host[:port]/path?query` or `wss://…`.
+    pub fn parse(url: &str) -> Result<Self, &'static str> {
+        let (tls, rest) = if let Some(r) = url.strip_prefix("wss://") {
+            (true, r)
+        } else if let Some(r) = url.strip_prefix("ws://") {
+            (false, r)
+        } else {
+            return Err("must start with ws:// or wss://");
+        };
+        let (authority, path) = match rest.find(['/', '?']) {
+            Some(i) => (&rest[..i], &rest[i..]),
+            None => (rest, "/"),
+        };
+        let path_and_query = if path.starts_with('?') {
+            format!("/{path}")
+        } else {
+            path.to_owned()
+        };
+        let default_port = if tls { 443 } else { 80 };
+        let (host, port) = if let Some(stripped) = authority.strip_prefix('[') {
+            let (h, after) = stripped.split_once(']').ok_or("unclosed [ in host")?;
+            let port = match after.strip_prefix(':') {
+                Some(p) => p.parse().map_err(|_| "bad port")?,
+                None if after.is_empty() => default_port,
+                None => return Err("garbage after ]"),
+            };
+            (h.to_owned(), port)
+        } else {
+            match authority.rsplit_once(':') {
+                Some((h, p)) => (h.to_owned(), p.parse().map_err(|_| "bad port")?),
+                None => (authority.to_owned(), default_port),
+            }
+        };
+        if host.is_empty() {
+            return Err("no host");
+        }
+        Ok(WsUrl {
+            tls,
+            host,
+            port,
+            path_and_query,
+        })
+    }
+
+    /// The `Host` header value (port only when not the default).
+    pub fn host_header(&self) -> String {
+        let default_port = if self.tls { 443 } else { 80 };
+        let host = if self.host.contains(':') {
+            format!("[{}]", self.host)
+        } else {
+            self.host.clone()
+        };
+        if self.port == default_port {
+            host
+        } else {
+            format!("{host}:{}", self.port)
+        }
+    }
+
+    /// Whether the host is a loopback address or `localhost`.
+    pub fn is_loopback(&self) -> bool {
+        self.host == "localhost"
+            || self
+                .host
+                .parse::<std::net::IpAddr>()
+                .map(|ip| ip.is_loopback())
+                .unwrap_or(false)
+    }
+}
+
+/// The validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Where to listen.
+    pub listen: SocketAddr,
+    /// Realtime mode on.
+    pub use_openai_realtime: bool,
+    /// API key, if any.
+    pub openai_api_key: Option<String>,
+    /// Model.
+    pub openai_model: String,
+    /// Endpoint.
+    pub openai_url: WsUrl,
+    /// Extra CA file.
+    pub openai_extra_ca_file: Option<PathBuf>,
+    /// Connect timeout.
+    pub openai_connect_timeout: Duration,
+    /// Setup timeout (upgrade → session.updated).
+    pub openai_session_timeout: Duration,
+    /// Public host.
+    pub public_host: Option<String>,
+    /// Twilio auth token.
+    pub twilio_auth_token: Option<String>,
+    /// Stream URL secret (random when not configured).
+    pub stream_secret: Vec<u8>,
+    /// Stream URL lifetime.
+    pub stream_ttl: Duration,
+    /// Concurrent call bound.
+    pub max_calls: usize,
+    /// Conference name template.
+    pub conference_name: String,
+    /// Fallback `<Say>` (language, text), if any.
+    pub fallback_say: Option<(String, String)>,
+    /// Event types to log.
+    pub log_event_types: Arc<[String]>,
+    /// Store directory.
+    pub data_dir: PathBuf,
+    /// HTTP read timeout.
+    pub http_read_timeout: Duration,
+    /// The agent (until the store provides agents).
+    pub agent: Arc<AgentSettings>,
+}
+
+impl ServeArgs {
+    /// Validates the arguments into a [`Config`].
+    pub fn into_config(self) -> Result<Config, ConfigError> {
+        let api_key = self
+            .openai_api_key
+            .clone()
+            .or_else(|| std::env::var("OPENAI_API_KEY").ok())
+            .filter(|k| !k.is_empty());
+        let url_text = self.openai_url.replace("{model}", &self.openai_model);
+        let openai_url = WsUrl::parse(&url_text).map_err(|why| ConfigError::BadOpenAiUrl {
+            url: url_text.clone(),
+            why,
+        })?;
+        if self.use_openai_realtime && api_key.is_none() && !openai_url.is_loopback() {
+            return Err(ConfigError::MissingApiKey);
+        }
+        let agent = self.agent()?;
+        agent.validate().map_err(|e| ConfigError::Invalid {
+            name: "AGENT_*",
+            why: e.to_string(),
+        })?;
+        let secs = |name: &'static str, v: f64| {
+            if v.is_finite() && v > 0.0 && v < 3600.0 {
+                Ok(Duration::from_secs_f64(v))
+            } else {
+                Err(ConfigError::Invalid {
+                    name,
+                    why: format!("{v} is not a number of seconds in (0, 3600)"),
+                })
+            }
+        };
+        if self.max_calls == 0 {
+            return Err(ConfigError::Invalid {
+                name: "MAX_CALLS",
+                why: "must be at least 1".into(),
+            });
+        }
+        let stream_secret = match &self.stream_secret {
+            Some(s) if s.len() >= 16 => s.as_bytes().to_vec(),
+            Some(_) => {
+                return Err(ConfigError::Invalid {
+                    name: "STREAM_SECRET",
+                    why: "use at least 16 characters".into(),
+                })
+            }
+            None => {
+                let mut key = vec![0u8; 32];
+                getrandom::getrandom(&mut key).map_err(|e| ConfigError::Invalid {
+                    name: "STREAM_SECRET",
+                    why: e.to_string(),
+                })?;
+                key
+            }
+        };
+        let log_event_types: Vec<String> = self
+            .log_event_types
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(str::to_owned)
+            .collect();
+        Ok(Config {
+            listen: self
+                .listen
+                .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], self.port))),
+            use_openai_realtime: self.use_openai_realtime,
+            openai_api_key: api_key,
+            openai_model: self.openai_model.clone(),
+            openai_url,
+            openai_extra_ca_file: self.openai_extra_ca_file.clone(),
+            openai_connect_timeout: secs(
+                "OPENAI_CONNECT_TIMEOUT_SECS",
+                self.openai_connect_timeout_secs,
+            )?,
+            openai_session_timeout: secs(
+                "OPENAI_SESSION_TIMEOUT_SECS",
+                self.openai_session_timeout_secs,
+            )?,
+            public_host: self.public_host.clone().filter(|h| !h.is_empty()),
+            twilio_auth_token: self.twilio_auth_token.clone().filter(|t| !t.is_empty()),
+            stream_secret,
+            stream_ttl: Duration::from_secs(self.stream_ttl_secs.max(1)),
+            max_calls: self.max_calls,
+            conference_name: self.conference_name.clone(),
+            fallback_say: (!self.fallback_say.is_empty()).then(|| {
+                (
+                    self.fallback_say_language.clone(),
+                    self.fallback_say.clone(),
+                )
+            }),
+            log_event_types: Arc::from(log_event_types),
+            data_dir: self.data_dir.clone(),
+            http_read_timeout: secs("HTTP_READ_TIMEOUT_SECS", self.http_read_timeout_secs)?,
+            agent: Arc::new(agent),
+        })
+    }
+
+    fn agent(&self) -> Result<AgentSettings, ConfigError> {
+        let tools = match &self.agent_tools_file {
+            None => Vec::new(),
+            Some(path) => {
+                let shown = path.display().to_string();
+                let text = std::fs::read_to_string(path).map_err(|e| ConfigError::ToolsFile {
+                    path: shown.clone(),
+                    why: e.to_string(),
+                })?;
+                serde_json::from_str::<Vec<serde_json::Value>>(&text).map_err(|e| {
+                    ConfigError::ToolsFile {
+                        path: shown,
+                        why: format!("not a JSON list of tools: {e}"),
+                    }
+                })?
+            }
+        };
+        Ok(AgentSettings {
+            id: self.agent_id.clone(),
+            voice: self.agent_voice.clone(),
+            instructions: self.agent_instructions.clone(),
+            greeting: self.agent_greeting.clone().filter(|g| !g.is_empty()),
+            transcription_model: Some(self.transcription_model.clone()).filter(|m| !m.is_empty()),
+            language: self.agent_language.clone().filter(|l| !l.is_empty()),
+            turn_detection: TurnDetection {
+                threshold: self.vad_threshold,
+                prefix_padding_ms: self.vad_prefix_padding_ms,
+                silence_duration_ms: self.vad_silence_duration_ms,
+            },
+            tools,
+            speed: None,
+            noise_reduction: Some("near_field".to_owned()),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        serve: ServeArgs,
+    }
+
+    fn parse(args: &[&str]) -> Result<Config, ConfigError> {
+        let mut full = vec!["callbridge"];
+        full.extend_from_slice(args);
+        Cli::try_parse_from(full)
+            .expect("flags parse")
+            .serve
+            .into_config()
+    }
+
+    #[test]
+    fn ws_urls_parse_with_default_and_explicit_ports() {
+        let u = WsUrl::parse("wss://api.openai.com/v1/realtime?model=gpt-realtime").unwrap();
+        assert_eq!(
+            (u.tls, u.host.as_str(), u.port, u.path_and_query.as_str()),
+            (
+                true,
+                "api.openai.com",
+                443,
+                "/v1/realtime?model=gpt-realtime"
+            )
+        );
+        assert_eq!(u.host_header(), "api.openai.com");
+        let u = WsUrl::parse("ws://127.0.0.1:9000").unwrap();
+        assert_eq!(
+            (u.tls, u.port, u.path_and_query.as_str()),
+            (false, 9000, "/")
+        );
+        assert_eq!(u.host_header(), "127.0.0.1:9000");
+        assert!(u.is_loopback());
+        let u = WsUrl::parse("ws://[::1]:9000/x").unwrap();
+        assert_eq!(
+            (u.host.as_str(), u.host_header().as_str()),
+            ("::1", "[::1]:9000")
+        );
+        for bad in ["http://x", "ws://", "ws://h:port/", "wss://[::1/x"] {
+            assert!(WsUrl::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn the_real_endpoint_without_a_key_is_refused_with_what_to_set() {
+        let err = parse(&[
+            "--openai-url",
+            "wss://api.openai.com/v1/realtime?model={model}",
+        ])
+        .unwrap_err();
+        assert!(err.to_string().contains("OPENAI_REALTIME_API_KEY"), "{err}");
+    }
+
+    #[test]
+    fn a_loopback_mock_needs_no_key_and_the_model_is_substituted() {
+        let cfg = parse(&[
+            "--openai-url",
+            "ws://127.0.0.1:9/v1/realtime?model={model}",
+            "--openai-model",
+            "gpt-realtime-2025-08-28",
+        ])
+        .unwrap();
+        assert_eq!(
+            cfg.openai_url.path_and_query,
+            "/v1/realtime?model=gpt-realtime-2025-08-28"
+        );
+        assert_eq!(cfg.stream_secret.len(), 32);
+    }
+
+    #[test]
+    fn bad_values_are_refused_by_name() {
+        let base = ["--openai-url", "ws://127.0.0.1:9/"];
+        let cases: [(&[&str], &str); 4] = [
+            (&["--max-calls", "0"], "MAX_CALLS"),
+            (&["--stream-secret", "short"], "STREAM_SECRET"),
+            (
+                &["--openai-connect-timeout-secs", "-1"],
+                "OPENAI_CONNECT_TIMEOUT_SECS",
+            ),
+            (&["--agent-voice", "robot"], "AGENT_"),
+        ];
+        for (extra, name) in cases {
+            let mut args = base.to_vec();
+            args.extend_from_slice(extra);
+            let err = parse(&args).unwrap_err().to_string();
+            assert!(err.contains(name), "{err}");
+        }
+    }
+
+    #[test]
+    fn log_event_types_are_split_and_trimmed() {
+        let cfg = parse(&[
+            "--openai-url",
+            "ws://127.0.0.1:9/",
+            "--log-event-types",
+            " error , response.done,,",
+        ])
+        .unwrap();
+        assert_eq!(
+            &*cfg.log_event_types,
+            &["error".to_string(), "response.done".to_string()]
+        );
+    }
+}

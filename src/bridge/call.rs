@@ -1,0 +1,1122 @@
+//! [`Call`]: everything one call needs, as a sans-IO state machine.
+//!
+//! ```text
+//!   Twilio frames ──handle_twilio_frame──▶ ┌──────┐ ──poll_transmit──▶ frames for a Leg
+//!   OpenAI frames ──handle_openai_frame──▶ │ Call │ ──poll_event─────▶ CallEvent (store, metrics, end)
+//!   timer         ──handle_timeout───────▶ └──────┘ ──poll_timeout───▶ next deadline
+//! ```
+//!
+//! # Run loop (written once, in the driver)
+//! After every input (`handle_*`), drain [`Call::poll_transmit`] until `None`, then
+//! [`Call::poll_event`] until `None`, then re-arm the timer with [`Call::poll_timeout`]. When
+//! [`Call::is_ended`] is true and nothing is left to transmit, close both legs.
+//!
+//! # Order of things on a call
+//! 1. The driver creates the `Call` when Twilio's WebSocket upgrade is accepted, and starts
+//!    connecting to OpenAI at the same time.
+//! 2. Twilio `start` keys the call (streamSid; callSid and token checked against the signed URL).
+//!    OpenAI `session.created` arrives; once both have happened, `session.update` is sent.
+//! 3. `session.updated` confirming `audio/pcmu` both ways makes the session ready: caller audio
+//!    buffered so far is forwarded, then every `media` becomes an `input_audio_buffer.append`.
+//! 4. Assistant audio deltas become Twilio `media` + `mark` pairs (split at ~100 ms); barge-in
+//!    follows the [`ledger`](super::ledger) rule: `clear` first, then `conversation.item.truncate`.
+//! 5. Twilio `stop` (or its socket closing) ends the call and the driver closes the OpenAI leg;
+//!    the OpenAI leg closing ends the call and the driver closes Twilio's socket (normal close), so
+//!    Twilio continues with the `<Redirect>` after `<Connect>`.
+//!
+//! Nothing here reads a clock or touches a socket: `now` is an argument everywhere.
+
+use std::collections::VecDeque;
+use std::fmt::Write as _;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::ledger::{Ledger, MarkEcho, MAX_CHUNK_B64};
+use crate::openai::events::{self as oa, ServerEvent, ServerEventParser, Usage};
+use crate::openai::session::{encode_session_update, AgentSettings};
+use crate::twilio::events::{self as tw, TwilioEvent, TwilioParser};
+use crate::wire::b64;
+
+/// Which peer a frame goes to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Leg {
+    /// The Twilio Media Stream (callbridge is the WebSocket server).
+    Twilio,
+    /// The OpenAI Realtime session (callbridge is the WebSocket client).
+    OpenAi,
+}
+
+impl Leg {
+    /// `twilio` or `openai`, for logs and metric labels.
+    pub fn label(self) -> &'static str {
+        match self {
+            Leg::Twilio => "twilio",
+            Leg::OpenAi => "openai",
+        }
+    }
+}
+
+/// One text frame to send, written into the driver's buffer by [`Call::poll_transmit`].
+#[must_use]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Transmit {
+    /// Where it goes.
+    pub leg: Leg,
+    /// Its length in the buffer.
+    pub len: usize,
+}
+
+/// Bytes of caller audio kept while the OpenAI session is being set up: 3 s. Twilio starts
+/// streaming as soon as the call connects, usually before `session.updated`; this keeps the
+/// caller's first words. Past it the oldest audio is dropped and counted.
+pub const DEFAULT_MAX_PRESESSION_AUDIO_MS: u64 = 3_000;
+
+/// Interrupted responses remembered so their late deltas are dropped. A barge-in interrupts
+/// one or two responses; 16 covers any plausible run of quick interruptions.
+const MAX_INTERRUPTED: usize = 16;
+
+/// Log lines per protocol-error kind per call before they are only counted (a peer sending
+/// garbage at 50 frames per second must not flood the log).
+const MAX_LOGGED_PER_KIND: u32 = 5;
+
+/// What a call needs to know from outside; shared by the calls of a server.
+#[derive(Debug, Clone)]
+pub struct CallConfig {
+    /// Realtime model name for `session.update`.
+    pub model: String,
+    /// The agent (voice, instructions, tools, …).
+    pub agent: Arc<AgentSettings>,
+    /// The callSid from the signed stream URL: `start.callSid` must match it.
+    pub expected_call_sid: String,
+    /// The per-call token issued in the TwiML `<Parameter name="token">`, if one is required.
+    pub expected_start_token: Option<String>,
+    /// Twilio `start` must arrive within this time of the upgrade.
+    pub start_timeout: Duration,
+    /// `session.updated` must arrive within this time of the upgrade.
+    pub session_timeout: Duration,
+    /// Caller audio kept before the session is ready, ms.
+    pub max_presession_audio_ms: u64,
+    /// OpenAI event types logged at info (`LOG_EVENT_TYPES`).
+    pub log_event_types: Arc<[String]>,
+}
+
+impl CallConfig {
+    /// A config with defaults for everything but the ids.
+    pub fn new(model: &str, agent: Arc<AgentSettings>, expected_call_sid: &str) -> Self {
+        CallConfig {
+            model: model.to_owned(),
+            agent,
+            expected_call_sid: expected_call_sid.to_owned(),
+            expected_start_token: None,
+            start_timeout: Duration::from_secs(10),
+            session_timeout: Duration::from_secs(10),
+            max_presession_audio_ms: DEFAULT_MAX_PRESESSION_AUDIO_MS,
+            log_event_types: Arc::from(Vec::new()),
+        }
+    }
+}
+
+/// Why a call ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum EndReason {
+    /// Twilio sent `stop`: the caller hung up.
+    TwilioStop,
+    /// Twilio's socket closed without `stop` (network failure).
+    TwilioClosed,
+    /// Twilio sent no `start` in time.
+    StartTimeout,
+    /// The stream is not the one the webhook asked for.
+    Unauthorized(&'static str),
+    /// `start.mediaFormat` is not μ-law 8 kHz mono.
+    BadMediaFormat(String),
+    /// The OpenAI connection could not be made.
+    OpenAiConnectFailed(String),
+    /// OpenAI failed during setup (error event, wrong formats, or no `session.updated` in time).
+    OpenAiSetupFailed(String),
+    /// The OpenAI socket closed.
+    OpenAiClosed(String),
+    /// The driver ended the call (slow peer, shutdown, …).
+    Driver(String),
+}
+
+impl EndReason {
+    /// Whether the AI leg is to blame: the caller should then get the fallback path.
+    pub fn is_ai_failure(&self) -> bool {
+        matches!(
+            self,
+            EndReason::OpenAiConnectFailed(_)
+                | EndReason::OpenAiSetupFailed(_)
+                | EndReason::OpenAiClosed(_)
+        )
+    }
+
+    /// A short stable label for metrics and records.
+    pub fn label(&self) -> &'static str {
+        match self {
+            EndReason::TwilioStop => "twilio_stop",
+            EndReason::TwilioClosed => "twilio_closed",
+            EndReason::StartTimeout => "start_timeout",
+            EndReason::Unauthorized(_) => "unauthorized",
+            EndReason::BadMediaFormat(_) => "bad_media_format",
+            EndReason::OpenAiConnectFailed(_) => "openai_connect_failed",
+            EndReason::OpenAiSetupFailed(_) => "openai_setup_failed",
+            EndReason::OpenAiClosed(_) => "openai_closed",
+            EndReason::Driver(_) => "driver",
+        }
+    }
+}
+
+impl std::fmt::Display for EndReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            EndReason::TwilioStop => f.write_str("twilio sent stop (caller hung up)"),
+            EndReason::TwilioClosed => f.write_str("twilio socket closed without stop"),
+            EndReason::StartTimeout => f.write_str("no start message from twilio in time"),
+            EndReason::Unauthorized(why) => write!(f, "stream refused: {why}"),
+            EndReason::BadMediaFormat(what) => write!(f, "unsupported media format: {what}"),
+            EndReason::OpenAiConnectFailed(why) => write!(f, "openai connect failed: {why}"),
+            EndReason::OpenAiSetupFailed(why) => write!(f, "openai session setup failed: {why}"),
+            EndReason::OpenAiClosed(why) => write!(f, "openai closed the session: {why}"),
+            EndReason::Driver(why) => write!(f, "{why}"),
+        }
+    }
+}
+
+/// Something that happened on the call, for the store, metrics and logs.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub enum CallEvent {
+    /// Twilio `start` accepted.
+    StreamStarted {
+        /// `streamSid`.
+        stream_sid: String,
+        /// `callSid`.
+        call_sid: String,
+        /// The `<Parameter>`s of the TwiML.
+        parameters: Vec<(String, String)>,
+    },
+    /// `session.updated` confirmed μ-law both ways; audio flows.
+    SessionReady {
+        /// OpenAI session id.
+        session_id: Option<String>,
+        /// Time from the upgrade to this moment.
+        setup: Duration,
+    },
+    /// The caller's words (input transcription completed).
+    CallerTranscript {
+        /// User item id.
+        item_id: String,
+        /// Transcript.
+        text: String,
+    },
+    /// The assistant's generated words (output transcript done).
+    AssistantTranscript {
+        /// Assistant item id.
+        item_id: String,
+        /// Transcript (of what was generated; see `Interrupted` for what was heard).
+        text: String,
+    },
+    /// A barge-in: `clear` and `conversation.item.truncate` were sent.
+    Interrupted {
+        /// The item that was playing.
+        item_id: String,
+        /// What the caller heard of it, ms (the `audio_end_ms` sent).
+        audio_end_ms: u64,
+        /// Audio sent for it, ms.
+        sent_ms: u64,
+        /// Estimate beyond `sent_ms` that was clamped away, ms.
+        clamped_ms: u64,
+    },
+    /// The model called a tool.
+    ToolCall {
+        /// `call_id`.
+        call_id: String,
+        /// Function name.
+        name: String,
+        /// Arguments (JSON text).
+        arguments: String,
+    },
+    /// A DTMF key press.
+    Dtmf {
+        /// The digit.
+        digit: String,
+    },
+    /// A response finished.
+    ResponseDone {
+        /// `response.id`.
+        response_id: String,
+        /// `response.status`.
+        status: String,
+        /// Token usage, when reported.
+        usage: Option<Usage>,
+    },
+    /// An OpenAI `error` event after setup (logged, not fatal).
+    OpenAiError {
+        /// `error.code`.
+        code: Option<String>,
+        /// `error.message`.
+        message: String,
+        /// Our `event_id` of the failing client event.
+        event_id: Option<String>,
+    },
+    /// A frame was dropped because it broke the protocol.
+    ProtocolError {
+        /// Which peer sent it.
+        leg: Leg,
+        /// Stable label (`not_json`, `bad_base64`, `media_before_start`, …).
+        kind: &'static str,
+    },
+    /// The call is over. Emitted once.
+    Ended {
+        /// Why.
+        reason: EndReason,
+    },
+}
+
+/// Counters of one call.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CallStats {
+    /// Caller audio frames forwarded to OpenAI.
+    pub audio_frames_up: u64,
+    /// Assistant audio `media` messages sent to Twilio.
+    pub audio_frames_down: u64,
+    /// Marks sent to Twilio.
+    pub marks_sent: u64,
+    /// Echoes of outstanding marks.
+    pub marks_played: u64,
+    /// Echoes of marks discarded by `clear`.
+    pub marks_stale: u64,
+    /// Echoes of marks not outstanding, or never sent.
+    pub marks_unknown: u64,
+    /// Barge-ins that sent `clear` + truncate.
+    pub barge_ins: u64,
+    /// `speech_started` while nothing was playing.
+    pub speech_without_playback: u64,
+    /// Late deltas of interrupted responses, dropped.
+    pub late_deltas_dropped: u64,
+    /// Caller audio dropped because the session was not ready for too long.
+    pub presession_audio_dropped: u64,
+    /// Frames dropped for protocol errors, both legs.
+    pub protocol_errors: u64,
+    /// OpenAI `error` events.
+    pub openai_errors: u64,
+}
+
+/// Where the OpenAI session is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum OpenAiPhase {
+    /// Waiting for `session.created`.
+    AwaitingCreated,
+    /// `session.update` sent, waiting for `session.updated`.
+    AwaitingUpdated,
+    /// Audio flows.
+    Ready,
+}
+
+/// Outbound frames waiting for `poll_transmit`: one byte arena and the frame boundaries. Both
+/// keep their capacity, so the steady state allocates nothing.
+#[derive(Debug, Default)]
+struct Outbox {
+    bytes: Vec<u8>,
+    frames: VecDeque<(Leg, usize)>,
+    read: usize,
+}
+
+impl Outbox {
+    fn push(&mut self, leg: Leg, write: impl FnOnce(&mut Vec<u8>)) {
+        write(&mut self.bytes);
+        self.frames.push_back((leg, self.bytes.len()));
+    }
+
+    fn pop_into(&mut self, buf: &mut Vec<u8>) -> Option<Transmit> {
+        let (leg, end) = self.frames.pop_front()?;
+        buf.clear();
+        buf.extend_from_slice(&self.bytes[self.read..end]);
+        self.read = end;
+        if self.frames.is_empty() {
+            self.bytes.clear();
+            self.read = 0;
+        }
+        Some(Transmit {
+            leg,
+            len: buf.len(),
+        })
+    }
+
+    fn is_empty(&self) -> bool {
+        self.frames.is_empty()
+    }
+}
+
+/// A client `event_id` (`cb_{n}`), kept on the stack.
+#[derive(Clone, Copy)]
+struct EventId {
+    buf: [u8; 24],
+    len: usize,
+}
+
+impl EventId {
+    fn new(n: u64) -> Self {
+        let mut buf = [0u8; 24];
+        buf[..3].copy_from_slice(b"cb_");
+        let mut digits = [0u8; 20];
+        let mut i = digits.len();
+        let mut n = n;
+        loop {
+            i -= 1;
+            digits[i] = b'0' + (n % 10) as u8;
+            n /= 10;
+            if n == 0 {
+                break;
+            }
+        }
+        let len = 3 + digits.len() - i;
+        buf[3..len].copy_from_slice(&digits[i..]);
+        EventId { buf, len }
+    }
+
+    fn as_str(&self) -> &str {
+        std::str::from_utf8(&self.buf[..self.len]).unwrap_or("cb")
+    }
+}
+
+/// One phone call bridged to one Realtime session. See the module docs for the run loop.
+pub struct Call {
+    cfg: CallConfig,
+    /// When the upgrade was accepted (start of setup timing).
+    created_at: Instant,
+    /// Latest `now` seen; earlier values are treated as this one.
+    last_now: Instant,
+    /// `streamSid`, once `start` arrived.
+    stream_sid: Option<String>,
+    openai: OpenAiPhase,
+    /// OpenAI session id from `session.created`.
+    session_id: Option<String>,
+    ledger: Ledger,
+    twilio_parser: TwilioParser,
+    openai_parser: ServerEventParser,
+    outbox: Outbox,
+    events: VecDeque<CallEvent>,
+    /// Caller audio (base64) received before the session was ready, oldest first.
+    presession: VecDeque<String>,
+    /// Decoded bytes in `presession`.
+    presession_bytes: u64,
+    /// Responses interrupted by barge-in: their late deltas are dropped.
+    interrupted_responses: VecDeque<String>,
+    /// Items interrupted by barge-in.
+    interrupted_items: VecDeque<String>,
+    stats: CallStats,
+    /// Log lines written per protocol-error kind (rate limit).
+    logged_kinds: Vec<(&'static str, u32)>,
+    next_event_id: u64,
+    /// Reused buffer for mark names.
+    mark_name: String,
+    ended: Option<EndReason>,
+}
+
+impl Call {
+    /// A call whose Twilio upgrade was accepted at `now`.
+    pub fn new(cfg: CallConfig, now: Instant) -> Self {
+        Call {
+            cfg,
+            created_at: now,
+            last_now: now,
+            stream_sid: None,
+            openai: OpenAiPhase::AwaitingCreated,
+            session_id: None,
+            ledger: Ledger::new(),
+            twilio_parser: TwilioParser::new(),
+            openai_parser: ServerEventParser::new(),
+            outbox: Outbox::default(),
+            events: VecDeque::new(),
+            presession: VecDeque::new(),
+            presession_bytes: 0,
+            interrupted_responses: VecDeque::new(),
+            interrupted_items: VecDeque::new(),
+            stats: CallStats::default(),
+            logged_kinds: Vec::new(),
+            next_event_id: 1,
+            mark_name: String::with_capacity(64),
+            ended: None,
+        }
+    }
+
+    /// The call's counters.
+    pub fn stats(&self) -> &CallStats {
+        &self.stats
+    }
+
+    /// `streamSid`, once known.
+    pub fn stream_sid(&self) -> Option<&str> {
+        self.stream_sid.as_deref()
+    }
+
+    /// The OpenAI session id, once known.
+    pub fn session_id(&self) -> Option<&str> {
+        self.session_id.as_deref()
+    }
+
+    /// The callSid this call is for.
+    pub fn call_sid(&self) -> &str {
+        &self.cfg.expected_call_sid
+    }
+
+    /// Why the call ended, once it has.
+    pub fn end_reason(&self) -> Option<&EndReason> {
+        self.ended.as_ref()
+    }
+
+    /// Whether the call has ended (the driver closes both legs once `poll_transmit` is drained).
+    pub fn is_ended(&self) -> bool {
+        self.ended.is_some()
+    }
+
+    /// Whether the session is ready (caller audio is forwarded).
+    pub fn is_ready(&self) -> bool {
+        self.openai == OpenAiPhase::Ready
+    }
+
+    /// Writes the next frame to send into `buf` (cleared first).
+    pub fn poll_transmit(&mut self, buf: &mut Vec<u8>) -> Option<Transmit> {
+        self.outbox.pop_into(buf)
+    }
+
+    /// The next event for the store, metrics and logs.
+    pub fn poll_event(&mut self) -> Option<CallEvent> {
+        self.events.pop_front()
+    }
+
+    /// When [`Call::handle_timeout`] must be called next.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        if self.ended.is_some() {
+            return None;
+        }
+        let mut deadline: Option<Instant> = None;
+        if self.stream_sid.is_none() {
+            deadline = Some(self.created_at + self.cfg.start_timeout);
+        }
+        if self.openai != OpenAiPhase::Ready {
+            let d = self.created_at + self.cfg.session_timeout;
+            deadline = Some(deadline.map_or(d, |x| x.min(d)));
+        }
+        deadline
+    }
+
+    /// Fires the deadlines that have passed at `now`.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        let now = self.observe(now);
+        if self.ended.is_some() {
+            return;
+        }
+        if self.stream_sid.is_none() && now >= self.created_at + self.cfg.start_timeout {
+            self.end(EndReason::StartTimeout);
+        } else if self.openai != OpenAiPhase::Ready
+            && now >= self.created_at + self.cfg.session_timeout
+        {
+            let secs = self.cfg.session_timeout.as_secs_f32();
+            self.end(EndReason::OpenAiSetupFailed(format!(
+                "no session.updated within {secs:.1}s"
+            )));
+        }
+    }
+
+    /// Ends the call for a reason found by the driver (slow peer, shutdown, …).
+    pub fn hang_up(&mut self, now: Instant, reason: EndReason) {
+        self.observe(now);
+        self.end(reason);
+    }
+
+    /// Twilio's socket closed (after `stop`, or without it).
+    pub fn handle_twilio_closed(&mut self, now: Instant) {
+        self.observe(now);
+        self.end(EndReason::TwilioClosed);
+    }
+
+    /// The OpenAI connection attempt failed.
+    pub fn handle_openai_connect_failed(&mut self, now: Instant, why: &str) {
+        self.observe(now);
+        self.end(EndReason::OpenAiConnectFailed(why.to_owned()));
+    }
+
+    /// The OpenAI socket closed (close frame or EOF); `why` says how.
+    pub fn handle_openai_closed(&mut self, now: Instant, why: &str) {
+        self.observe(now);
+        let reason = if self.openai == OpenAiPhase::Ready {
+            EndReason::OpenAiClosed(why.to_owned())
+        } else {
+            EndReason::OpenAiSetupFailed(format!("closed during setup: {why}"))
+        };
+        self.end(reason);
+    }
+
+    /// A binary frame from Twilio: not part of Media Streams; dropped and counted.
+    pub fn handle_twilio_binary(&mut self, now: Instant) {
+        self.observe(now);
+        self.protocol_error(
+            Leg::Twilio,
+            "binary_frame",
+            format_args!("binary frames are not part of media streams"),
+        );
+    }
+
+    /// A binary frame from OpenAI: not part of the Realtime API; dropped and counted.
+    pub fn handle_openai_binary(&mut self, now: Instant) {
+        self.observe(now);
+        self.protocol_error(
+            Leg::OpenAi,
+            "binary_frame",
+            format_args!("binary frames are not part of the realtime api"),
+        );
+    }
+
+    /// One text frame from Twilio (parsed in place).
+    pub fn handle_twilio_frame(&mut self, now: Instant, frame: &mut [u8]) {
+        let now = self.observe(now);
+        if self.ended.is_some() {
+            return;
+        }
+        let mut parser = std::mem::take(&mut self.twilio_parser);
+        match parser.parse(frame) {
+            Ok(ev) => self.on_twilio(now, ev),
+            Err(e) => self.protocol_error(Leg::Twilio, e.kind(), format_args!("{e}")),
+        }
+        self.twilio_parser = parser;
+    }
+
+    /// One text frame from OpenAI (parsed in place).
+    pub fn handle_openai_frame(&mut self, now: Instant, frame: &mut [u8]) {
+        let now = self.observe(now);
+        if self.ended.is_some() {
+            return;
+        }
+        let mut parser = std::mem::take(&mut self.openai_parser);
+        match parser.parse(frame) {
+            Ok(ev) => self.on_openai(now, ev),
+            Err(e) => self.protocol_error(Leg::OpenAi, e.kind(), format_args!("{e}")),
+        }
+        self.openai_parser = parser;
+    }
+
+    /// One parsed Twilio event.
+    pub fn handle_twilio(&mut self, now: Instant, ev: TwilioEvent<'_>) {
+        let now = self.observe(now);
+        if self.ended.is_none() {
+            self.on_twilio(now, ev);
+        }
+    }
+
+    /// One parsed OpenAI server event.
+    pub fn handle_openai(&mut self, now: Instant, ev: ServerEvent<'_>) {
+        let now = self.observe(now);
+        if self.ended.is_none() {
+            self.on_openai(now, ev);
+        }
+    }
+
+    fn observe(&mut self, now: Instant) -> Instant {
+        if now > self.last_now {
+            self.last_now = now;
+        }
+        self.last_now
+    }
+
+    fn end(&mut self, reason: EndReason) {
+        if self.ended.is_some() {
+            return;
+        }
+        if reason.is_ai_failure() {
+            tracing::warn!(call_sid = %self.cfg.expected_call_sid, %reason, "call ended");
+        } else {
+            tracing::info!(call_sid = %self.cfg.expected_call_sid, %reason, "call ended");
+        }
+        self.events.push_back(CallEvent::Ended {
+            reason: reason.clone(),
+        });
+        self.ended = Some(reason);
+        self.presession.clear();
+    }
+
+    fn protocol_error(&mut self, leg: Leg, kind: &'static str, detail: std::fmt::Arguments<'_>) {
+        self.stats.protocol_errors += 1;
+        self.events
+            .push_back(CallEvent::ProtocolError { leg, kind });
+        let logged = match self.logged_kinds.iter_mut().find(|(k, _)| *k == kind) {
+            Some((_, n)) => {
+                *n += 1;
+                *n
+            }
+            None => {
+                self.logged_kinds.push((kind, 1));
+                1
+            }
+        };
+        if logged <= MAX_LOGGED_PER_KIND {
+            tracing::warn!(call_sid = %self.cfg.expected_call_sid, leg = leg.label(), kind, "dropped frame: {detail}");
+        }
+    }
+
+    fn event_id(&mut self) -> EventId {
+        let id = EventId::new(self.next_event_id);
+        self.next_event_id += 1;
+        id
+    }
+
+    // ---- Twilio ----------------------------------------------------------------------------
+
+    fn on_twilio(&mut self, now: Instant, ev: TwilioEvent<'_>) {
+        match ev {
+            TwilioEvent::Connected => {}
+            TwilioEvent::Start(start) => self.on_start(start),
+            TwilioEvent::Media(media) => {
+                if self.check_stream(media.stream_sid, "media") {
+                    self.on_caller_audio(media.payload_b64);
+                }
+            }
+            TwilioEvent::Mark(mark) => {
+                if self.check_stream(mark.stream_sid, "mark") {
+                    self.on_mark_echo(now, mark.name);
+                }
+            }
+            TwilioEvent::Dtmf(dtmf) => {
+                if self.check_stream(dtmf.stream_sid, "dtmf") {
+                    self.events.push_back(CallEvent::Dtmf {
+                        digit: dtmf.digit.to_owned(),
+                    });
+                }
+            }
+            TwilioEvent::Stop(stop) => {
+                if self.check_stream(stop.stream_sid, "stop") {
+                    self.end(EndReason::TwilioStop);
+                }
+            }
+            TwilioEvent::Unknown { event } => {
+                tracing::debug!(call_sid = %self.cfg.expected_call_sid, event, "ignored unknown twilio event");
+            }
+        }
+    }
+
+    /// Whether a message is for this call's stream; counts and logs it otherwise.
+    fn check_stream(&mut self, stream_sid: &str, what: &'static str) -> bool {
+        match self.stream_sid.as_deref() {
+            Some(sid) if sid == stream_sid => true,
+            Some(_) => {
+                self.protocol_error(
+                    Leg::Twilio,
+                    "unknown_stream_sid",
+                    format_args!("{what} for stream {stream_sid:?}, not ours"),
+                );
+                false
+            }
+            None => {
+                let kind = if what == "media" {
+                    "media_before_start"
+                } else {
+                    "message_before_start"
+                };
+                self.protocol_error(Leg::Twilio, kind, format_args!("{what} before start"));
+                false
+            }
+        }
+    }
+
+    fn on_start(&mut self, start: tw::Start<'_>) {
+        if self.stream_sid.is_some() {
+            self.protocol_error(
+                Leg::Twilio,
+                "duplicate_start",
+                format_args!("second start message ignored"),
+            );
+            return;
+        }
+        if start.call_sid != self.cfg.expected_call_sid {
+            self.end(EndReason::Unauthorized(
+                "start.callSid does not match the stream url",
+            ));
+            return;
+        }
+        if let Some(expected) = &self.cfg.expected_start_token {
+            let token = start
+                .custom_parameters
+                .iter()
+                .find(|(k, _)| *k == "token")
+                .map(|(_, v)| *v);
+            if token != Some(expected.as_str()) {
+                self.end(EndReason::Unauthorized("start token missing or wrong"));
+                return;
+            }
+        }
+        if start.encoding != "audio/x-mulaw" || start.sample_rate != 8000 || start.channels != 1 {
+            let what = format!(
+                "{} {} Hz {} channel(s)",
+                start.encoding, start.sample_rate, start.channels
+            );
+            self.end(EndReason::BadMediaFormat(what));
+            return;
+        }
+        self.stream_sid = Some(start.stream_sid.to_owned());
+        self.events.push_back(CallEvent::StreamStarted {
+            stream_sid: start.stream_sid.to_owned(),
+            call_sid: start.call_sid.to_owned(),
+            parameters: start
+                .custom_parameters
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect(),
+        });
+        if self.session_id.is_some() && self.openai == OpenAiPhase::AwaitingCreated {
+            self.send_session_update();
+        }
+    }
+
+    fn on_caller_audio(&mut self, payload_b64: &str) {
+        if self.openai == OpenAiPhase::Ready {
+            self.stats.audio_frames_up += 1;
+            self.outbox
+                .push(Leg::OpenAi, |out| oa::encode_append(out, payload_b64));
+            return;
+        }
+        // Not ready: keep the newest audio up to the bound (protocol.md 5.1: never append
+        // before session.updated confirmed audio/pcmu).
+        self.presession_bytes += b64::decoded_len(payload_b64.as_bytes()) as u64;
+        self.presession.push_back(payload_b64.to_owned());
+        let max_bytes = self.cfg.max_presession_audio_ms * super::ledger::BYTES_PER_MS;
+        while self.presession_bytes > max_bytes {
+            let Some(old) = self.presession.pop_front() else {
+                break;
+            };
+            self.presession_bytes -= b64::decoded_len(old.as_bytes()) as u64;
+            self.stats.presession_audio_dropped += 1;
+        }
+    }
+
+    fn on_mark_echo(&mut self, now: Instant, name: &str) {
+        match self.ledger.on_mark_echo(now, name) {
+            MarkEcho::Played { .. } => self.stats.marks_played += 1,
+            MarkEcho::Stale => self.stats.marks_stale += 1,
+            MarkEcho::NotOutstanding => {
+                self.stats.marks_unknown += 1;
+                tracing::debug!(call_sid = %self.cfg.expected_call_sid, name, "echo of a mark not outstanding");
+            }
+            MarkEcho::Unrecognised => {
+                self.stats.marks_unknown += 1;
+                self.protocol_error(
+                    Leg::Twilio,
+                    "unknown_mark",
+                    format_args!("echo of a mark we never sent: {name:?}"),
+                );
+            }
+        }
+    }
+
+    // ---- OpenAI ----------------------------------------------------------------------------
+
+    fn on_openai(&mut self, now: Instant, ev: ServerEvent<'_>) {
+        self.log_event(&ev);
+        match ev {
+            ServerEvent::SessionCreated { session_id } => self.on_session_created(session_id),
+            ServerEvent::SessionUpdated {
+                input_format,
+                output_format,
+                ..
+            } => self.on_session_updated(now, input_format, output_format),
+            ServerEvent::Error(err) => self.on_api_error(err),
+            ServerEvent::SpeechStarted { .. } => self.on_speech_started(now),
+            ServerEvent::OutputAudioDelta {
+                response_id,
+                item_id,
+                delta_b64,
+            } => self.on_audio_delta(now, response_id, item_id, delta_b64),
+            ServerEvent::InputTranscriptionCompleted {
+                item_id,
+                transcript,
+            } => {
+                self.events.push_back(CallEvent::CallerTranscript {
+                    item_id: item_id.to_owned(),
+                    text: transcript.to_owned(),
+                });
+            }
+            ServerEvent::InputTranscriptionFailed { item_id, message } => {
+                tracing::warn!(call_sid = %self.cfg.expected_call_sid, item_id, message, "caller transcription failed");
+            }
+            ServerEvent::OutputAudioTranscriptDone {
+                item_id,
+                transcript,
+                ..
+            } => {
+                self.events.push_back(CallEvent::AssistantTranscript {
+                    item_id: item_id.to_owned(),
+                    text: transcript.to_owned(),
+                });
+            }
+            ServerEvent::FunctionCallArgumentsDone {
+                call_id,
+                name,
+                arguments,
+                ..
+            } => self.on_tool_call(call_id, name, arguments),
+            ServerEvent::ResponseDone {
+                response_id,
+                status,
+                usage,
+                ..
+            } => {
+                self.events.push_back(CallEvent::ResponseDone {
+                    response_id: response_id.to_owned(),
+                    status: status.to_owned(),
+                    usage,
+                });
+            }
+            _ => {}
+        }
+    }
+
+    fn log_event(&self, ev: &ServerEvent<'_>) {
+        if self.cfg.log_event_types.is_empty() {
+            return;
+        }
+        let ty = event_type(ev);
+        if self.cfg.log_event_types.iter().any(|t| t == ty) {
+            tracing::info!(call_sid = %self.cfg.expected_call_sid, event = ty, "openai event");
+        }
+    }
+
+    fn on_session_created(&mut self, session_id: Option<&str>) {
+        if self.session_id.is_some() || self.openai != OpenAiPhase::AwaitingCreated {
+            self.protocol_error(
+                Leg::OpenAi,
+                "duplicate_session_created",
+                format_args!("second session.created ignored"),
+            );
+            return;
+        }
+        self.session_id = Some(session_id.unwrap_or("").to_owned());
+        if self.stream_sid.is_some() {
+            self.send_session_update();
+        }
+    }
+
+    fn send_session_update(&mut self) {
+        let id = self.event_id();
+        let (model, agent) = (&self.cfg.model, &self.cfg.agent);
+        self.outbox.push(Leg::OpenAi, |out| {
+            encode_session_update(out, id.as_str(), model, agent)
+        });
+        self.openai = OpenAiPhase::AwaitingUpdated;
+    }
+
+    fn on_session_updated(&mut self, now: Instant, input: Option<&str>, output: Option<&str>) {
+        if self.openai != OpenAiPhase::AwaitingUpdated {
+            if self.openai == OpenAiPhase::AwaitingCreated {
+                self.protocol_error(
+                    Leg::OpenAi,
+                    "unexpected_session_updated",
+                    format_args!("session.updated before our session.update"),
+                );
+            }
+            return;
+        }
+        if input != Some("audio/pcmu") || output != Some("audio/pcmu") {
+            let why = format!("session.updated has formats {input:?}/{output:?}, not audio/pcmu");
+            self.end(EndReason::OpenAiSetupFailed(why));
+            return;
+        }
+        self.openai = OpenAiPhase::Ready;
+        self.events.push_back(CallEvent::SessionReady {
+            session_id: self.session_id.clone().filter(|s| !s.is_empty()),
+            setup: now.saturating_duration_since(self.created_at),
+        });
+        while let Some(payload) = self.presession.pop_front() {
+            self.stats.audio_frames_up += 1;
+            self.outbox
+                .push(Leg::OpenAi, |out| oa::encode_append(out, &payload));
+        }
+        self.presession_bytes = 0;
+        if let Some(greeting) = self.cfg.agent.greeting.clone() {
+            let id = self.event_id();
+            let instructions = format!("Greet the caller by saying exactly: {greeting}");
+            self.outbox.push(Leg::OpenAi, |out| {
+                oa::encode_response_create(out, id.as_str(), Some(&instructions))
+            });
+        }
+    }
+
+    fn on_api_error(&mut self, err: oa::ApiError<'_>) {
+        self.stats.openai_errors += 1;
+        if self.openai != OpenAiPhase::Ready {
+            let why = format!("{} ({})", err.message, err.code.unwrap_or(err.error_type));
+            self.end(EndReason::OpenAiSetupFailed(why));
+            return;
+        }
+        // After setup, errors are benign (a truncate that lost a race, a cancel with nothing to
+        // cancel): log with the echoed event id and go on (protocol.md 5.5).
+        tracing::warn!(
+            call_sid = %self.cfg.expected_call_sid,
+            code = err.code.unwrap_or(""),
+            event_id = err.event_id.unwrap_or(""),
+            "openai error: {}",
+            err.message
+        );
+        self.events.push_back(CallEvent::OpenAiError {
+            code: err.code.map(str::to_owned),
+            message: err.message.to_owned(),
+            event_id: err.event_id.map(str::to_owned),
+        });
+    }
+
+    fn on_audio_delta(&mut self, now: Instant, response_id: &str, item_id: &str, delta_b64: &str) {
+        if self.interrupted_responses.iter().any(|r| r == response_id)
+            || self.interrupted_items.iter().any(|i| i == item_id)
+        {
+            self.stats.late_deltas_dropped += 1;
+            return;
+        }
+        if !b64::is_valid(delta_b64.as_bytes()) {
+            self.protocol_error(
+                Leg::OpenAi,
+                "bad_base64",
+                format_args!("audio delta of item {item_id} is not valid base64"),
+            );
+            return;
+        }
+        let Some(stream_sid) = self.stream_sid.as_deref() else {
+            self.protocol_error(
+                Leg::OpenAi,
+                "audio_before_start",
+                format_args!("audio delta before the twilio stream started"),
+            );
+            return;
+        };
+        // Split long deltas at multiples of 4 base64 characters (valid pieces without decoding),
+        // so that marks are at most ~100 ms apart (the ledger's error bound).
+        let mut rest = delta_b64;
+        while !rest.is_empty() {
+            let cut = rest.len().min(MAX_CHUNK_B64);
+            let (chunk, tail) = rest.split_at(cut);
+            rest = tail;
+            let bytes = b64::decoded_len(chunk.as_bytes()) as u64;
+            self.outbox
+                .push(Leg::Twilio, |out| tw::encode_media(out, stream_sid, chunk));
+            self.stats.audio_frames_down += 1;
+            if let Some(cum_ms) = self.ledger.on_audio_sent(now, response_id, item_id, bytes) {
+                self.ledger
+                    .write_mark_name(&mut self.mark_name, item_id, cum_ms);
+                let name = &self.mark_name;
+                self.outbox
+                    .push(Leg::Twilio, |out| tw::encode_mark(out, stream_sid, name));
+                self.stats.marks_sent += 1;
+            }
+        }
+    }
+
+    fn on_speech_started(&mut self, now: Instant) {
+        if !self.ledger.is_playing() {
+            self.stats.speech_without_playback += 1;
+            return;
+        }
+        for response_id in self.ledger.response_ids() {
+            if !self.interrupted_responses.iter().any(|r| r == response_id) {
+                self.interrupted_responses.push_back(response_id.to_owned());
+            }
+        }
+        while self.interrupted_responses.len() > MAX_INTERRUPTED {
+            self.interrupted_responses.pop_front();
+        }
+        let Some(barge_in) = self.ledger.on_speech_started(now) else {
+            return;
+        };
+        let Some(stream_sid) = self.stream_sid.as_deref() else {
+            return;
+        };
+        // 1. The caller must stop hearing the AI at once: clear first.
+        self.outbox
+            .push(Leg::Twilio, |out| tw::encode_clear(out, stream_sid));
+        // 2. Then tell the model what was heard.
+        let id = self.event_id();
+        self.outbox.push(Leg::OpenAi, |out| {
+            oa::encode_truncate(out, id.as_str(), &barge_in.item_id, barge_in.audio_end_ms)
+        });
+        for queued in &barge_in.queued_item_ids {
+            let id = EventId::new(self.next_event_id);
+            self.next_event_id += 1;
+            self.outbox.push(Leg::OpenAi, |out| {
+                oa::encode_truncate(out, id.as_str(), queued, 0)
+            });
+        }
+        self.stats.barge_ins += 1;
+        for item in std::iter::once(&barge_in.item_id).chain(&barge_in.queued_item_ids) {
+            self.interrupted_items.push_back(item.clone());
+        }
+        while self.interrupted_items.len() > MAX_INTERRUPTED {
+            self.interrupted_items.pop_front();
+        }
+        tracing::info!(
+            call_sid = %self.cfg.expected_call_sid,
+            item_id = %barge_in.item_id,
+            audio_end_ms = barge_in.audio_end_ms,
+            sent_ms = barge_in.sent_ms,
+            "barge-in: cleared twilio and truncated"
+        );
+        self.events.push_back(CallEvent::Interrupted {
+            item_id: barge_in.item_id,
+            audio_end_ms: barge_in.audio_end_ms,
+            sent_ms: barge_in.sent_ms,
+            clamped_ms: barge_in.clamped_ms,
+        });
+    }
+
+    fn on_tool_call(&mut self, call_id: &str, name: &str, arguments: &str) {
+        self.events.push_back(CallEvent::ToolCall {
+            call_id: call_id.to_owned(),
+            name: name.to_owned(),
+            arguments: arguments.to_owned(),
+        });
+        // Tool execution is not wired yet: answer with an error so the model tells the caller
+        // instead of going silent.
+        let mut output = String::new();
+        let _ = write!(
+            output,
+            "{{\"error\":\"the tool {} is not available right now\"}}",
+            name.replace(['"', '\\'], "")
+        );
+        let id = self.event_id();
+        self.outbox.push(Leg::OpenAi, |out| {
+            oa::encode_function_output(out, id.as_str(), call_id, &output)
+        });
+        let id = self.event_id();
+        self.outbox.push(Leg::OpenAi, |out| {
+            oa::encode_response_create(out, id.as_str(), None)
+        });
+    }
+
+    /// Whether outbound frames are waiting.
+    pub fn has_pending_transmit(&self) -> bool {
+        !self.outbox.is_empty()
+    }
+}
+
+/// The wire `type` of a parsed server event, for `LOG_EVENT_TYPES`.
+pub fn event_type<'a>(ev: &ServerEvent<'a>) -> &'a str {
+    match ev {
+        ServerEvent::SessionCreated { .. } => "session.created",
+        ServerEvent::SessionUpdated { .. } => "session.updated",
+        ServerEvent::Error(_) => "error",
+        ServerEvent::SpeechStarted { .. } => "input_audio_buffer.speech_started",
+        ServerEvent::SpeechStopped { .. } => "input_audio_buffer.speech_stopped",
+        ServerEvent::InputTranscriptionCompleted { .. } => {
+            "conversation.item.input_audio_transcription.completed"
+        }
+        ServerEvent::InputTranscriptionFailed { .. } => {
+            "conversation.item.input_audio_transcription.failed"
+        }
+        ServerEvent::ResponseCreated { .. } => "response.created",
+        ServerEvent::OutputItemAdded { .. } => "response.output_item.added",
+        ServerEvent::OutputAudioDelta { .. } => "response.output_audio.delta",
+        ServerEvent::OutputAudioDone { .. } => "response.output_audio.done",
+        ServerEvent::OutputAudioTranscriptDone { .. } => "response.output_audio_transcript.done",
+        ServerEvent::FunctionCallArgumentsDone { .. } => "response.function_call_arguments.done",
+        ServerEvent::ResponseDone { .. } => "response.done",
+        ServerEvent::ItemTruncated { .. } => "conversation.item.truncated",
+        ServerEvent::Other { event_type } => event_type,
+    }
+}
