@@ -6,3 +6,6 @@ pub mod call;
 pub mod ledger;
 
 pub use call::{Call, CallConfig, CallEvent, CallStats, EndReason, Leg, Transmit};
+
+#[cfg(test)]
+mod tests;

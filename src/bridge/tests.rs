@@ -1,0 +1,685 @@
+//! Deterministic tests of [`Call`]: JSON frames in, JSON frames out, time moved by hand.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+use super::call::{Call, CallConfig, CallEvent, EndReason, Leg};
+use crate::openai::session::AgentSettings;
+
+const CALL_SID: &str = "CA00000000000000000000000000000001";
+const STREAM_SID: &str = "MZ00000000000000000000000000000001";
+
+fn ms(n: u64) -> Duration {
+    Duration::from_millis(n)
+}
+
+/// A call driven by hand: `now` only moves when a test says so.
+struct Sim {
+    call: Call,
+    t0: Instant,
+    now: Instant,
+    twilio_out: Vec<Value>,
+    openai_out: Vec<Value>,
+    events: Vec<CallEvent>,
+    buf: Vec<u8>,
+}
+
+impl Sim {
+    fn new() -> Self {
+        Self::with(|_| {})
+    }
+
+    fn with(tweak: impl FnOnce(&mut CallConfig)) -> Self {
+        let mut cfg = CallConfig::new("gpt-realtime", Arc::new(AgentSettings::default()), CALL_SID);
+        cfg.expected_start_token = Some("tok".into());
+        tweak(&mut cfg);
+        let t0 = Instant::now();
+        Sim {
+            call: Call::new(cfg, t0),
+            t0,
+            now: t0,
+            twilio_out: vec![],
+            openai_out: vec![],
+            events: vec![],
+            buf: vec![],
+        }
+    }
+
+    fn at(&mut self, t_ms: u64) -> &mut Self {
+        self.now = self.t0 + ms(t_ms);
+        self
+    }
+
+    fn drain(&mut self) {
+        while let Some(tx) = self.call.poll_transmit(&mut self.buf) {
+            let v: Value = serde_json::from_slice(&self.buf[..tx.len]).expect("we send JSON");
+            match tx.leg {
+                Leg::Twilio => self.twilio_out.push(v),
+                Leg::OpenAi => self.openai_out.push(v),
+            }
+        }
+        while let Some(ev) = self.call.poll_event() {
+            self.events.push(ev);
+        }
+    }
+
+    fn twilio(&mut self, v: Value) -> &mut Self {
+        let mut frame = serde_json::to_vec(&v).unwrap();
+        self.call.handle_twilio_frame(self.now, &mut frame);
+        self.drain();
+        self
+    }
+
+    fn twilio_raw(&mut self, raw: &[u8]) -> &mut Self {
+        let mut frame = raw.to_vec();
+        self.call.handle_twilio_frame(self.now, &mut frame);
+        self.drain();
+        self
+    }
+
+    fn openai(&mut self, v: Value) -> &mut Self {
+        let mut frame = serde_json::to_vec(&v).unwrap();
+        self.call.handle_openai_frame(self.now, &mut frame);
+        self.drain();
+        self
+    }
+
+    fn start(&mut self) -> &mut Self {
+        self.twilio(json!({"event": "connected", "protocol": "Call", "version": "1.0.0"}));
+        self.twilio(start_msg(CALL_SID, "tok"))
+    }
+
+    /// Start, session.created, session.updated: audio flows.
+    fn ready() -> Self {
+        let mut s = Sim::new();
+        s.start();
+        s.openai(json!({"type": "session.created", "event_id": "e1", "session": {"id": "sess_1", "type": "realtime"}}));
+        s.openai(session_updated("audio/pcmu", "audio/pcmu"));
+        assert!(s.call.is_ready());
+        s.twilio_out.clear();
+        s.openai_out.clear();
+        s.events.clear();
+        s
+    }
+
+    fn media(&mut self, payload: &str) -> &mut Self {
+        self.twilio(
+            json!({"event": "media", "sequenceNumber": "2", "streamSid": STREAM_SID,
+            "media": {"track": "inbound", "chunk": "1", "timestamp": "20", "payload": payload}}),
+        )
+    }
+
+    fn delta(&mut self, resp: &str, item: &str, bytes: usize) -> &mut Self {
+        let b64 = b64_of(bytes);
+        self.openai(
+            json!({"type": "response.output_audio.delta", "event_id": "ev", "response_id": resp,
+            "item_id": item, "output_index": 0, "content_index": 0, "delta": b64}),
+        )
+    }
+
+    fn echo(&mut self, name: &str) -> &mut Self {
+        self.twilio(json!({"event": "mark", "sequenceNumber": "9", "streamSid": STREAM_SID, "mark": {"name": name}}))
+    }
+
+    fn speech_started(&mut self) -> &mut Self {
+        self.openai(json!({"type": "input_audio_buffer.speech_started", "event_id": "ev", "audio_start_ms": 1000, "item_id": "item_U"}))
+    }
+
+    fn marks_sent(&self) -> Vec<String> {
+        self.twilio_out
+            .iter()
+            .filter(|v| v["event"] == "mark")
+            .map(|v| v["mark"]["name"].as_str().unwrap().to_owned())
+            .collect()
+    }
+
+    fn truncates(&self) -> Vec<(String, u64)> {
+        self.openai_out
+            .iter()
+            .filter(|v| v["type"] == "conversation.item.truncate")
+            .map(|v| {
+                (
+                    v["item_id"].as_str().unwrap().to_owned(),
+                    v["audio_end_ms"].as_u64().unwrap(),
+                )
+            })
+            .collect()
+    }
+
+    fn ended(&self) -> Option<&EndReason> {
+        self.events.iter().find_map(|e| match e {
+            CallEvent::Ended { reason } => Some(reason),
+            _ => None,
+        })
+    }
+
+    fn protocol_errors(&self) -> Vec<&'static str> {
+        self.events
+            .iter()
+            .filter_map(|e| match e {
+                CallEvent::ProtocolError { kind, .. } => Some(*kind),
+                _ => None,
+            })
+            .collect()
+    }
+}
+
+fn start_msg(call_sid: &str, token: &str) -> Value {
+    json!({"event": "start", "sequenceNumber": "1", "streamSid": STREAM_SID,
+        "start": {"accountSid": "AC00000000000000000000000000000001", "streamSid": STREAM_SID, "callSid": call_sid,
+            "tracks": ["inbound"], "customParameters": {"callId": "c1", "agentId": "default", "token": token},
+            "mediaFormat": {"encoding": "audio/x-mulaw", "sampleRate": 8000, "channels": 1}}})
+}
+
+fn session_updated(input: &str, output: &str) -> Value {
+    json!({"type": "session.updated", "event_id": "e2", "session": {"id": "sess_1", "type": "realtime",
+        "audio": {"input": {"format": {"type": input}}, "output": {"format": {"type": output}}}}})
+}
+
+/// Base64 of `bytes` bytes of μ-law silence.
+fn b64_of(bytes: usize) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode(vec![0xffu8; bytes])
+}
+
+// ---- setup ---------------------------------------------------------------------------------
+
+#[test]
+fn session_update_waits_for_both_start_and_session_created() {
+    let mut s = Sim::new();
+    s.openai(json!({"type": "session.created", "event_id": "e1", "session": {"id": "sess_1"}}));
+    assert!(
+        s.openai_out.is_empty(),
+        "no session.update before twilio start: the agent comes with it"
+    );
+    s.start();
+    assert_eq!(s.openai_out.len(), 1);
+    assert_eq!(s.openai_out[0]["type"], "session.update");
+    assert_eq!(
+        s.openai_out[0]["session"]["audio"]["input"]["format"]["type"],
+        "audio/pcmu"
+    );
+    assert!(s.openai_out[0]["event_id"].is_string());
+}
+
+#[test]
+fn caller_audio_before_session_updated_is_held_then_forwarded_in_order() {
+    let mut s = Sim::new();
+    s.start();
+    s.media("AAAA").media("BBBB");
+    s.openai(json!({"type": "session.created", "event_id": "e1", "session": {"id": "sess_1"}}));
+    assert!(
+        s.openai_out
+            .iter()
+            .all(|v| v["type"] != "input_audio_buffer.append"),
+        "never append before session.updated"
+    );
+    s.openai(session_updated("audio/pcmu", "audio/pcmu"));
+    let appends: Vec<_> = s
+        .openai_out
+        .iter()
+        .filter(|v| v["type"] == "input_audio_buffer.append")
+        .map(|v| v["audio"].clone())
+        .collect();
+    assert_eq!(appends, vec![json!("AAAA"), json!("BBBB")]);
+    assert!(
+        matches!(&s.events[..], [.., CallEvent::SessionReady { .. }])
+            || s.events
+                .iter()
+                .any(|e| matches!(e, CallEvent::SessionReady { .. }))
+    );
+}
+
+#[test]
+fn held_audio_is_bounded_and_drops_the_oldest() {
+    let mut s = Sim::with(|c| c.max_presession_audio_ms = 40);
+    s.start();
+    let frame = b64_of(160); // 20 ms
+    for _ in 0..5 {
+        s.media(&frame);
+    }
+    assert_eq!(s.call.stats().presession_audio_dropped, 3);
+    s.openai(json!({"type": "session.created", "event_id": "e1", "session": {"id": "sess_1"}}));
+    s.openai(session_updated("audio/pcmu", "audio/pcmu"));
+    assert_eq!(
+        s.openai_out
+            .iter()
+            .filter(|v| v["type"] == "input_audio_buffer.append")
+            .count(),
+        2
+    );
+}
+
+#[test]
+fn a_session_without_pcmu_ends_the_call_as_an_ai_failure() {
+    let mut s = Sim::new();
+    s.start();
+    s.openai(json!({"type": "session.created", "event_id": "e1", "session": {"id": "sess_1"}}));
+    s.openai(session_updated("audio/pcm", "audio/pcmu"));
+    let reason = s.ended().expect("ended");
+    assert!(reason.is_ai_failure(), "{reason}");
+}
+
+#[test]
+fn an_error_during_setup_is_fatal_and_after_setup_is_not() {
+    let mut s = Sim::new();
+    s.start();
+    s.openai(json!({"type": "session.created", "event_id": "e1", "session": {"id": "sess_1"}}));
+    s.openai(json!({"type": "error", "event_id": "e3", "error": {"type": "invalid_request_error", "code": "invalid_value", "message": "bad voice", "param": null, "event_id": "cb_1"}}));
+    assert!(s.ended().unwrap().is_ai_failure());
+
+    let mut s = Sim::ready();
+    s.openai(json!({"type": "error", "event_id": "e3", "error": {"type": "invalid_request_error", "code": "invalid_value", "message": "Audio content of 980ms is already shorter than 1240ms", "param": null, "event_id": "cb_9"}}));
+    assert!(s.ended().is_none());
+    assert!(s
+        .events
+        .iter()
+        .any(|e| matches!(e, CallEvent::OpenAiError { event_id: Some(id), .. } if id == "cb_9")));
+}
+
+#[test]
+fn no_session_updated_in_time_ends_the_call() {
+    let mut s = Sim::with(|c| c.session_timeout = ms(2000));
+    s.start();
+    assert_eq!(s.call.poll_timeout(), Some(s.t0 + ms(2000)));
+    s.at(1999);
+    s.call.handle_timeout(s.now);
+    s.drain();
+    assert!(s.ended().is_none());
+    s.at(2000);
+    s.call.handle_timeout(s.now);
+    s.drain();
+    assert!(s.ended().unwrap().is_ai_failure());
+    assert_eq!(s.call.poll_timeout(), None);
+}
+
+#[test]
+fn no_start_in_time_ends_the_call() {
+    let mut s = Sim::with(|c| c.start_timeout = ms(500));
+    s.at(500);
+    s.call.handle_timeout(s.now);
+    s.drain();
+    assert_eq!(s.ended(), Some(&EndReason::StartTimeout));
+}
+
+#[test]
+fn a_start_for_another_call_or_with_a_wrong_token_is_refused() {
+    let mut s = Sim::new();
+    s.twilio(start_msg("CA99999999999999999999999999999999", "tok"));
+    assert!(matches!(s.ended(), Some(EndReason::Unauthorized(_))));
+    let mut s = Sim::new();
+    s.twilio(start_msg(CALL_SID, "forged"));
+    assert!(matches!(s.ended(), Some(EndReason::Unauthorized(_))));
+}
+
+#[test]
+fn a_media_format_other_than_mulaw_8k_mono_ends_the_call() {
+    let mut s = Sim::new();
+    let mut msg = start_msg(CALL_SID, "tok");
+    msg["start"]["mediaFormat"]["sampleRate"] = json!(16000);
+    s.twilio(msg);
+    assert!(matches!(s.ended(), Some(EndReason::BadMediaFormat(_))));
+}
+
+// ---- forwarding ----------------------------------------------------------------------------
+
+#[test]
+fn caller_audio_is_forwarded_unchanged_as_append() {
+    let mut s = Sim::ready();
+    let payload = b64_of(160);
+    s.media(&payload);
+    assert_eq!(
+        s.openai_out,
+        vec![json!({"type": "input_audio_buffer.append", "audio": payload})]
+    );
+}
+
+#[test]
+fn each_delta_becomes_media_then_a_mark_naming_item_and_cumulative_ms() {
+    let mut s = Sim::ready();
+    s.delta("resp_1", "item_A", 400)
+        .delta("resp_1", "item_A", 2400)
+        .delta("resp_1", "item_A", 800);
+    let kinds: Vec<_> = s
+        .twilio_out
+        .iter()
+        .map(|v| v["event"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(kinds, ["media", "mark", "media", "mark", "media", "mark"]);
+    assert_eq!(s.twilio_out[0]["streamSid"], STREAM_SID);
+    assert_eq!(s.twilio_out[0]["media"]["payload"], b64_of(400));
+    assert_eq!(
+        s.marks_sent(),
+        [
+            "e=0;i=item_A;ms=50",
+            "e=0;i=item_A;ms=350",
+            "e=0;i=item_A;ms=450"
+        ]
+    );
+}
+
+#[test]
+fn long_deltas_are_split_into_valid_pieces_of_at_most_100_ms() {
+    let mut s = Sim::ready();
+    s.delta("resp_1", "item_A", 2000); // 250 ms
+    let media: Vec<String> = s
+        .twilio_out
+        .iter()
+        .filter(|v| v["event"] == "media")
+        .map(|v| v["media"]["payload"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(media.len(), 3);
+    assert_eq!(
+        media.concat(),
+        b64_of(2000),
+        "pieces concatenate to the original, byte-exact"
+    );
+    assert!(media.iter().all(|m| m.len() % 4 == 0 && m.len() <= 1064));
+    assert_eq!(
+        s.marks_sent(),
+        [
+            "e=0;i=item_A;ms=99",
+            "e=0;i=item_A;ms=199",
+            "e=0;i=item_A;ms=250"
+        ]
+    );
+}
+
+#[test]
+fn many_deltas_of_varying_size_are_accounted_in_bytes() {
+    let mut s = Sim::ready();
+    let sizes = [3usize, 160, 7, 1200, 1, 333, 8000, 5];
+    for sz in sizes {
+        s.delta("resp_1", "item_A", sz);
+    }
+    let total: usize = sizes.iter().sum();
+    let last = s.marks_sent().last().cloned().unwrap();
+    assert_eq!(last, format!("e=0;i=item_A;ms={}", total / 8));
+}
+
+// ---- barge-in ------------------------------------------------------------------------------
+
+#[test]
+fn speech_with_nothing_playing_sends_neither_clear_nor_truncate() {
+    let mut s = Sim::ready();
+    s.speech_started();
+    assert!(s.twilio_out.is_empty());
+    assert!(s.openai_out.is_empty());
+    assert_eq!(s.call.stats().speech_without_playback, 1);
+}
+
+#[test]
+fn interrupt_mid_response_clears_first_then_truncates_what_was_heard() {
+    let mut s = Sim::ready();
+    s.at(1000)
+        .delta("resp_1", "item_X", 400)
+        .delta("resp_1", "item_X", 2400)
+        .delta("resp_1", "item_X", 800);
+    s.at(1080).echo("e=0;i=item_X;ms=50");
+    s.twilio_out.clear();
+    s.at(1180).speech_started();
+    assert_eq!(
+        s.twilio_out,
+        vec![json!({"event": "clear", "streamSid": STREAM_SID})]
+    );
+    assert_eq!(s.truncates(), vec![("item_X".to_owned(), 150)]);
+    assert_eq!(s.openai_out[0]["content_index"], 0);
+    assert!(s.openai_out[0]["event_id"].is_string());
+    assert!(s.events.iter().any(|e| matches!(
+        e,
+        CallEvent::Interrupted {
+            audio_end_ms: 150,
+            sent_ms: 450,
+            ..
+        }
+    )));
+}
+
+#[test]
+fn speech_after_the_last_delta_but_before_playout_ends_truncates() {
+    let mut s = Sim::ready();
+    s.at(0).delta("resp_1", "item_X", 800); // 100 ms
+    s.openai(json!({"type": "response.output_audio.done", "event_id": "e", "response_id": "resp_1", "item_id": "item_X", "output_index": 0, "content_index": 0}));
+    s.at(60).speech_started();
+    assert_eq!(s.truncates(), vec![("item_X".to_owned(), 60)]);
+}
+
+#[test]
+fn response_done_before_playback_ends_still_truncates() {
+    let mut s = Sim::ready();
+    s.at(0).delta("resp_1", "item_X", 1600); // 200 ms, two pieces
+    s.openai(json!({"type": "response.done", "event_id": "e", "response": {"id": "resp_1", "object": "realtime.response", "status": "completed", "output": []}}));
+    s.at(120).echo("e=0;i=item_X;ms=99");
+    s.at(150).speech_started();
+    assert_eq!(s.truncates(), vec![("item_X".to_owned(), 150)]);
+}
+
+#[test]
+fn everything_echoed_means_the_item_was_heard_and_nothing_is_truncated() {
+    let mut s = Sim::ready();
+    s.at(0).delta("resp_1", "item_X", 400);
+    s.at(50).echo("e=0;i=item_X;ms=50");
+    s.twilio_out.clear();
+    s.at(70).speech_started();
+    assert!(s.twilio_out.is_empty() && s.truncates().is_empty());
+}
+
+#[test]
+fn two_speech_started_in_a_row_interrupt_once() {
+    let mut s = Sim::ready();
+    s.at(0).delta("resp_1", "item_X", 800);
+    s.at(30).speech_started();
+    s.at(40).speech_started();
+    assert_eq!(s.truncates().len(), 1);
+    assert_eq!(
+        s.twilio_out
+            .iter()
+            .filter(|v| v["event"] == "clear")
+            .count(),
+        1
+    );
+}
+
+#[test]
+fn echoes_of_marks_cleared_by_clear_are_ignored() {
+    let mut s = Sim::ready();
+    s.at(0)
+        .delta("resp_1", "item_X", 800)
+        .delta("resp_1", "item_X", 800);
+    s.at(30).speech_started();
+    // Twilio echoes every pending mark after the clear.
+    s.at(35)
+        .echo("e=0;i=item_X;ms=100")
+        .echo("e=0;i=item_X;ms=200");
+    assert_eq!(s.call.stats().marks_stale, 2);
+    assert!(s.protocol_errors().is_empty());
+}
+
+#[test]
+fn late_deltas_of_the_interrupted_response_are_dropped() {
+    let mut s = Sim::ready();
+    s.at(0).delta("resp_1", "item_X", 800);
+    s.at(30).speech_started();
+    s.twilio_out.clear();
+    s.delta("resp_1", "item_X", 800);
+    assert!(
+        s.twilio_out.is_empty(),
+        "late audio after the clear would play after the barge-in"
+    );
+    assert_eq!(s.call.stats().late_deltas_dropped, 1);
+}
+
+#[test]
+fn a_new_response_after_an_interrupted_one_is_accounted_from_zero_in_a_new_epoch() {
+    let mut s = Sim::ready();
+    s.at(0).delta("resp_1", "item_X", 800);
+    s.at(30).speech_started();
+    s.at(35).echo("e=0;i=item_X;ms=100");
+    s.twilio_out.clear();
+    s.at(2000).delta("resp_2", "item_Y", 400);
+    assert_eq!(s.marks_sent(), ["e=1;i=item_Y;ms=50"]);
+    s.at(2020).speech_started();
+    assert_eq!(s.truncates().last().unwrap(), &("item_Y".to_owned(), 20));
+}
+
+#[test]
+fn late_and_out_of_order_echoes_never_move_playout_backwards() {
+    let mut s = Sim::ready();
+    s.at(0)
+        .delta("r", "item_X", 400)
+        .delta("r", "item_X", 400)
+        .delta("r", "item_X", 400);
+    s.at(100).echo("e=0;i=item_X;ms=100");
+    s.at(101).echo("e=0;i=item_X;ms=50"); // late, already implied
+    s.at(120).speech_started();
+    assert_eq!(s.truncates(), vec![("item_X".to_owned(), 120)]);
+    assert_eq!(s.call.stats().marks_unknown, 1);
+    assert!(
+        s.protocol_errors().is_empty(),
+        "a late echo of a real mark is not a protocol error"
+    );
+}
+
+#[test]
+fn gaps_in_twilio_timestamps_do_not_affect_the_playout_estimate() {
+    // The estimate uses our clock and the marks, not the inbound media timestamps.
+    let mut s = Sim::ready();
+    s.at(0).delta("r", "item_X", 1600);
+    for ts in ["20", "40", "5000", "5020"] {
+        s.twilio(
+            json!({"event": "media", "sequenceNumber": "3", "streamSid": STREAM_SID,
+            "media": {"track": "inbound", "chunk": "2", "timestamp": ts, "payload": "AAAA"}}),
+        );
+    }
+    s.at(90).speech_started();
+    assert_eq!(s.truncates(), vec![("item_X".to_owned(), 90)]);
+}
+
+#[test]
+fn an_item_queued_behind_the_playing_one_is_truncated_at_zero() {
+    let mut s = Sim::ready();
+    s.at(0).delta("r", "item_A", 800).delta("r", "item_B", 800);
+    s.at(40).speech_started();
+    assert_eq!(
+        s.truncates(),
+        vec![("item_A".to_owned(), 40), ("item_B".to_owned(), 0)]
+    );
+}
+
+// ---- bad input -----------------------------------------------------------------------------
+
+#[test]
+fn bad_frames_are_counted_and_dropped_and_the_call_goes_on() {
+    let mut s = Sim::ready();
+    s.twilio_raw(b"not json at all");
+    s.twilio_raw(b"{\"event\":\"media\",\"streamSid\":\"MZ00000000000000000000000000000001\",\"media\":{\"payload\":\"@@@@\"}}");
+    s.twilio(json!({"event": "media", "streamSid": "MZ_other", "media": {"payload": "AAAA"}}));
+    s.twilio(json!({"event": "somethingNew", "streamSid": STREAM_SID}));
+    s.echo("responsePart");
+    s.call.handle_twilio_binary(s.now);
+    s.drain();
+    assert_eq!(
+        s.protocol_errors(),
+        [
+            "not_json",
+            "bad_base64",
+            "unknown_stream_sid",
+            "unknown_mark",
+            "binary_frame"
+        ]
+    );
+    assert!(s.ended().is_none());
+    s.media("AAAA");
+    assert_eq!(s.openai_out.len(), 1, "audio still flows");
+}
+
+#[test]
+fn media_before_start_is_dropped() {
+    let mut s = Sim::new();
+    s.media("AAAA");
+    assert_eq!(s.protocol_errors(), ["media_before_start"]);
+}
+
+#[test]
+fn bad_openai_frames_are_counted_and_dropped() {
+    let mut s = Sim::ready();
+    let mut frame = b"{\"type\":".to_vec();
+    s.call.handle_openai_frame(s.now, &mut frame);
+    s.drain();
+    s.openai(json!({"type": "response.output_audio.delta", "event_id": "e", "response_id": "r", "item_id": "i", "output_index": 0, "content_index": 0, "delta": "not base64!"}));
+    s.openai(json!({"type": "some.future.event", "event_id": "e"}));
+    assert_eq!(s.protocol_errors(), ["not_json", "bad_base64"]);
+    assert!(s.twilio_out.is_empty());
+    assert!(s.ended().is_none());
+}
+
+// ---- ending --------------------------------------------------------------------------------
+
+#[test]
+fn twilio_stop_ends_the_call() {
+    let mut s = Sim::ready();
+    s.twilio(json!({"event": "stop", "sequenceNumber": "5", "streamSid": STREAM_SID, "stop": {"accountSid": "AC1", "callSid": CALL_SID}}));
+    assert_eq!(s.ended(), Some(&EndReason::TwilioStop));
+    assert!(s.call.is_ended());
+    s.media("AAAA");
+    assert!(
+        s.openai_out.is_empty(),
+        "nothing is forwarded after the end"
+    );
+}
+
+#[test]
+fn the_openai_socket_closing_ends_the_call_as_an_ai_failure() {
+    let mut s = Sim::ready();
+    s.call.handle_openai_closed(s.now, "close 1011");
+    s.drain();
+    assert!(matches!(s.ended(), Some(EndReason::OpenAiClosed(_))));
+    assert_eq!(
+        s.events
+            .iter()
+            .filter(|e| matches!(e, CallEvent::Ended { .. }))
+            .count(),
+        1
+    );
+}
+
+#[test]
+fn transcripts_dtmf_usage_and_tool_calls_become_events() {
+    let mut s = Sim::ready();
+    s.openai(json!({"type": "conversation.item.input_audio_transcription.completed", "event_id": "e", "item_id": "item_U", "content_index": 0, "transcript": "注文番号は12345です。"}));
+    s.openai(json!({"type": "response.output_audio_transcript.done", "event_id": "e", "response_id": "r", "item_id": "item_A", "output_index": 0, "content_index": 0, "transcript": "Sure."}));
+    s.twilio(json!({"event": "dtmf", "streamSid": STREAM_SID, "sequenceNumber": "57", "dtmf": {"track": "inbound_track", "digit": "1"}}));
+    s.openai(json!({"type": "response.function_call_arguments.done", "event_id": "e", "response_id": "r", "item_id": "item_F", "output_index": 1, "call_id": "call_1", "name": "lookup_order", "arguments": "{\"order_id\":\"1\"}"}));
+    s.openai(json!({"type": "response.done", "event_id": "e", "response": {"id": "r", "object": "realtime.response", "status": "completed", "output": [], "usage": {"total_tokens": 10, "input_tokens": 6, "output_tokens": 4}}}));
+    assert!(s.events.iter().any(
+        |e| matches!(e, CallEvent::CallerTranscript { text, .. } if text == "注文番号は12345です。")
+    ));
+    assert!(s
+        .events
+        .iter()
+        .any(|e| matches!(e, CallEvent::AssistantTranscript { text, .. } if text == "Sure.")));
+    assert!(s
+        .events
+        .iter()
+        .any(|e| matches!(e, CallEvent::Dtmf { digit } if digit == "1")));
+    assert!(s
+        .events
+        .iter()
+        .any(|e| matches!(e, CallEvent::ToolCall { name, .. } if name == "lookup_order")));
+    assert!(s.events.iter().any(
+        |e| matches!(e, CallEvent::ResponseDone { usage: Some(u), .. } if u.total_tokens == 10)
+    ));
+    let types: Vec<_> = s
+        .openai_out
+        .iter()
+        .map(|v| v["type"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(
+        types,
+        ["conversation.item.create", "response.create"],
+        "a tool with no executor gets an error output so the model speaks"
+    );
+    assert_eq!(s.openai_out[0]["item"]["call_id"], "call_1");
+}
