@@ -2,8 +2,10 @@
 //!
 //! - [`http`]: request parsing with limits (httparse) and response writing.
 //! - [`form`]: `application/x-www-form-urlencoded` bodies.
+//! - [`routes`]: the routes (webhook, after-stream, media-stream upgrade, health), sans-IO.
 //! - [`ws`]: the sans-IO WebSocket codec (server side for Twilio, client side for OpenAI) and
 //!   the opening handshakes.
 pub mod form;
 pub mod http;
+pub mod routes;
 pub mod ws;

@@ -2,6 +2,7 @@
 //!
 //! - [`events`]: parse server events (borrowing), encode client events into reused buffers.
 //! - [`session`]: the agent's settings and the `session.update` built from them.
+pub mod client;
 pub mod events;
 pub mod mock;
 pub mod session;

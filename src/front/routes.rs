@@ -1,0 +1,304 @@
+//! The routes of callbridge's HTTP front end, sans-IO: a parsed request (and the time) in, a
+//! response or a WebSocket upgrade grant out.
+//!
+//! | route | method | answer |
+//! | --- | --- | --- |
+//! | `/api/twilio/voice` | POST | TwiML: `<Connect><Stream>` (or the legacy conference) |
+//! | `/api/twilio/after-stream` | POST | TwiML after the stream: `<Hangup/>`, or the conference when the AI leg failed |
+//! | `/api/twilio/status` | POST | 204 (status callbacks) |
+//! | `/api/twilio/media-stream/{callId}` | GET | WebSocket upgrade for a signed, unexpired `callId`; 403 otherwise |
+//! | `/healthz` | GET | 200 with the active call count |
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use crate::config::Config;
+use crate::front::form::parse_form;
+use crate::front::http::Request;
+use crate::front::ws;
+use crate::twilio::{signature, stream_id::StreamKey, twiml};
+
+/// Path prefix of the media stream WebSocket.
+pub const MEDIA_STREAM_PREFIX: &str = "/api/twilio/media-stream/";
+
+/// Calls whose outcome is remembered for `after-stream` (a few minutes of heavy traffic).
+const MAX_REMEMBERED_OUTCOMES: usize = 8192;
+
+/// An HTTP answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Response {
+    /// Status code.
+    pub status: u16,
+    /// `Content-Type`.
+    pub content_type: &'static str,
+    /// Body.
+    pub body: Vec<u8>,
+    /// Extra headers (`Allow`, `Sec-WebSocket-Version`, …).
+    pub headers: Vec<(&'static str, String)>,
+}
+
+impl Response {
+    fn text(status: u16, body: &str) -> Self {
+        Response { status, content_type: "text/plain; charset=utf-8", body: format!("{body}\n").into_bytes(), headers: vec![] }
+    }
+
+    fn twiml(doc: String) -> Self {
+        Response { status: 200, content_type: "text/xml; charset=utf-8", body: doc.into_bytes(), headers: vec![] }
+    }
+
+    fn with_header(mut self, name: &'static str, value: &str) -> Self {
+        self.headers.push((name, value.to_owned()));
+        self
+    }
+}
+
+/// Permission to upgrade to a media stream, with what the call needs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UpgradeGrant {
+    /// The callSid from the signed `callId`.
+    pub call_sid: String,
+    /// The `callId` path segment.
+    pub call_id: String,
+    /// `Sec-WebSocket-Accept` value.
+    pub accept: String,
+    /// Token the `start` message must carry.
+    pub start_token: String,
+}
+
+/// What to do with a request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Routed {
+    /// Answer and keep going (or close, per keep-alive).
+    Respond(Response),
+    /// Answer 101 and hand the connection to a call.
+    Upgrade(UpgradeGrant),
+}
+
+/// Why a webhook call took the legacy path, for logs and records.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FallbackReason {
+    /// `USE_OPENAI_REALTIME=false`.
+    RealtimeOff,
+    /// `MAX_CALLS` reached.
+    Overloaded,
+    /// The AI leg failed during the stream.
+    AiFailed,
+}
+
+/// The application state shared by the connections of a server.
+pub struct App {
+    cfg: Arc<Config>,
+    stream_key: StreamKey,
+    active_calls: AtomicUsize,
+    /// Recent calls whose AI leg failed (callSid), for `after-stream`.
+    ai_failures: Mutex<VecDeque<String>>,
+}
+
+impl App {
+    /// The app for `cfg`.
+    pub fn new(cfg: Arc<Config>) -> Self {
+        let stream_key = StreamKey::from_secret(&cfg.stream_secret);
+        App { cfg, stream_key, active_calls: AtomicUsize::new(0), ai_failures: Mutex::new(VecDeque::new()) }
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &Arc<Config> {
+        &self.cfg
+    }
+
+    /// Calls currently bridged.
+    pub fn active_calls(&self) -> usize {
+        self.active_calls.load(Ordering::Relaxed)
+    }
+
+    /// Counts a call as active until the guard is dropped.
+    pub fn call_started(self: &Arc<Self>) -> ActiveCallGuard {
+        self.active_calls.fetch_add(1, Ordering::Relaxed);
+        ActiveCallGuard { app: Arc::clone(self) }
+    }
+
+    /// Remembers that `call_sid`'s AI leg failed, so `after-stream` sends the caller to the
+    /// conference instead of hanging up.
+    pub fn record_ai_failure(&self, call_sid: &str) {
+        let mut q = self.ai_failures.lock().unwrap_or_else(|e| e.into_inner());
+        q.push_back(call_sid.to_owned());
+        while q.len() > MAX_REMEMBERED_OUTCOMES {
+            q.pop_front();
+        }
+    }
+
+    fn ai_failed(&self, call_sid: &str) -> bool {
+        let q = self.ai_failures.lock().unwrap_or_else(|e| e.into_inner());
+        q.iter().any(|s| s == call_sid)
+    }
+
+    /// Routes one request at `now_unix` (seconds since the epoch, for stream URL expiry).
+    pub fn route(&self, req: &Request, now_unix: u64) -> Routed {
+        let path = req.path.as_str();
+        let resp = match path {
+            "/healthz" => self.healthz(req),
+            "/api/twilio/voice" => self.voice(req, now_unix),
+            "/api/twilio/after-stream" => self.after_stream(req),
+            "/api/twilio/status" => self.status_callback(req),
+            _ if path.starts_with(MEDIA_STREAM_PREFIX) => return self.media_stream(req, &path[MEDIA_STREAM_PREFIX.len()..], now_unix),
+            _ => Response::text(404, "not found"),
+        };
+        Routed::Respond(resp)
+    }
+
+    fn healthz(&self, req: &Request) -> Response {
+        if req.method != "GET" && req.method != "HEAD" {
+            return method_not_allowed("GET");
+        }
+        let body = format!("{{\"status\":\"ok\",\"active_calls\":{}}}\n", self.active_calls());
+        Response { status: 200, content_type: "application/json", body: body.into_bytes(), headers: vec![] }
+    }
+
+    /// The public host for URLs: `PUBLIC_HOST`, else the request's `Host`.
+    fn public_host<'a>(&'a self, req: &'a Request) -> Option<&'a str> {
+        self.cfg.public_host.as_deref().or_else(|| req.header("host")).filter(|h| !h.is_empty() && is_host_safe(h))
+    }
+
+    /// Parses the form body and checks the Twilio signature; the error is the answer to send.
+    fn signed_form(&self, req: &Request) -> Result<Vec<(String, String)>, Response> {
+        if req.method != "POST" {
+            return Err(method_not_allowed("POST"));
+        }
+        let params = parse_form(&req.body).map_err(|e| Response::text(400, &format!("bad form body: {e}")))?;
+        let Some(token) = &self.cfg.twilio_auth_token else { return Ok(params) };
+        if req.header("x-twilio-webhooks-signature-settings").is_some() {
+            tracing::warn!(path = %req.path, "refused: HMAC_SHA256 webhook signatures (X-Twilio-Webhooks-Signature-Settings) are not configured here");
+            return Err(Response::text(403, "unsupported signature algorithm"));
+        }
+        let Some(host) = self.public_host(req) else { return Err(Response::text(400, "no host")) };
+        let url = format!("https://{host}{}", req.raw_target());
+        let sig = req.header("x-twilio-signature").unwrap_or("");
+        if sig.is_empty() || !signature::validate(token, &url, &params, sig) {
+            tracing::warn!(%url, "refused: X-Twilio-Signature missing or wrong");
+            return Err(Response::text(403, "invalid signature"));
+        }
+        Ok(params)
+    }
+
+    fn voice(&self, req: &Request, now_unix: u64) -> Response {
+        let params = match self.signed_form(req) {
+            Ok(p) => p,
+            Err(resp) => return resp,
+        };
+        let get = |k: &str| params.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
+        let Some(call_sid) = get("CallSid").filter(|s| is_sid_like(s)) else {
+            return Response::text(400, "missing or malformed CallSid");
+        };
+        if !self.cfg.use_openai_realtime {
+            tracing::info!(call_sid, "realtime mode off: legacy conference");
+            return self.conference(call_sid, FallbackReason::RealtimeOff);
+        }
+        if self.active_calls() >= self.cfg.max_calls {
+            tracing::warn!(call_sid, max_calls = self.cfg.max_calls, "overloaded: legacy conference");
+            return self.conference(call_sid, FallbackReason::Overloaded);
+        }
+        let Some(host) = self.public_host(req) else { return Response::text(400, "no host") };
+        let call_id = self.stream_key.mint(call_sid, now_unix + self.cfg.stream_ttl.as_secs());
+        let token = self.stream_key.start_token(&call_id);
+        let stream_url = format!("wss://{host}{MEDIA_STREAM_PREFIX}{call_id}");
+        let redirect = format!("https://{host}/api/twilio/after-stream");
+        let from = get("From").unwrap_or("");
+        let to = get("To").unwrap_or("");
+        let parameters = [("callId", call_id.as_str()), ("agentId", self.cfg.agent.id.as_str()), ("from", from), ("to", to), ("token", token.as_str())];
+        tracing::info!(call_sid, from, to, "incoming call: streaming to the agent");
+        Response::twiml(twiml::connect_stream(&stream_url, &parameters, &redirect))
+    }
+
+    fn conference(&self, call_sid: &str, reason: FallbackReason) -> Response {
+        let room = self.cfg.conference_name.replace("{CallSid}", call_sid);
+        let say = self.cfg.fallback_say.as_ref().map(|(lang, text)| (lang.as_str(), text.as_str()));
+        tracing::info!(call_sid, ?reason, %room, "fallback to the legacy conference");
+        Response::twiml(twiml::conference(say, &room))
+    }
+
+    fn after_stream(&self, req: &Request) -> Response {
+        let params = match self.signed_form(req) {
+            Ok(p) => p,
+            Err(resp) => return resp,
+        };
+        let call_sid = params.iter().find(|(n, _)| n == "CallSid").map(|(_, v)| v.as_str()).unwrap_or("");
+        if !call_sid.is_empty() && self.ai_failed(call_sid) {
+            return self.conference(call_sid, FallbackReason::AiFailed);
+        }
+        Response::twiml(twiml::say_hangup(None))
+    }
+
+    fn status_callback(&self, req: &Request) -> Response {
+        match self.signed_form(req) {
+            Ok(_) => Response { status: 204, content_type: "text/plain", body: vec![], headers: vec![] },
+            Err(resp) => resp,
+        }
+    }
+
+    fn media_stream(&self, req: &Request, call_id: &str, now_unix: u64) -> Routed {
+        if req.method != "GET" {
+            return Routed::Respond(method_not_allowed("GET"));
+        }
+        let verified = match self.stream_key.verify(call_id, now_unix) {
+            Ok(v) => v,
+            Err(e) => {
+                tracing::warn!(call_id, "refused media stream: {e}");
+                return Routed::Respond(Response::text(403, "unknown or expired stream"));
+            }
+        };
+        if let (Some(token), Some(sig)) = (&self.cfg.twilio_auth_token, req.header("x-twilio-signature")) {
+            // protocol.md 3.2: signed over the wss:// URL as written in the TwiML; the https://
+            // form is accepted too. A missing header is left to the start token check.
+            let host = self.public_host(req).unwrap_or("");
+            let ok = ["wss", "https"].iter().any(|scheme| {
+                let url = format!("{scheme}://{host}{MEDIA_STREAM_PREFIX}{call_id}");
+                signature::validate(token, &url, &[], sig)
+            });
+            if !ok {
+                tracing::warn!(call_id, "refused media stream: x-twilio-signature wrong");
+                return Routed::Respond(Response::text(403, "invalid signature"));
+            }
+        }
+        match ws::check_upgrade(req) {
+            Ok(accept) => Routed::Upgrade(UpgradeGrant {
+                call_sid: verified.call_sid,
+                call_id: call_id.to_owned(),
+                accept,
+                start_token: self.stream_key.start_token(call_id),
+            }),
+            Err(e) => {
+                let mut resp = Response::text(e.status(), &e.to_string());
+                if e.status() == 426 {
+                    resp = resp.with_header("Sec-WebSocket-Version", "13").with_header("Upgrade", "websocket");
+                }
+                Routed::Respond(resp)
+            }
+        }
+    }
+}
+
+/// Keeps a call counted as active while alive.
+pub struct ActiveCallGuard {
+    app: Arc<App>,
+}
+
+impl Drop for ActiveCallGuard {
+    fn drop(&mut self) {
+        self.app.active_calls.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+fn method_not_allowed(allow: &str) -> Response {
+    Response::text(405, "method not allowed").with_header("Allow", allow)
+}
+
+/// Whether a host name is safe to put into URLs we emit (no path, query, space or markup).
+fn is_host_safe(host: &str) -> bool {
+    host.len() <= 255 && host.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b':' | b'[' | b']' | b'_'))
+}
+
+/// Whether a CallSid looks like one (letters and digits, 1–64 characters).
+fn is_sid_like(s: &str) -> bool {
+    !s.is_empty() && s.len() <= 64 && s.bytes().all(|b| b.is_ascii_alphanumeric())
+}

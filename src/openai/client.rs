@@ -1,0 +1,178 @@
+//! Connecting to the Realtime endpoint: TCP, then rustls for `wss://` (webpki roots plus an
+//! optional extra CA file), then the WebSocket opening handshake with `Authorization: Bearer`.
+//! No `OpenAI-Beta` header: that would select the retired beta protocol (protocol.md 5.1).
+
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::net::TcpStream;
+
+use crate::config::WsUrl;
+use crate::front::ws;
+
+/// Largest handshake response head accepted (OpenAI's is well under 2 KiB).
+const MAX_HANDSHAKE_BYTES: usize = 16 * 1024;
+
+/// Why the connection could not be made.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConnectError {
+    /// TCP connect or IO failed.
+    #[error("io: {0}")]
+    Io(#[from] io::Error),
+    /// The TLS configuration could not be built.
+    #[error("tls setup: {0}")]
+    TlsSetup(String),
+    /// The server name is not valid for TLS.
+    #[error("invalid server name {0:?}")]
+    ServerName(String),
+    /// The WebSocket handshake failed (non-101 answer, bad accept key, …).
+    #[error("handshake: {0}")]
+    Handshake(String),
+    /// The whole connect took too long.
+    #[error("timed out after {0:?}")]
+    Timeout(Duration),
+}
+
+/// A connected byte stream to OpenAI, plain or TLS.
+pub enum Conn {
+    /// `ws://` (local mock).
+    Plain(TcpStream),
+    /// `wss://`.
+    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+}
+
+impl AsyncRead for Conn {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Conn::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            Conn::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Conn {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Conn::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            Conn::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Conn::Plain(s) => Pin::new(s).poll_flush(cx),
+            Conn::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Conn::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            Conn::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+        }
+    }
+}
+
+/// Makes connections to one Realtime endpoint. Cheap to share (`Arc`).
+pub struct Connector {
+    url: WsUrl,
+    api_key: Option<String>,
+    tls: Option<tokio_rustls::TlsConnector>,
+    timeout: Duration,
+}
+
+impl Connector {
+    /// A connector for `url`; TLS is set up when the URL is `wss://`.
+    pub fn new(url: WsUrl, api_key: Option<String>, extra_ca_pem: Option<&[u8]>, timeout: Duration) -> Result<Self, ConnectError> {
+        let tls = if url.tls { Some(tls_connector(extra_ca_pem)?) } else { None };
+        Ok(Connector { url, api_key, tls, timeout })
+    }
+
+    /// Connects and completes the WebSocket handshake. Returns the stream and any bytes that
+    /// arrived after the handshake response (the start of the first frames).
+    pub async fn connect(&self) -> Result<(Conn, Vec<u8>), ConnectError> {
+        match tokio::time::timeout(self.timeout, self.connect_inner()).await {
+            Ok(r) => r,
+            Err(_) => Err(ConnectError::Timeout(self.timeout)),
+        }
+    }
+
+    async fn connect_inner(&self) -> Result<(Conn, Vec<u8>), ConnectError> {
+        let tcp = TcpStream::connect((self.url.host.as_str(), self.url.port)).await?;
+        tcp.set_nodelay(true)?;
+        let mut conn = match &self.tls {
+            None => Conn::Plain(tcp),
+            Some(tls) => {
+                let name = rustls::pki_types::ServerName::try_from(self.url.host.clone())
+                    .map_err(|_| ConnectError::ServerName(self.url.host.clone()))?;
+                Conn::Tls(Box::new(tls.connect(name, tcp).await?))
+            }
+        };
+        let key = ws::new_client_key();
+        let auth = self.api_key.as_ref().map(|k| format!("Bearer {k}"));
+        let mut headers: Vec<(&str, &str)> = Vec::new();
+        if let Some(auth) = &auth {
+            headers.push(("Authorization", auth));
+        }
+        let mut req = Vec::with_capacity(512);
+        ws::write_client_handshake(&mut req, &self.url.host_header(), &self.url.path_and_query, &key, &headers);
+        conn.write_all(&req).await?;
+        let mut buf = Vec::with_capacity(4096);
+        loop {
+            let mut chunk = [0u8; 4096];
+            let n = conn.read(&mut chunk).await?;
+            if n == 0 {
+                return Err(ConnectError::Handshake("connection closed during the handshake".into()));
+            }
+            buf.extend_from_slice(&chunk[..n]);
+            match ws::parse_handshake_response(&buf, &key) {
+                Ok(Some(head_len)) => {
+                    let rest = buf.split_off(head_len);
+                    return Ok((conn, rest));
+                }
+                Ok(None) if buf.len() > MAX_HANDSHAKE_BYTES => return Err(ConnectError::Handshake("response head too large".into())),
+                Ok(None) => {}
+                Err(e) => return Err(ConnectError::Handshake(e.to_string())),
+            }
+        }
+    }
+}
+
+fn tls_connector(extra_ca_pem: Option<&[u8]>) -> Result<tokio_rustls::TlsConnector, ConnectError> {
+    let mut roots = rustls::RootCertStore { roots: webpki_roots::TLS_SERVER_ROOTS.to_vec() };
+    if let Some(pem) = extra_ca_pem {
+        let mut reader = io::BufReader::new(pem);
+        let mut added = 0;
+        for cert in rustls_pemfile::certs(&mut reader) {
+            let cert = cert.map_err(|e| ConnectError::TlsSetup(format!("extra CA file: {e}")))?;
+            roots.add(cert).map_err(|e| ConnectError::TlsSetup(format!("extra CA certificate: {e}")))?;
+            added += 1;
+        }
+        if added == 0 {
+            return Err(ConnectError::TlsSetup("extra CA file has no PEM certificate".into()));
+        }
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| ConnectError::TlsSetup(e.to_string()))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(tokio_rustls::TlsConnector::from(Arc::new(config)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tls_setup_works_with_the_webpki_roots_and_refuses_a_bad_ca_file() {
+        assert!(tls_connector(None).is_ok());
+        assert!(matches!(tls_connector(Some(b"not a pem")), Err(ConnectError::TlsSetup(_))));
+    }
+}

@@ -1,0 +1,511 @@
+//! The tokio (epoll) driver: accepts connections, reads HTTP requests with limits and timeouts,
+//! and runs each call's loop. It only moves bytes and time: parsing, routing and every protocol
+//! decision live in `front/`, `twilio/`, `openai/` and [`Call`].
+//!
+//! One task per call owns both of its sockets (Twilio's and OpenAI's), so a call's audio never
+//! crosses a thread or takes a lock. Each leg has an output buffer; a leg whose buffer is above
+//! [`HIGH_WATER_BYTES`] stops the reading of the other leg (backpressure into TCP), and a leg that
+//! makes no write progress for [`WRITE_STALL_TIMEOUT`] ends the call with a reason.
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+
+use crate::bridge::{Call, CallConfig, CallEvent, EndReason, Leg};
+use crate::front::http::{self, Limits, Parsed};
+use crate::front::routes::{App, Response, Routed, UpgradeGrant};
+use crate::front::ws::{self, Decoder, Encoder, Message, Role};
+use crate::openai::client::{Conn, Connector};
+
+/// Largest Twilio message: a `start` with parameters is under 2 KiB and media frames are ~400
+/// bytes; 64 KiB leaves room for unusually large frames and refuses abuse (close 1009).
+pub const MAX_TWILIO_MESSAGE_BYTES: usize = 64 * 1024;
+
+/// Largest OpenAI message: audio deltas are a few KiB to a few hundred KiB; `session.updated`
+/// with long instructions and tools stays far below 4 MiB.
+pub const MAX_OPENAI_MESSAGE_BYTES: usize = 4 * 1024 * 1024;
+
+/// Output buffered for one leg before the other leg stops being read (backpressure).
+pub const HIGH_WATER_BYTES: usize = 1024 * 1024;
+
+/// A leg with pending output and no write progress for this long is a vanished peer.
+pub const WRITE_STALL_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long a keep-alive connection may sit idle between requests.
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// How long the closing handshake and the last flush may take when a call ends.
+pub const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Bytes read per socket read.
+const READ_CHUNK: usize = 16 * 1024;
+
+/// Accepts connections until `shutdown` turns true.
+pub async fn serve(listener: TcpListener, app: Arc<App>, connector: Arc<Connector>, mut shutdown: watch::Receiver<bool>) {
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, peer)) => {
+                    let (app, connector) = (Arc::clone(&app), Arc::clone(&connector));
+                    tokio::spawn(async move { connection(stream, peer, app, connector).await });
+                }
+                Err(e) => {
+                    // EMFILE and friends: back off instead of spinning.
+                    tracing::error!("accept failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            },
+            _ = shutdown.changed() => {
+                if *shutdown.borrow() {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
+/// One HTTP connection: requests with keep-alive, until an upgrade hands it to a call.
+async fn connection(mut stream: TcpStream, peer: SocketAddr, app: Arc<App>, connector: Arc<Connector>) {
+    let _ = stream.set_nodelay(true);
+    let limits = Limits::default();
+    let read_timeout = app.config().http_read_timeout;
+    let mut buf: Vec<u8> = Vec::with_capacity(4096);
+    let mut out: Vec<u8> = Vec::with_capacity(1024);
+    loop {
+        let request = match read_request(&mut stream, &mut buf, &limits, read_timeout).await {
+            Ok(Some(r)) => r,
+            Ok(None) => return,
+            Err(resp) => {
+                tracing::warn!(%peer, status = resp.status, "bad request: {}", String::from_utf8_lossy(&resp.body).trim_end());
+                write_response(&mut out, &resp, false);
+                let _ = tokio::time::timeout(CLOSE_TIMEOUT, stream.write_all(&out)).await;
+                return;
+            }
+        };
+        let keep_alive = request.keep_alive();
+        match app.route(&request, unix_now()) {
+            Routed::Respond(resp) => {
+                tracing::debug!(%peer, method = %request.method, path = %request.path, status = resp.status, "http");
+                write_response(&mut out, &resp, keep_alive);
+                if stream.write_all(&out).await.is_err() || !keep_alive {
+                    return;
+                }
+            }
+            Routed::Upgrade(grant) => {
+                out.clear();
+                ws::write_upgrade_response(&mut out, &grant.accept);
+                if stream.write_all(&out).await.is_err() {
+                    return;
+                }
+                let leftover = std::mem::take(&mut buf);
+                run_call(stream, leftover, grant, app, connector).await;
+                return;
+            }
+        }
+    }
+}
+
+fn write_response(out: &mut Vec<u8>, resp: &Response, keep_alive: bool) {
+    out.clear();
+    let headers: Vec<(&str, &str)> = resp.headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    http::write_response(out, resp.status, resp.content_type, &resp.body, keep_alive, &headers);
+}
+
+/// Reads one complete request. `Ok(None)`: the peer closed or idled out between requests.
+/// `Err`: the answer to send before closing (400/408/413/414/431/…).
+async fn read_request(stream: &mut TcpStream, buf: &mut Vec<u8>, limits: &Limits, read_timeout: Duration) -> Result<Option<http::Request>, Response> {
+    let mut deadline: Option<tokio::time::Instant> = None;
+    loop {
+        match http::parse_request(buf, limits) {
+            Ok(Parsed::Complete { request, consumed }) => {
+                buf.drain(..consumed);
+                return Ok(Some(request));
+            }
+            Ok(Parsed::Partial) => {}
+            Err(e) => return Err(error_response(e.status(), &e.to_string())),
+        }
+        // The read timeout runs from the first byte of a request; between requests, the idle one.
+        let limit = if buf.is_empty() {
+            tokio::time::Instant::now() + IDLE_TIMEOUT
+        } else {
+            *deadline.get_or_insert_with(|| tokio::time::Instant::now() + read_timeout)
+        };
+        buf.reserve(4096);
+        match tokio::time::timeout_at(limit, stream.read_buf(buf)).await {
+            Err(_) if buf.is_empty() => return Ok(None),
+            Err(_) => return Err(error_response(408, "request not completed in time")),
+            Ok(Ok(0)) => {
+                if !buf.is_empty() {
+                    tracing::warn!(bytes = buf.len(), "peer closed in the middle of a request");
+                }
+                return Ok(None);
+            }
+            Ok(Ok(_)) => {}
+            Ok(Err(_)) => return Ok(None),
+        }
+    }
+}
+
+fn error_response(status: u16, msg: &str) -> Response {
+    Response { status, content_type: "text/plain; charset=utf-8", body: format!("{msg}\n").into_bytes(), headers: vec![] }
+}
+
+/// One leg's socket halves and buffers.
+struct LegIo<R, W> {
+    rd: R,
+    wr: W,
+    input: Vec<u8>,
+    output: Vec<u8>,
+    decoder: Decoder,
+    encoder: Encoder,
+    /// TLS may hold written bytes until flushed.
+    needs_flush: bool,
+    /// Last time a write made progress (or the buffer was empty).
+    last_progress: Instant,
+    /// We sent a close frame (nothing more is sent).
+    closing: bool,
+}
+
+impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> LegIo<R, W> {
+    fn new(rd: R, wr: W, input: Vec<u8>, role: Role, max_message: usize) -> Self {
+        let mut input = input;
+        input.reserve(READ_CHUNK);
+        LegIo {
+            rd,
+            wr,
+            input,
+            output: Vec::with_capacity(READ_CHUNK),
+            decoder: Decoder::new(role, max_message),
+            encoder: Encoder::new(role),
+            needs_flush: false,
+            last_progress: Instant::now(),
+            closing: false,
+        }
+    }
+
+    fn stalled(&self, now: Instant) -> bool {
+        !self.output.is_empty() && now.duration_since(self.last_progress) > WRITE_STALL_TIMEOUT
+    }
+
+    /// Writes out everything buffered and shuts the write side, within [`CLOSE_TIMEOUT`].
+    async fn finish(&mut self) {
+        let wr = &mut self.wr;
+        let out = &self.output;
+        let _ = tokio::time::timeout(CLOSE_TIMEOUT, async {
+            wr.write_all(out).await?;
+            wr.flush().await?;
+            wr.shutdown().await
+        })
+        .await;
+        self.output.clear();
+    }
+}
+
+async fn read_some<R: AsyncRead + Unpin>(rd: Option<&mut R>, buf: &mut Vec<u8>) -> io::Result<usize> {
+    match rd {
+        Some(rd) => {
+            buf.reserve(READ_CHUNK);
+            rd.read_buf(buf).await
+        }
+        None => std::future::pending().await,
+    }
+}
+
+/// What a write future achieved.
+enum Progress {
+    /// Bytes taken from the output buffer.
+    Wrote(usize),
+    /// Buffered TLS bytes were flushed.
+    Flushed,
+}
+
+/// Writes pending output, or flushes when only a flush is pending; never resolves otherwise.
+/// One future per leg, so the writer is borrowed once.
+async fn write_leg<W: AsyncWrite + Unpin>(wr: Option<&mut W>, buf: &[u8], needs_flush: bool) -> io::Result<Progress> {
+    match wr {
+        Some(wr) if !buf.is_empty() => match wr.write(buf).await? {
+            0 => Err(io::ErrorKind::WriteZero.into()),
+            n => Ok(Progress::Wrote(n)),
+        },
+        Some(wr) if needs_flush => wr.flush().await.map(|()| Progress::Flushed),
+        _ => std::future::pending().await,
+    }
+}
+
+/// What reading a leg's input produced.
+enum LegInput {
+    /// More may come.
+    Open,
+    /// The peer closed (close frame or EOF), with a description.
+    Closed(String),
+}
+
+/// Decodes every complete message in `leg.input` and feeds it to the call.
+fn decode_input<R, W>(leg: &mut LegIo<R, W>, which: Leg, call: &mut Call, now: Instant) -> LegInput {
+    let mut start = 0;
+    let result = loop {
+        let decoded = match leg.decoder.decode(&mut leg.input[start..]) {
+            Ok(d) => d,
+            Err(e) => {
+                let code = e.close_code();
+                if !leg.closing {
+                    leg.encoder.close(&mut leg.output, code, &e.to_string());
+                    leg.closing = true;
+                }
+                break LegInput::Closed(format!("websocket error ({code}): {e}"));
+            }
+        };
+        let consumed = decoded.consumed;
+        match decoded.message {
+            None if consumed == 0 => break LegInput::Open,
+            None => {}
+            Some(Message::Text(text)) => match which {
+                Leg::Twilio => call.handle_twilio_frame(now, text),
+                Leg::OpenAi => call.handle_openai_frame(now, text),
+            },
+            Some(Message::Binary(_)) => match which {
+                Leg::Twilio => call.handle_twilio_binary(now),
+                Leg::OpenAi => call.handle_openai_binary(now),
+            },
+            Some(Message::Ping(payload)) => {
+                if !leg.closing {
+                    leg.encoder.pong(&mut leg.output, payload);
+                }
+            }
+            Some(Message::Pong(_)) => {}
+            Some(Message::Close { code, reason }) => {
+                let why = format!("close {} {reason:?}", code.map_or("(no code)".to_owned(), |c| c.to_string()));
+                if !leg.closing {
+                    leg.encoder.close(&mut leg.output, code.map_or(1000, |_| 1000), "");
+                    leg.closing = true;
+                }
+                start += consumed;
+                break LegInput::Closed(why);
+            }
+        }
+        start += consumed;
+    };
+    leg.input.drain(..start);
+    result
+}
+
+/// Moves what the call wants to send into the legs' output buffers.
+fn pump_transmits<TR, TW, OR, OW>(call: &mut Call, scratch: &mut Vec<u8>, tw: &mut LegIo<TR, TW>, oa: Option<&mut LegIo<OR, OW>>) {
+    let mut oa = oa;
+    while let Some(tx) = call.poll_transmit(scratch) {
+        let payload = &scratch[..tx.len];
+        match tx.leg {
+            Leg::Twilio if !tw.closing => tw.encoder.text(&mut tw.output, payload),
+            Leg::OpenAi => match oa.as_deref_mut() {
+                Some(oa) if !oa.closing => oa.encoder.text(&mut oa.output, payload),
+                _ => tracing::debug!(call_sid = call.call_sid(), "dropped a frame for a closed openai leg"),
+            },
+            Leg::Twilio => {}
+        }
+    }
+}
+
+/// Runs one call: Twilio's socket (already upgraded) and a new OpenAI connection.
+async fn run_call(stream: TcpStream, leftover: Vec<u8>, grant: UpgradeGrant, app: Arc<App>, connector: Arc<Connector>) {
+    let cfg = app.config();
+    let _active = app.call_started();
+    let started = Instant::now();
+    let mut call_cfg = CallConfig::new(&cfg.openai_model, Arc::clone(&cfg.agent), &grant.call_sid);
+    call_cfg.expected_start_token = Some(grant.start_token.clone());
+    call_cfg.session_timeout = cfg.openai_session_timeout;
+    call_cfg.log_event_types = Arc::clone(&cfg.log_event_types);
+    let mut call = Call::new(call_cfg, started);
+    tracing::info!(call_sid = %grant.call_sid, "media stream accepted");
+
+    let (tw_rd, tw_wr) = stream.into_split();
+    let mut tw = LegIo::new(tw_rd, tw_wr, leftover, Role::Server, MAX_TWILIO_MESSAGE_BYTES);
+    let mut oa: Option<LegIo<tokio::io::ReadHalf<Conn>, tokio::io::WriteHalf<Conn>>> = None;
+    let connect = connector.connect();
+    tokio::pin!(connect);
+    let mut connecting = true;
+    let mut scratch: Vec<u8> = Vec::with_capacity(READ_CHUNK);
+    let mut tw_open = true;
+    let mut oa_open = false;
+
+    // Bytes that arrived with the upgrade request.
+    if !tw.input.is_empty() {
+        if let LegInput::Closed(why) = decode_input(&mut tw, Leg::Twilio, &mut call, Instant::now()) {
+            tracing::info!(call_sid = %grant.call_sid, "twilio closed: {why}");
+            tw_open = false;
+            call.handle_twilio_closed(Instant::now());
+        }
+    }
+
+    loop {
+        pump_transmits(&mut call, &mut scratch, &mut tw, oa.as_mut());
+        while let Some(ev) = call.poll_event() {
+            on_call_event(&app, &grant, ev);
+        }
+        if call.is_ended() {
+            break;
+        }
+        let now = Instant::now();
+        if tw.stalled(now) || oa.as_ref().is_some_and(|o| o.stalled(now)) {
+            let leg = if tw.stalled(now) { "twilio" } else { "openai" };
+            call.hang_up(now, EndReason::Driver(format!("{leg} peer stopped reading for {WRITE_STALL_TIMEOUT:?}")));
+            continue;
+        }
+        let call_deadline = call.poll_timeout();
+        let stall_deadline = [tw.last_progress, oa.as_ref().map_or(now, |o| o.last_progress)].into_iter().min().map(|t| t + WRITE_STALL_TIMEOUT);
+        let deadline = match (call_deadline, stall_deadline) {
+            (Some(a), Some(b)) => a.min(b),
+            (a, b) => a.or(b).unwrap_or(now + Duration::from_secs(3600)),
+        };
+        let tw_can_read = tw_open && oa.as_ref().map_or(true, |o| o.output.len() < HIGH_WATER_BYTES);
+        let oa_can_read = oa_open && tw.output.len() < HIGH_WATER_BYTES;
+        let (oa_rd, oa_wr, oa_in, oa_out, oa_flush) = match oa.as_mut() {
+            Some(o) => (Some(&mut o.rd), Some(&mut o.wr), &mut o.input, &o.output[..], o.needs_flush),
+            None => (None, None, &mut scratch, &[][..], false),
+        };
+        tokio::select! {
+            r = read_some(tw_can_read.then_some(&mut tw.rd), &mut tw.input) => {
+                let now = Instant::now();
+                match r {
+                    Ok(0) | Err(_) => {
+                        tw_open = false;
+                        call.handle_twilio_closed(now);
+                    }
+                    Ok(_) => {
+                        if let LegInput::Closed(why) = decode_input(&mut tw, Leg::Twilio, &mut call, now) {
+                            tracing::info!(call_sid = %grant.call_sid, "twilio closed: {why}");
+                            tw_open = false;
+                            call.handle_twilio_closed(now);
+                        }
+                    }
+                }
+            }
+            r = read_some(oa_rd.filter(|_| oa_can_read), oa_in) => {
+                let now = Instant::now();
+                let oa_leg = oa.as_mut().expect("reading implies connected");
+                match r {
+                    Ok(0) | Err(_) => {
+                        oa_open = false;
+                        let why = match r { Err(e) => format!("io error: {e}"), _ => "connection closed without a close frame".to_owned() };
+                        call.handle_openai_closed(now, &why);
+                    }
+                    Ok(_) => {
+                        if let LegInput::Closed(why) = decode_input(oa_leg, Leg::OpenAi, &mut call, now) {
+                            oa_open = false;
+                            call.handle_openai_closed(now, &why);
+                        }
+                    }
+                }
+            }
+            r = write_leg(Some(&mut tw.wr), &tw.output, false) => match r {
+                Ok(Progress::Wrote(n)) => {
+                    tw.output.drain(..n);
+                    tw.last_progress = Instant::now();
+                }
+                Ok(Progress::Flushed) => {}
+                Err(_) => {
+                    tw_open = false;
+                    tw.output.clear();
+                    call.handle_twilio_closed(Instant::now());
+                }
+            },
+            r = write_leg(oa_wr, oa_out, oa_flush) => {
+                let oa_leg = oa.as_mut().expect("writing implies connected");
+                match r {
+                    Ok(Progress::Wrote(n)) => {
+                        oa_leg.output.drain(..n);
+                        oa_leg.last_progress = Instant::now();
+                        oa_leg.needs_flush = true;
+                    }
+                    Ok(Progress::Flushed) => oa_leg.needs_flush = false,
+                    Err(e) => {
+                        oa_open = false;
+                        oa_leg.output.clear();
+                        call.handle_openai_closed(Instant::now(), &format!("write failed: {e}"));
+                    }
+                }
+            }
+            r = &mut connect, if connecting => {
+                connecting = false;
+                let now = Instant::now();
+                match r {
+                    Ok((conn, rest)) => {
+                        tracing::debug!(call_sid = %grant.call_sid, ms = now.duration_since(started).as_millis() as u64, "openai connected");
+                        let (rd, wr) = tokio::io::split(conn);
+                        let mut leg = LegIo::new(rd, wr, rest, Role::Client, MAX_OPENAI_MESSAGE_BYTES);
+                        oa_open = true;
+                        if !leg.input.is_empty() {
+                            if let LegInput::Closed(why) = decode_input(&mut leg, Leg::OpenAi, &mut call, now) {
+                                oa_open = false;
+                                call.handle_openai_closed(now, &why);
+                            }
+                        }
+                        oa = Some(leg);
+                    }
+                    Err(e) => call.handle_openai_connect_failed(now, &e.to_string()),
+                }
+            }
+            _ = tokio::time::sleep_until(deadline.into()) => {
+                call.handle_timeout(Instant::now());
+            }
+        }
+    }
+
+    // The call is over: say goodbye on both legs and flush, bounded in time.
+    pump_transmits(&mut call, &mut scratch, &mut tw, oa.as_mut());
+    while let Some(ev) = call.poll_event() {
+        on_call_event(&app, &grant, ev);
+    }
+    if let Some(o) = oa.as_mut() {
+        if !o.closing {
+            o.encoder.close(&mut o.output, 1000, "call ended");
+            o.closing = true;
+        }
+    }
+    if tw_open && !tw.closing {
+        // A normal close: Twilio finishes <Connect> and follows the <Redirect>.
+        tw.encoder.close(&mut tw.output, 1000, "call ended");
+        tw.closing = true;
+    }
+    match oa.as_mut() {
+        Some(o) => {
+            tokio::join!(tw.finish(), o.finish());
+        }
+        None => tw.finish().await,
+    }
+    let stats = call.stats();
+    tracing::info!(
+        call_sid = %grant.call_sid,
+        reason = call.end_reason().map(|r| r.label()).unwrap_or("unknown"),
+        duration_ms = started.elapsed().as_millis() as u64,
+        up = stats.audio_frames_up,
+        down = stats.audio_frames_down,
+        barge_ins = stats.barge_ins,
+        protocol_errors = stats.protocol_errors,
+        "call finished"
+    );
+}
+
+fn on_call_event(app: &App, grant: &UpgradeGrant, ev: CallEvent) {
+    match ev {
+        CallEvent::Ended { reason } => {
+            if reason.is_ai_failure() {
+                app.record_ai_failure(&grant.call_sid);
+            }
+        }
+        CallEvent::SessionReady { setup, .. } => {
+            tracing::debug!(call_sid = %grant.call_sid, setup_ms = setup.as_millis() as u64, "session ready");
+        }
+        CallEvent::CallerTranscript { text, .. } => tracing::info!(call_sid = %grant.call_sid, "caller: {text}"),
+        CallEvent::AssistantTranscript { text, .. } => tracing::info!(call_sid = %grant.call_sid, "assistant: {text}"),
+        _ => {}
+    }
+}
