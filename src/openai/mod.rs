@@ -4,4 +4,5 @@
 //! - [`session`]: the agent's settings and the `session.update` built from them.
 pub mod events;
 pub mod mock;
+pub mod schema;
 pub mod session;
