@@ -2,6 +2,18 @@
 //! buffer (borrowing, simd-json unescapes in place); client events encoded into a caller buffer.
 //!
 //! INTERFACE CONTRACT (the bridge depends on these names and shapes; keep them).
+//!
+//! Parsing goes through simd-json's tape (a flat list of nodes, strings borrowed from the frame),
+//! with the tape and simd-json's scratch buffers kept by [`ServerEventParser`] between frames, so
+//! a parse allocates nothing once the buffers have grown to the largest frame. Fields are then
+//! looked up by path (`response.status_details.reason`) and checked one by one, which gives a
+//! precise [`OpenAiParseError::BadField`] instead of a generic serde error.
+
+use simd_json::prelude::*;
+use simd_json::tape::Value as TapeValue;
+use simd_json::{Buffers, Tape};
+
+use crate::wire::json_out::{write_str, write_u64};
 
 /// One server event the bridge cares about. Everything else is [`ServerEvent::Other`].
 #[derive(Debug, Clone, PartialEq)]
@@ -182,9 +194,22 @@ impl OpenAiParseError {
     }
 }
 
+/// Label used as the event name of a [`OpenAiParseError::BadField`] when the frame has no usable
+/// `type`.
+const UNKNOWN_EVENT: &str = "<no type>";
+
 /// Parses server frames with reusable scratch buffers.
+///
+/// Holds simd-json's [`Buffers`] and the node list of the last tape; both keep their capacity
+/// from frame to frame, so steady-state parsing does not allocate.
 #[derive(Default)]
-pub struct ServerEventParser {}
+pub struct ServerEventParser {
+    /// simd-json's scratch space (padded input copy, structural indexes, string buffer).
+    buffers: Buffers,
+    /// The emptied tape of the previous parse, kept for its allocation. `None` only before the
+    /// first parse (the tape is taken out while a frame is being parsed).
+    tape: Option<Tape<'static>>,
+}
 
 impl ServerEventParser {
     /// A parser with empty scratch buffers.
@@ -193,37 +218,997 @@ impl ServerEventParser {
     }
 
     /// Parses one text frame (modified in place); the event borrows it.
-    pub fn parse<'a>(&mut self, _frame: &'a mut [u8]) -> Result<ServerEvent<'a>, OpenAiParseError> {
-        unimplemented!("openai-events work")
+    ///
+    /// simd-json unescapes strings inside `frame`, so every `&str` of the event is the decoded
+    /// text even when the wire form had `\uXXXX` or `\"` escapes. Unknown event types give
+    /// [`ServerEvent::Other`]; unknown fields are ignored.
+    pub fn parse<'a>(&mut self, frame: &'a mut [u8]) -> Result<ServerEvent<'a>, OpenAiParseError> {
+        let mut tape: Tape<'a> = self
+            .tape
+            .take()
+            .map_or_else(|| Tape(Vec::new()), Tape::reset);
+        let result = match simd_json::fill_tape(frame, &mut self.buffers, &mut tape) {
+            Ok(()) => event_from_root(tape.as_value()),
+            Err(e) => Err(OpenAiParseError::NotJson(e.to_string())),
+        };
+        self.tape = Some(tape.reset());
+        result
     }
 }
 
+/// Builds the event from the parsed document; the strings it returns live as long as the frame
+/// (`'a`), not the tape.
+fn event_from_root<'a>(root: TapeValue<'_, 'a>) -> Result<ServerEvent<'a>, OpenAiParseError> {
+    if root.as_object().is_none() {
+        return Err(OpenAiParseError::NotJson(format!(
+            "top level is {:?}, not an object",
+            root.value_type()
+        )));
+    }
+    let event_type = match root.get("type").and_then(TapeValue::into_string) {
+        Some(t) => t,
+        None => return Err(bad_field(UNKNOWN_EVENT, "type")),
+    };
+    let f = Fields { root, event_type };
+    match event_type {
+        "response.output_audio.delta" => Ok(ServerEvent::OutputAudioDelta {
+            response_id: f.str("response_id")?,
+            item_id: f.str("item_id")?,
+            delta_b64: f.str("delta")?,
+        }),
+        "session.created" => Ok(ServerEvent::SessionCreated {
+            session_id: f.session_id()?,
+        }),
+        "session.updated" => Ok(ServerEvent::SessionUpdated {
+            session_id: f.session_id()?,
+            input_format: f.opt_str("session.audio.input.format.type")?,
+            output_format: f.opt_str("session.audio.output.format.type")?,
+        }),
+        "error" => f.api_error().map(ServerEvent::Error),
+        "input_audio_buffer.speech_started" => Ok(ServerEvent::SpeechStarted {
+            item_id: f.opt_str("item_id")?,
+            audio_start_ms: f.u64("audio_start_ms")?,
+        }),
+        "input_audio_buffer.speech_stopped" => Ok(ServerEvent::SpeechStopped {
+            item_id: f.opt_str("item_id")?,
+            audio_end_ms: f.u64("audio_end_ms")?,
+        }),
+        "conversation.item.input_audio_transcription.completed" => {
+            Ok(ServerEvent::InputTranscriptionCompleted {
+                item_id: f.str("item_id")?,
+                transcript: f.str("transcript")?,
+            })
+        }
+        "conversation.item.input_audio_transcription.failed" => {
+            Ok(ServerEvent::InputTranscriptionFailed {
+                item_id: f.str("item_id")?,
+                message: f.opt_str("error.message")?.unwrap_or(""),
+            })
+        }
+        "response.created" => Ok(ServerEvent::ResponseCreated {
+            response_id: f.str("response.id")?,
+        }),
+        "response.output_item.added" => Ok(ServerEvent::OutputItemAdded {
+            response_id: f.str("response_id")?,
+            item_id: f.str("item.id")?,
+            item_type: f.str("item.type")?,
+        }),
+        "response.output_audio.done" => Ok(ServerEvent::OutputAudioDone {
+            response_id: f.str("response_id")?,
+            item_id: f.str("item_id")?,
+        }),
+        "response.output_audio_transcript.done" => Ok(ServerEvent::OutputAudioTranscriptDone {
+            response_id: f.str("response_id")?,
+            item_id: f.str("item_id")?,
+            transcript: f.str("transcript")?,
+        }),
+        "response.function_call_arguments.done" => Ok(ServerEvent::FunctionCallArgumentsDone {
+            response_id: f.str("response_id")?,
+            item_id: f.str("item_id")?,
+            call_id: f.str("call_id")?,
+            name: f.str("name")?,
+            arguments: f.str("arguments")?,
+        }),
+        "response.done" => Ok(ServerEvent::ResponseDone {
+            response_id: f.str("response.id")?,
+            status: f.str("response.status")?,
+            reason: f.opt_str("response.status_details.reason")?,
+            usage: f.usage()?,
+        }),
+        "conversation.item.truncated" => Ok(ServerEvent::ItemTruncated {
+            item_id: f.str("item_id")?,
+            audio_end_ms: f.u64("audio_end_ms")?,
+        }),
+        _ => Ok(ServerEvent::Other { event_type }),
+    }
+}
+
+fn bad_field(event: &str, field: &'static str) -> OpenAiParseError {
+    OpenAiParseError::BadField {
+        event: event.to_owned(),
+        field,
+    }
+}
+
+/// Typed access to the fields of one event by dotted path (`response.usage.total_tokens`); the
+/// path doubles as the field name in errors.
+struct Fields<'t, 'a> {
+    /// The event object.
+    root: TapeValue<'t, 'a>,
+    /// Its `type`, for errors.
+    event_type: &'a str,
+}
+
+impl<'t, 'a> Fields<'t, 'a> {
+    /// The value at `path`: `Ok(None)` when it, or an object on the way, is absent or `null`;
+    /// an error when something on the way is neither an object nor `null`.
+    fn lookup(&self, path: &'static str) -> Result<Option<TapeValue<'t, 'a>>, OpenAiParseError> {
+        let mut current = self.root;
+        for key in path.split('.') {
+            if current.is_null() {
+                return Ok(None);
+            }
+            let Some(object) = current.as_object() else {
+                return Err(bad_field(self.event_type, path));
+            };
+            match object.get(key) {
+                Some(next) => current = next,
+                None => return Ok(None),
+            }
+        }
+        Ok((!current.is_null()).then_some(current))
+    }
+
+    /// A string that may be absent or `null`, but not of another type.
+    fn opt_str(&self, path: &'static str) -> Result<Option<&'a str>, OpenAiParseError> {
+        match self.lookup(path)? {
+            None => Ok(None),
+            Some(v) => v
+                .into_string()
+                .map(Some)
+                .ok_or_else(|| bad_field(self.event_type, path)),
+        }
+    }
+
+    /// A required string.
+    fn str(&self, path: &'static str) -> Result<&'a str, OpenAiParseError> {
+        self.opt_str(path)?
+            .ok_or_else(|| bad_field(self.event_type, path))
+    }
+
+    /// A non-negative integer that may be absent or `null`.
+    fn opt_u64(&self, path: &'static str) -> Result<Option<u64>, OpenAiParseError> {
+        match self.lookup(path)? {
+            None => Ok(None),
+            Some(v) => v
+                .as_u64()
+                .map(Some)
+                .ok_or_else(|| bad_field(self.event_type, path)),
+        }
+    }
+
+    /// A required non-negative integer.
+    fn u64(&self, path: &'static str) -> Result<u64, OpenAiParseError> {
+        self.opt_u64(path)?
+            .ok_or_else(|| bad_field(self.event_type, path))
+    }
+
+    /// Requires `path` to be an object (present and not `null`).
+    fn require_object(&self, path: &'static str) -> Result<(), OpenAiParseError> {
+        match self.lookup(path)? {
+            Some(v) if v.as_object().is_some() => Ok(()),
+            _ => Err(bad_field(self.event_type, path)),
+        }
+    }
+
+    /// `session.id` of a `session.created` / `session.updated`, whose `session` is required.
+    fn session_id(&self) -> Result<Option<&'a str>, OpenAiParseError> {
+        self.require_object("session")?;
+        self.opt_str("session.id")
+    }
+
+    /// The `error` object of an `error` event.
+    fn api_error(&self) -> Result<ApiError<'a>, OpenAiParseError> {
+        self.require_object("error")?;
+        Ok(ApiError {
+            error_type: self.str("error.type")?,
+            code: self.opt_str("error.code")?,
+            message: self.str("error.message")?,
+            event_id: self.opt_str("error.event_id")?,
+        })
+    }
+
+    /// `response.usage` of a `response.done`; absent counters (nullable in the schema) are 0.
+    fn usage(&self) -> Result<Option<Usage>, OpenAiParseError> {
+        if self.lookup("response.usage")?.is_none() {
+            return Ok(None);
+        }
+        self.require_object("response.usage")?;
+        Ok(Some(Usage {
+            total_tokens: self.opt_u64("response.usage.total_tokens")?.unwrap_or(0),
+            input_tokens: self.opt_u64("response.usage.input_tokens")?.unwrap_or(0),
+            output_tokens: self.opt_u64("response.usage.output_tokens")?.unwrap_or(0),
+        }))
+    }
+}
+
+/// Appends `,"event_id":"…"` (event ids let the server's `error.event_id` name the failing event).
+fn write_event_id(out: &mut Vec<u8>, event_id: &str) {
+    out.extend_from_slice(b",\"event_id\":");
+    write_str(out, event_id);
+}
+
 /// Appends `{"type":"input_audio_buffer.append","audio":…}` (audio passed through as is).
-pub fn encode_append(_out: &mut Vec<u8>, _audio_b64: &str) {
-    unimplemented!("openai-events work")
+///
+/// `audio_b64` is copied without escaping: the caller must pass base64 text (the Twilio
+/// `media.payload`, checked by the Twilio layer), which never needs JSON escapes. No `event_id`:
+/// appends have no reply, and there are fifty a second.
+pub fn encode_append(out: &mut Vec<u8>, audio_b64: &str) {
+    out.extend_from_slice(b"{\"type\":\"input_audio_buffer.append\",\"audio\":\"");
+    out.extend_from_slice(audio_b64.as_bytes());
+    out.extend_from_slice(b"\"}");
 }
 
 /// Appends a `conversation.item.truncate` with `content_index` 0.
-pub fn encode_truncate(_out: &mut Vec<u8>, _event_id: &str, _item_id: &str, _audio_end_ms: u64) {
-    unimplemented!("openai-events work")
+pub fn encode_truncate(out: &mut Vec<u8>, event_id: &str, item_id: &str, audio_end_ms: u64) {
+    out.extend_from_slice(b"{\"type\":\"conversation.item.truncate\"");
+    write_event_id(out, event_id);
+    out.extend_from_slice(b",\"item_id\":");
+    write_str(out, item_id);
+    out.extend_from_slice(b",\"content_index\":0,\"audio_end_ms\":");
+    write_u64(out, audio_end_ms);
+    out.push(b'}');
 }
 
 /// Appends a `conversation.item.create` carrying a `function_call_output`.
-pub fn encode_function_output(_out: &mut Vec<u8>, _event_id: &str, _call_id: &str, _output: &str) {
-    unimplemented!("openai-events work")
+pub fn encode_function_output(out: &mut Vec<u8>, event_id: &str, call_id: &str, output: &str) {
+    out.extend_from_slice(b"{\"type\":\"conversation.item.create\"");
+    write_event_id(out, event_id);
+    out.extend_from_slice(b",\"item\":{\"type\":\"function_call_output\",\"call_id\":");
+    write_str(out, call_id);
+    out.extend_from_slice(b",\"output\":");
+    write_str(out, output);
+    out.extend_from_slice(b"}}");
 }
 
 /// Appends a `conversation.item.create` carrying a user `input_text` message.
-pub fn encode_user_text(_out: &mut Vec<u8>, _event_id: &str, _text: &str) {
-    unimplemented!("openai-events work")
+pub fn encode_user_text(out: &mut Vec<u8>, event_id: &str, text: &str) {
+    out.extend_from_slice(b"{\"type\":\"conversation.item.create\"");
+    write_event_id(out, event_id);
+    out.extend_from_slice(
+        b",\"item\":{\"type\":\"message\",\"role\":\"user\",\"content\":[{\"type\":\"input_text\",\"text\":",
+    );
+    write_str(out, text);
+    out.extend_from_slice(b"}]}}");
 }
 
 /// Appends a `response.create` (optionally with `response.instructions`).
-pub fn encode_response_create(_out: &mut Vec<u8>, _event_id: &str, _instructions: Option<&str>) {
-    unimplemented!("openai-events work")
+pub fn encode_response_create(out: &mut Vec<u8>, event_id: &str, instructions: Option<&str>) {
+    out.extend_from_slice(b"{\"type\":\"response.create\"");
+    write_event_id(out, event_id);
+    if let Some(instructions) = instructions {
+        out.extend_from_slice(b",\"response\":{\"instructions\":");
+        write_str(out, instructions);
+        out.push(b'}');
+    }
+    out.push(b'}');
 }
 
 /// Appends a `response.cancel`.
-pub fn encode_response_cancel(_out: &mut Vec<u8>, _event_id: &str) {
-    unimplemented!("openai-events work")
+pub fn encode_response_cancel(out: &mut Vec<u8>, event_id: &str) {
+    out.extend_from_slice(b"{\"type\":\"response.cancel\"");
+    write_event_id(out, event_id);
+    out.push(b'}');
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::openai::schema::{beta_fields, SchemaValidator};
+
+    /// Parses `text` with a fresh parser; the frame is leaked so the event can be returned.
+    fn parse(text: &str) -> Result<ServerEvent<'static>, OpenAiParseError> {
+        let frame: &'static mut [u8] = Box::leak(text.as_bytes().to_vec().into_boxed_slice());
+        ServerEventParser::new().parse(frame)
+    }
+
+    /// Parses an event that must also be valid under the server schema (keeps the test frames
+    /// honest).
+    fn parse_valid(text: &str) -> ServerEvent<'static> {
+        let value: serde_json::Value = serde_json::from_str(text).unwrap();
+        SchemaValidator::server().validate(&value).unwrap();
+        parse(text).unwrap()
+    }
+
+    fn bad(event: &str, field: &'static str) -> OpenAiParseError {
+        OpenAiParseError::BadField {
+            event: event.to_owned(),
+            field,
+        }
+    }
+
+    // The compact examples of protocol.md 5.4, verbatim.
+    const EX_DELTA: &str = r#"{"type": "response.output_audio.delta", "event_id": "event_C3", "response_id": "resp_R1", "item_id": "item_CBx2", "output_index": 0, "content_index": 0, "delta": "/////39/fn5+fn5+/////w=="}"#;
+    const EX_SPEECH_STARTED: &str = r#"{"type": "input_audio_buffer.speech_started", "event_id": "event_B1", "audio_start_ms": 15320, "item_id": "item_U7"}"#;
+    const EX_FUNCTION_CALL: &str = r#"{"type": "response.function_call_arguments.done", "event_id": "event_C8", "response_id": "resp_R1", "item_id": "item_F3", "output_index": 1, "call_id": "call_Q2f8", "name": "lookup_order", "arguments": "{\"order_id\":\"12345\"}"}"#;
+    const EX_DONE_COMPLETED: &str = r#"{"type": "response.done", "event_id": "event_C9", "response": {"id": "resp_R1", "object": "realtime.response", "status": "completed", "status_details": null, "output": [], "usage": {"total_tokens": 412, "input_tokens": 301, "output_tokens": 111, "input_token_details": {"text_tokens": 120, "audio_tokens": 181, "cached_tokens": 0}, "output_token_details": {"text_tokens": 25, "audio_tokens": 86}}}}"#;
+    const EX_TRUNCATED: &str = r#"{"type": "conversation.item.truncated", "event_id": "event_D1", "item_id": "item_CBx2", "content_index": 0, "audio_end_ms": 1240}"#;
+    const EX_ERROR: &str = r#"{"type": "error", "event_id": "event_A3", "error": {"type": "invalid_request_error", "code": "invalid_value", "message": "Audio content of 980ms is already shorter than 1240ms", "param": null, "event_id": "evt_client_17"}}"#;
+    const EX_DONE_CANCELLED: &str = r#"{"type": "response.done", "event_id": "event_E1", "response": {"id": "resp_R2", "object": "realtime.response", "status": "cancelled", "status_details": {"type": "cancelled", "reason": "turn_detected"}, "output": []}}"#;
+
+    #[test]
+    fn protocol_audio_delta_example_parses() {
+        assert_eq!(
+            parse_valid(EX_DELTA),
+            ServerEvent::OutputAudioDelta {
+                response_id: "resp_R1",
+                item_id: "item_CBx2",
+                delta_b64: "/////39/fn5+fn5+/////w==",
+            }
+        );
+    }
+
+    #[test]
+    fn protocol_speech_started_example_parses() {
+        assert_eq!(
+            parse_valid(EX_SPEECH_STARTED),
+            ServerEvent::SpeechStarted {
+                item_id: Some("item_U7"),
+                audio_start_ms: 15320,
+            }
+        );
+    }
+
+    #[test]
+    fn protocol_function_call_example_parses_with_unescaped_arguments() {
+        assert_eq!(
+            parse_valid(EX_FUNCTION_CALL),
+            ServerEvent::FunctionCallArgumentsDone {
+                response_id: "resp_R1",
+                item_id: "item_F3",
+                call_id: "call_Q2f8",
+                name: "lookup_order",
+                arguments: r#"{"order_id":"12345"}"#,
+            }
+        );
+    }
+
+    #[test]
+    fn protocol_completed_response_done_example_parses_with_usage() {
+        assert_eq!(
+            parse_valid(EX_DONE_COMPLETED),
+            ServerEvent::ResponseDone {
+                response_id: "resp_R1",
+                status: "completed",
+                reason: None,
+                usage: Some(Usage {
+                    total_tokens: 412,
+                    input_tokens: 301,
+                    output_tokens: 111,
+                }),
+            }
+        );
+    }
+
+    #[test]
+    fn protocol_cancelled_response_done_example_parses_with_reason() {
+        assert_eq!(
+            parse_valid(EX_DONE_CANCELLED),
+            ServerEvent::ResponseDone {
+                response_id: "resp_R2",
+                status: "cancelled",
+                reason: Some("turn_detected"),
+                usage: None,
+            }
+        );
+    }
+
+    #[test]
+    fn protocol_truncated_example_parses() {
+        assert_eq!(
+            parse_valid(EX_TRUNCATED),
+            ServerEvent::ItemTruncated {
+                item_id: "item_CBx2",
+                audio_end_ms: 1240,
+            }
+        );
+    }
+
+    #[test]
+    fn protocol_error_example_parses_with_echoed_event_id() {
+        assert_eq!(
+            parse_valid(EX_ERROR),
+            ServerEvent::Error(ApiError {
+                error_type: "invalid_request_error",
+                code: Some("invalid_value"),
+                message: "Audio content of 980ms is already shorter than 1240ms",
+                event_id: Some("evt_client_17"),
+            })
+        );
+    }
+
+    #[test]
+    fn session_created_gives_the_session_id() {
+        let text = r#"{"type":"session.created","event_id":"ev1","session":{"type":"realtime","id":"sess_1","object":"realtime.session","model":"gpt-realtime","audio":{"input":{"format":{"type":"audio/pcm","rate":24000}}}}}"#;
+        assert_eq!(
+            parse_valid(text),
+            ServerEvent::SessionCreated {
+                session_id: Some("sess_1")
+            }
+        );
+    }
+
+    #[test]
+    fn session_updated_gives_both_audio_formats() {
+        let text = r#"{"type":"session.updated","event_id":"ev2","session":{"type":"realtime","id":"sess_1","audio":{"input":{"format":{"type":"audio/pcmu"}},"output":{"format":{"type":"audio/pcmu"},"voice":"marin"}}}}"#;
+        assert_eq!(
+            parse_valid(text),
+            ServerEvent::SessionUpdated {
+                session_id: Some("sess_1"),
+                input_format: Some("audio/pcmu"),
+                output_format: Some("audio/pcmu"),
+            }
+        );
+    }
+
+    #[test]
+    fn session_updated_without_audio_has_no_formats() {
+        let text = r#"{"type":"session.updated","event_id":"ev2","session":{"type":"realtime","audio":null}}"#;
+        assert_eq!(
+            parse_valid(text),
+            ServerEvent::SessionUpdated {
+                session_id: None,
+                input_format: None,
+                output_format: None,
+            }
+        );
+    }
+
+    #[test]
+    fn error_without_code_or_event_id_parses() {
+        let text =
+            r#"{"type":"error","event_id":"ev","error":{"type":"server_error","message":"boom"}}"#;
+        assert_eq!(
+            parse_valid(text),
+            ServerEvent::Error(ApiError {
+                error_type: "server_error",
+                code: None,
+                message: "boom",
+                event_id: None,
+            })
+        );
+    }
+
+    #[test]
+    fn speech_stopped_parses() {
+        let text = r#"{"type":"input_audio_buffer.speech_stopped","event_id":"ev","audio_end_ms":16800,"item_id":"item_U7"}"#;
+        assert_eq!(
+            parse_valid(text),
+            ServerEvent::SpeechStopped {
+                item_id: Some("item_U7"),
+                audio_end_ms: 16800,
+            }
+        );
+    }
+
+    #[test]
+    fn input_transcription_completed_parses() {
+        let text = r#"{"type":"conversation.item.input_audio_transcription.completed","event_id":"ev","item_id":"item_U7","content_index":0,"transcript":"hello","usage":{"type":"duration","seconds":1.2}}"#;
+        assert_eq!(
+            parse_valid(text),
+            ServerEvent::InputTranscriptionCompleted {
+                item_id: "item_U7",
+                transcript: "hello",
+            }
+        );
+    }
+
+    #[test]
+    fn input_transcription_failed_gives_the_error_message() {
+        let text = r#"{"type":"conversation.item.input_audio_transcription.failed","event_id":"ev","item_id":"item_U7","content_index":0,"error":{"type":"transcription_error","message":"audio unclear"}}"#;
+        assert_eq!(
+            parse_valid(text),
+            ServerEvent::InputTranscriptionFailed {
+                item_id: "item_U7",
+                message: "audio unclear",
+            }
+        );
+    }
+
+    #[test]
+    fn input_transcription_failed_without_message_gives_empty_text() {
+        let text = r#"{"type":"conversation.item.input_audio_transcription.failed","event_id":"ev","item_id":"item_U7","content_index":0,"error":{}}"#;
+        assert_eq!(
+            parse_valid(text),
+            ServerEvent::InputTranscriptionFailed {
+                item_id: "item_U7",
+                message: "",
+            }
+        );
+    }
+
+    #[test]
+    fn response_created_parses() {
+        let text = r#"{"type":"response.created","event_id":"ev","response":{"id":"resp_R1","object":"realtime.response","status":"in_progress","output":[]}}"#;
+        assert_eq!(
+            parse_valid(text),
+            ServerEvent::ResponseCreated {
+                response_id: "resp_R1"
+            }
+        );
+    }
+
+    #[test]
+    fn output_item_added_gives_item_id_and_type() {
+        let text = r#"{"type":"response.output_item.added","event_id":"ev","response_id":"resp_R1","output_index":0,"item":{"id":"item_CBx2","object":"realtime.item","type":"message","role":"assistant","status":"in_progress","content":[]}}"#;
+        assert_eq!(
+            parse_valid(text),
+            ServerEvent::OutputItemAdded {
+                response_id: "resp_R1",
+                item_id: "item_CBx2",
+                item_type: "message",
+            }
+        );
+    }
+
+    #[test]
+    fn output_audio_done_parses() {
+        let text = r#"{"type":"response.output_audio.done","event_id":"ev","response_id":"resp_R1","item_id":"item_CBx2","output_index":0,"content_index":0}"#;
+        assert_eq!(
+            parse_valid(text),
+            ServerEvent::OutputAudioDone {
+                response_id: "resp_R1",
+                item_id: "item_CBx2",
+            }
+        );
+    }
+
+    #[test]
+    fn output_audio_transcript_done_unescapes_japanese_and_quotes() {
+        // 「こんにちは」と"Hi" with the Japanese as \u escapes and an emoji as a surrogate pair.
+        let text = r#"{"type":"response.output_audio_transcript.done","event_id":"ev","response_id":"resp_R1","item_id":"item_CBx2","output_index":0,"content_index":0,"transcript":"\u300c\u3053\u3093\u306b\u3061\u306f\u300d\u3068\"Hi\" \\ \ud83d\ude00\n"}"#;
+        assert_eq!(
+            parse_valid(text),
+            ServerEvent::OutputAudioTranscriptDone {
+                response_id: "resp_R1",
+                item_id: "item_CBx2",
+                transcript: "「こんにちは」と\"Hi\" \\ 😀\n",
+            }
+        );
+    }
+
+    #[test]
+    fn raw_utf8_japanese_passes_through() {
+        let text = r#"{"type":"conversation.item.input_audio_transcription.completed","event_id":"ev","item_id":"item_U7","content_index":0,"transcript":"注文番号は12345です","usage":{"type":"duration","seconds":1}}"#;
+        assert_eq!(
+            parse_valid(text),
+            ServerEvent::InputTranscriptionCompleted {
+                item_id: "item_U7",
+                transcript: "注文番号は12345です",
+            }
+        );
+    }
+
+    #[test]
+    fn unknown_and_ignored_types_are_other() {
+        for event_type in [
+            "conversation.item.added",
+            "response.content_part.added",
+            "rate_limits.updated",
+            "some.future.event",
+        ] {
+            let text = format!(r#"{{"type":"{event_type}","event_id":"ev","x":[1,{{"y":null}}]}}"#);
+            assert_eq!(
+                parse(&text).unwrap(),
+                ServerEvent::Other {
+                    event_type: Box::leak(event_type.to_owned().into_boxed_str())
+                }
+            );
+        }
+    }
+
+    #[test]
+    fn extra_fields_and_key_order_do_not_matter() {
+        let text = r#"{"delta":"AAAA","future":{"deep":[1,2,{"a":"b"}]},"item_id":"i","type":"response.output_audio.delta","response_id":"r","obfuscation":"xyz"}"#;
+        assert_eq!(
+            parse(text).unwrap(),
+            ServerEvent::OutputAudioDelta {
+                response_id: "r",
+                item_id: "i",
+                delta_b64: "AAAA",
+            }
+        );
+    }
+
+    #[test]
+    fn non_json_frames_are_not_json() {
+        for text in [
+            "",
+            "not json",
+            "{\"type\":",
+            "{\"type\":\"error\"",
+            "{} trailing",
+            "\u{0}",
+        ] {
+            let err = parse(text).unwrap_err();
+            assert!(
+                matches!(err, OpenAiParseError::NotJson(_)),
+                "{text:?}: {err:?}"
+            );
+            assert_eq!(err.kind(), "not_json");
+        }
+    }
+
+    #[test]
+    fn invalid_utf8_is_not_json() {
+        let mut frame = b"{\"type\":\"error\xff\"}".to_vec();
+        let err = ServerEventParser::new().parse(&mut frame).unwrap_err();
+        assert!(matches!(err, OpenAiParseError::NotJson(_)), "{err:?}");
+    }
+
+    #[test]
+    fn non_object_documents_are_not_json() {
+        for text in ["[1,2]", "\"response.done\"", "42", "null", "true"] {
+            let err = parse(text).unwrap_err();
+            assert!(
+                matches!(err, OpenAiParseError::NotJson(_)),
+                "{text}: {err:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn deeply_nested_frames_are_rejected_not_overflowed() {
+        let text = format!(
+            "{{\"type\":\"x\",\"a\":{}{}}}",
+            "[".repeat(5000),
+            "]".repeat(5000)
+        );
+        assert!(matches!(parse(&text), Err(OpenAiParseError::NotJson(_))));
+    }
+
+    #[test]
+    fn missing_or_non_string_type_is_a_bad_field() {
+        assert_eq!(parse("{}").unwrap_err(), bad(UNKNOWN_EVENT, "type"));
+        assert_eq!(
+            parse(r#"{"type":7}"#).unwrap_err(),
+            bad(UNKNOWN_EVENT, "type")
+        );
+        assert_eq!(
+            parse(r#"{"type":null}"#).unwrap_err(),
+            bad(UNKNOWN_EVENT, "type")
+        );
+    }
+
+    #[test]
+    fn missing_required_fields_are_named() {
+        let cases = [
+            (
+                r#"{"type":"response.output_audio.delta","response_id":"r","item_id":"i"}"#,
+                "response.output_audio.delta",
+                "delta",
+            ),
+            (
+                r#"{"type":"response.output_audio.delta","response_id":"r","delta":"AAAA"}"#,
+                "response.output_audio.delta",
+                "item_id",
+            ),
+            (
+                r#"{"type":"response.output_audio.delta","item_id":"i","delta":"AAAA"}"#,
+                "response.output_audio.delta",
+                "response_id",
+            ),
+            (
+                r#"{"type":"input_audio_buffer.speech_started","item_id":"i"}"#,
+                "input_audio_buffer.speech_started",
+                "audio_start_ms",
+            ),
+            (
+                r#"{"type":"input_audio_buffer.speech_stopped"}"#,
+                "input_audio_buffer.speech_stopped",
+                "audio_end_ms",
+            ),
+            (
+                r#"{"type":"response.done","response":{"status":"completed"}}"#,
+                "response.done",
+                "response.id",
+            ),
+            (
+                r#"{"type":"response.done","response":{"id":"r","status":null}}"#,
+                "response.done",
+                "response.status",
+            ),
+            (
+                r#"{"type":"response.done"}"#,
+                "response.done",
+                "response.id",
+            ),
+            (
+                r#"{"type":"response.created","response":{}}"#,
+                "response.created",
+                "response.id",
+            ),
+            (
+                r#"{"type":"response.output_item.added","response_id":"r","item":{"id":"i"}}"#,
+                "response.output_item.added",
+                "item.type",
+            ),
+            (r#"{"type":"error","event_id":"e"}"#, "error", "error"),
+            (
+                r#"{"type":"error","error":{"type":"x"}}"#,
+                "error",
+                "error.message",
+            ),
+            (
+                r#"{"type":"error","error":{"message":"m"}}"#,
+                "error",
+                "error.type",
+            ),
+            (
+                r#"{"type":"session.created"}"#,
+                "session.created",
+                "session",
+            ),
+            (
+                r#"{"type":"session.updated","session":null}"#,
+                "session.updated",
+                "session",
+            ),
+            (
+                r#"{"type":"conversation.item.truncated","item_id":"i"}"#,
+                "conversation.item.truncated",
+                "audio_end_ms",
+            ),
+            (
+                r#"{"type":"conversation.item.input_audio_transcription.completed","item_id":"i"}"#,
+                "conversation.item.input_audio_transcription.completed",
+                "transcript",
+            ),
+            (
+                r#"{"type":"conversation.item.input_audio_transcription.failed"}"#,
+                "conversation.item.input_audio_transcription.failed",
+                "item_id",
+            ),
+            (
+                r#"{"type":"response.output_audio.done","response_id":"r"}"#,
+                "response.output_audio.done",
+                "item_id",
+            ),
+            (
+                r#"{"type":"response.output_audio_transcript.done","response_id":"r","item_id":"i"}"#,
+                "response.output_audio_transcript.done",
+                "transcript",
+            ),
+            (
+                r#"{"type":"response.function_call_arguments.done","response_id":"r","item_id":"i","call_id":"c","name":"n"}"#,
+                "response.function_call_arguments.done",
+                "arguments",
+            ),
+        ];
+        for (text, event, field) in cases {
+            let err = parse(text).unwrap_err();
+            assert_eq!(err, bad(event, field), "{text}");
+            assert_eq!(err.kind(), "bad_field");
+        }
+    }
+
+    #[test]
+    fn fields_of_the_wrong_type_are_named() {
+        let cases = [
+            (
+                r#"{"type":"response.output_audio.delta","response_id":"r","item_id":"i","delta":5}"#,
+                "delta",
+            ),
+            (
+                r#"{"type":"input_audio_buffer.speech_started","audio_start_ms":"15320"}"#,
+                "audio_start_ms",
+            ),
+            (
+                r#"{"type":"input_audio_buffer.speech_started","audio_start_ms":-1}"#,
+                "audio_start_ms",
+            ),
+            (
+                r#"{"type":"input_audio_buffer.speech_started","audio_start_ms":1.5}"#,
+                "audio_start_ms",
+            ),
+            (
+                r#"{"type":"input_audio_buffer.speech_started","audio_start_ms":1,"item_id":3}"#,
+                "item_id",
+            ),
+            (r#"{"type":"response.done","response":5}"#, "response.id"),
+            (
+                r#"{"type":"response.done","response":{"id":"r","status":"failed","status_details":"x"}}"#,
+                "response.status_details.reason",
+            ),
+            (
+                r#"{"type":"response.done","response":{"id":"r","status":"completed","usage":[]}}"#,
+                "response.usage",
+            ),
+            (
+                r#"{"type":"response.done","response":{"id":"r","status":"completed","usage":{"total_tokens":"12"}}}"#,
+                "response.usage.total_tokens",
+            ),
+            (
+                r#"{"type":"session.updated","session":{"audio":{"input":{"format":"g711_ulaw"}}}}"#,
+                "session.audio.input.format.type",
+            ),
+            (r#"{"type":"session.created","session":"s"}"#, "session"),
+        ];
+        for (text, field) in cases {
+            let err = parse(text).unwrap_err();
+            assert!(
+                matches!(&err, OpenAiParseError::BadField { field: f, .. } if *f == field),
+                "{text}: {err:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn usage_with_null_counters_counts_zero() {
+        let text = r#"{"type":"response.done","event_id":"e","response":{"id":"r","status":"failed","status_details":{"type":"failed","error":{"type":"server_error"}},"usage":{"total_tokens":null,"input_tokens":3}}}"#;
+        assert_eq!(
+            parse_valid(text),
+            ServerEvent::ResponseDone {
+                response_id: "r",
+                status: "failed",
+                reason: None,
+                usage: Some(Usage {
+                    total_tokens: 0,
+                    input_tokens: 3,
+                    output_tokens: 0,
+                }),
+            }
+        );
+    }
+
+    #[test]
+    fn one_parser_handles_a_sequence_of_frames_of_any_size() {
+        let mut parser = ServerEventParser::new();
+        let big_delta = "A".repeat(200_000);
+        let big = format!(
+            r#"{{"type":"response.output_audio.delta","response_id":"r","item_id":"i","delta":"{big_delta}"}}"#
+        );
+        let frames = [
+            EX_TRUNCATED,
+            big.as_str(),
+            "nope",
+            EX_DELTA,
+            EX_ERROR,
+            big.as_str(),
+            EX_SPEECH_STARTED,
+        ];
+        let mut kinds = Vec::new();
+        for text in frames {
+            let mut frame = text.as_bytes().to_vec();
+            match parser.parse(&mut frame) {
+                Ok(ServerEvent::OutputAudioDelta { delta_b64, .. }) => kinds.push(delta_b64.len()),
+                Ok(_) => kinds.push(1),
+                Err(_) => kinds.push(0),
+            }
+        }
+        assert_eq!(kinds, [1, 200_000, 0, 24, 1, 200_000, 1]);
+    }
+
+    /// Checks a client event: exact text, valid under the client schema, no beta fields.
+    fn check_client(out: &[u8], expected: &str) -> serde_json::Value {
+        let text = std::str::from_utf8(out).unwrap();
+        assert_eq!(text, expected);
+        let value: serde_json::Value = serde_json::from_str(text).unwrap();
+        SchemaValidator::client().validate(&value).unwrap();
+        assert_eq!(beta_fields(&value), Vec::<String>::new());
+        value
+    }
+
+    #[test]
+    fn append_copies_the_audio_as_is() {
+        let mut out = Vec::new();
+        encode_append(&mut out, "/////39/fn5+fn5+/////w==");
+        check_client(
+            &out,
+            r#"{"type":"input_audio_buffer.append","audio":"/////39/fn5+fn5+/////w=="}"#,
+        );
+    }
+
+    #[test]
+    fn encoders_append_to_what_is_already_in_the_buffer() {
+        let mut out = b"xx".to_vec();
+        encode_response_cancel(&mut out, "e1");
+        assert_eq!(out, br#"xx{"type":"response.cancel","event_id":"e1"}"#);
+    }
+
+    #[test]
+    fn truncate_has_content_index_zero() {
+        let mut out = Vec::new();
+        encode_truncate(&mut out, "evt_7", "item_CBx1", 1240);
+        check_client(
+            &out,
+            r#"{"type":"conversation.item.truncate","event_id":"evt_7","item_id":"item_CBx1","content_index":0,"audio_end_ms":1240}"#,
+        );
+    }
+
+    #[test]
+    fn function_output_escapes_the_json_text() {
+        let mut out = Vec::new();
+        let output = r#"{"status":"shipped","eta":"2025-06-03","note":"発送済み"}"#;
+        encode_function_output(&mut out, "evt_8", "call_Q2f8", output);
+        let value = check_client(
+            &out,
+            r#"{"type":"conversation.item.create","event_id":"evt_8","item":{"type":"function_call_output","call_id":"call_Q2f8","output":"{\"status\":\"shipped\",\"eta\":\"2025-06-03\",\"note\":\"発送済み\"}"}}"#,
+        );
+        assert_eq!(value["item"]["output"], output);
+    }
+
+    #[test]
+    fn user_text_is_one_input_text_part() {
+        let mut out = Vec::new();
+        let text = "（通話が始まりました。挨拶してください）\n\"quoted\"";
+        encode_user_text(&mut out, "evt_9", text);
+        let value = check_client(
+            &out,
+            r#"{"type":"conversation.item.create","event_id":"evt_9","item":{"type":"message","role":"user","content":[{"type":"input_text","text":"（通話が始まりました。挨拶してください）\n\"quoted\""}]}}"#,
+        );
+        assert_eq!(value["item"]["content"][0]["text"], text);
+    }
+
+    #[test]
+    fn response_create_carries_instructions_only_when_given() {
+        let mut out = Vec::new();
+        encode_response_create(&mut out, "evt_10", None);
+        check_client(&out, r#"{"type":"response.create","event_id":"evt_10"}"#);
+        out.clear();
+        encode_response_create(
+            &mut out,
+            "evt_11",
+            Some("「お電話ありがとうございます」と挨拶してください。"),
+        );
+        check_client(
+            &out,
+            r#"{"type":"response.create","event_id":"evt_11","response":{"instructions":"「お電話ありがとうございます」と挨拶してください。"}}"#,
+        );
+    }
+
+    #[test]
+    fn response_cancel_has_an_event_id() {
+        let mut out = Vec::new();
+        encode_response_cancel(&mut out, "evt_12");
+        check_client(&out, r#"{"type":"response.cancel","event_id":"evt_12"}"#);
+    }
+
+    #[test]
+    fn event_ids_with_quotes_are_escaped() {
+        let mut out = Vec::new();
+        encode_truncate(&mut out, "a\"b", "i\\d", 0);
+        let value: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(value["event_id"], "a\"b");
+        assert_eq!(value["item_id"], "i\\d");
+    }
+
+    /// Timing of the hot path: `cargo test --release --lib openai::events -- --ignored --nocapture`.
+    #[test]
+    #[ignore = "timing, run by hand in release"]
+    fn time_parse_of_a_typical_audio_delta() {
+        let delta = "/////39/fn5+fn5+".repeat(100); // 1600 chars = 1200 bytes = 150 ms of μ-law
+        let text = format!(
+            r#"{{"type":"response.output_audio.delta","event_id":"event_C3a9XkZb2","response_id":"resp_CBxR1abc","item_id":"item_CBx2def","output_index":0,"content_index":0,"delta":"{delta}"}}"#
+        );
+        let mut parser = ServerEventParser::new();
+        let mut frame = text.as_bytes().to_vec();
+        let rounds = 200_000;
+        let mut total = 0usize;
+        let start = std::time::Instant::now();
+        for _ in 0..rounds {
+            frame.copy_from_slice(text.as_bytes());
+            if let Ok(ServerEvent::OutputAudioDelta { delta_b64, .. }) =
+                parser.parse(std::hint::black_box(&mut frame))
+            {
+                total += delta_b64.len();
+            }
+        }
+        let per = start.elapsed() / rounds;
+        assert_eq!(total, 1600 * rounds as usize);
+        println!(
+            "frame {} bytes: {per:?} per parse (incl. frame copy)",
+            text.len()
+        );
+    }
 }

@@ -5,4 +5,5 @@
 pub mod client;
 pub mod events;
 pub mod mock;
+pub mod schema;
 pub mod session;

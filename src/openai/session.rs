@@ -3,6 +3,7 @@
 //! INTERFACE CONTRACT (the bridge depends on these names and shapes; keep them).
 
 use serde::{Deserialize, Serialize};
+use serde_json::{json, Map, Value};
 
 /// Everything about an agent that shapes the Realtime session. Until the store lands it comes
 /// from the configuration; the names follow the original backend's `AgentSettings`.
@@ -53,14 +54,440 @@ impl Default for TurnDetection {
     }
 }
 
+/// Output voices the GA API accepts by name (protocol.md 5.2; `marin` and `cedar` are recommended).
+pub const VOICES: &[&str] = &[
+    "alloy", "ash", "ballad", "coral", "echo", "sage", "shimmer", "verse", "marin", "cedar",
+];
+
+/// `audio.input.noise_reduction.type` values.
+pub const NOISE_REDUCTIONS: &[&str] = &["near_field", "far_field"];
+
+/// Valid server VAD `threshold` (protocol.md 5.2: 0.0–1.0).
+pub const THRESHOLD_RANGE: std::ops::RangeInclusive<f64> = 0.0..=1.0;
+
+/// Valid `audio.output.speed` (protocol.md 5.2: 0.25–1.5).
+pub const SPEED_RANGE: std::ops::RangeInclusive<f64> = 0.25..=1.5;
+
+/// The audio format on both legs: G.711 μ-law at 8 kHz, byte-identical to Twilio's payloads, so
+/// audio passes through without transcoding.
+const AUDIO_FORMAT: &str = "audio/pcmu";
+
+/// Why an [`AgentSettings`] cannot be sent to OpenAI.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[non_exhaustive]
+pub enum AgentError {
+    /// `voice` is not one of [`VOICES`].
+    #[error("unknown voice {0:?}")]
+    UnknownVoice(String),
+    /// `turn_detection.threshold` outside [`THRESHOLD_RANGE`] (or NaN).
+    #[error("vad threshold {0} is outside 0..=1")]
+    BadThreshold(f64),
+    /// `speed` outside [`SPEED_RANGE`] (or NaN).
+    #[error("speed {0} is outside 0.25..=1.5")]
+    BadSpeed(f64),
+    /// `noise_reduction` is not one of [`NOISE_REDUCTIONS`].
+    #[error("unknown noise reduction {0:?}")]
+    UnknownNoiseReduction(String),
+    /// A tool is not `{"type": "function", "name": <non-empty string>, …}`.
+    #[error("tool {index}: {reason}")]
+    BadTool {
+        /// Position in `tools`.
+        index: usize,
+        /// What is wrong with it.
+        reason: &'static str,
+    },
+}
+
+impl AgentSettings {
+    /// Checks the values OpenAI would reject (or silently misread) before a call uses them.
+    pub fn validate(&self) -> Result<(), AgentError> {
+        if !VOICES.contains(&self.voice.as_str()) {
+            return Err(AgentError::UnknownVoice(self.voice.clone()));
+        }
+        let threshold = self.turn_detection.threshold;
+        if !THRESHOLD_RANGE.contains(&threshold) {
+            return Err(AgentError::BadThreshold(threshold));
+        }
+        if let Some(speed) = self.speed {
+            if !SPEED_RANGE.contains(&speed) {
+                return Err(AgentError::BadSpeed(speed));
+            }
+        }
+        if let Some(nr) = &self.noise_reduction {
+            if !NOISE_REDUCTIONS.contains(&nr.as_str()) {
+                return Err(AgentError::UnknownNoiseReduction(nr.clone()));
+            }
+        }
+        for (index, tool) in self.tools.iter().enumerate() {
+            check_tool(tool).map_err(|reason| AgentError::BadTool { index, reason })?;
+        }
+        Ok(())
+    }
+}
+
+/// A function tool is an object with `type: "function"` and a non-empty string `name`.
+fn check_tool(tool: &Value) -> Result<(), &'static str> {
+    let object = tool.as_object().ok_or("not an object")?;
+    if object.get("type").and_then(Value::as_str) != Some("function") {
+        return Err("type is not \"function\"");
+    }
+    match object.get("name").and_then(Value::as_str) {
+        Some(name) if !name.is_empty() => Ok(()),
+        _ => Err("missing or empty name"),
+    }
+}
+
+impl Default for AgentSettings {
+    /// A plain English receptionist: `marin`, transcription by `gpt-4o-transcribe` (language
+    /// auto-detected), near-field noise reduction (phone handsets), default VAD, no tools.
+    fn default() -> Self {
+        AgentSettings {
+            id: "default".to_owned(),
+            voice: "marin".to_owned(),
+            instructions: "You are a friendly phone assistant. Answer briefly and clearly, in the \
+                           caller's language."
+                .to_owned(),
+            greeting: None,
+            transcription_model: Some("gpt-4o-transcribe".to_owned()),
+            language: None,
+            turn_detection: TurnDetection::default(),
+            tools: Vec::new(),
+            speed: None,
+            noise_reduction: Some("near_field".to_owned()),
+        }
+    }
+}
+
 /// Appends the `session.update` for `agent` on `model` to `out`.
+///
+/// The GA shape of protocol.md 5.2: everything under `session`, `type: "realtime"`, μ-law in and
+/// out, server VAD that both creates and interrupts responses. Noise reduction and transcription
+/// are sent as `null` when off (a partial update would otherwise keep the session's defaults);
+/// `speed` only when set; `tools` and `tool_choice` only when there are tools.
 pub fn encode_session_update(
-    _out: &mut Vec<u8>,
-    _event_id: &str,
-    _model: &str,
-    _agent: &AgentSettings,
+    out: &mut Vec<u8>,
+    event_id: &str,
+    model: &str,
+    agent: &AgentSettings,
 ) {
-    unimplemented!("openai-events work")
+    let event = session_update_value(event_id, model, agent);
+    // Writing a `Value` into a `Vec` cannot fail (no I/O error, string keys only).
+    serde_json::to_writer(out, &event).expect("serializing a json value into a vec");
+}
+
+/// The `session.update` event as a JSON value (see [`encode_session_update`]).
+pub fn session_update_value(event_id: &str, model: &str, agent: &AgentSettings) -> Value {
+    let vad = &agent.turn_detection;
+    let noise_reduction = match &agent.noise_reduction {
+        Some(kind) => json!({ "type": kind }),
+        None => Value::Null,
+    };
+    let transcription = match &agent.transcription_model {
+        Some(model) => {
+            let mut t = Map::new();
+            t.insert("model".to_owned(), json!(model));
+            if let Some(language) = &agent.language {
+                t.insert("language".to_owned(), json!(language));
+            }
+            Value::Object(t)
+        }
+        None => Value::Null,
+    };
+    let mut output = json!({
+        "format": { "type": AUDIO_FORMAT },
+        "voice": agent.voice,
+    });
+    if let Some(speed) = agent.speed {
+        output["speed"] = json!(speed);
+    }
+    let mut session = json!({
+        "type": "realtime",
+        "model": model,
+        "output_modalities": ["audio"],
+        "instructions": agent.instructions,
+        "audio": {
+            "input": {
+                "format": { "type": AUDIO_FORMAT },
+                "noise_reduction": noise_reduction,
+                "transcription": transcription,
+                "turn_detection": {
+                    "type": "server_vad",
+                    "threshold": vad.threshold,
+                    "prefix_padding_ms": vad.prefix_padding_ms,
+                    "silence_duration_ms": vad.silence_duration_ms,
+                    "create_response": true,
+                    "interrupt_response": true,
+                },
+            },
+            "output": output,
+        },
+    });
+    if !agent.tools.is_empty() {
+        session["tools"] = Value::Array(agent.tools.clone());
+        session["tool_choice"] = json!("auto");
+    }
+    json!({ "type": "session.update", "event_id": event_id, "session": session })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::openai::schema::{beta_fields, SchemaValidator};
+
+    /// The agent of the protocol.md 5.2 example.
+    fn sample_agent() -> AgentSettings {
+        AgentSettings {
+            id: "sample".to_owned(),
+            voice: "marin".to_owned(),
+            instructions:
+                "あなたは株式会社サンプルの電話受付です。丁寧な日本語で、短く答えてください。"
+                    .to_owned(),
+            greeting: Some("お電話ありがとうございます。".to_owned()),
+            transcription_model: Some("gpt-4o-transcribe".to_owned()),
+            language: Some("ja".to_owned()),
+            turn_detection: TurnDetection::default(),
+            tools: vec![json!({
+                "type": "function",
+                "name": "lookup_order",
+                "description": "注文番号から注文状況を調べる",
+                "parameters": {
+                    "type": "object",
+                    "properties": {
+                        "order_id": { "type": "string", "description": "注文番号" }
+                    },
+                    "required": ["order_id"]
+                }
+            })],
+            speed: None,
+            noise_reduction: Some("near_field".to_owned()),
+        }
+    }
+
+    /// Encodes, parses back, and checks it is a valid GA client event without beta fields.
+    fn encode(agent: &AgentSettings) -> Value {
+        let mut out = Vec::new();
+        encode_session_update(&mut out, "evt_session_1", "gpt-realtime", agent);
+        let value: Value = serde_json::from_slice(&out).unwrap();
+        SchemaValidator::client().validate(&value).unwrap();
+        assert_eq!(beta_fields(&value), Vec::<String>::new());
+        value
+    }
+
+    #[test]
+    fn session_update_is_exactly_the_protocol_example() {
+        // protocol.md 5.2, verbatim, plus our event_id.
+        let expected: Value = serde_json::from_str(
+            r#"{
+  "type": "session.update",
+  "event_id": "evt_session_1",
+  "session": {
+    "type": "realtime",
+    "model": "gpt-realtime",
+    "output_modalities": ["audio"],
+    "instructions": "あなたは株式会社サンプルの電話受付です。丁寧な日本語で、短く答えてください。",
+    "audio": {
+      "input": {
+        "format": {"type": "audio/pcmu"},
+        "noise_reduction": {"type": "near_field"},
+        "transcription": {"model": "gpt-4o-transcribe", "language": "ja"},
+        "turn_detection": {
+          "type": "server_vad",
+          "threshold": 0.5,
+          "prefix_padding_ms": 300,
+          "silence_duration_ms": 500,
+          "create_response": true,
+          "interrupt_response": true
+        }
+      },
+      "output": {"format": {"type": "audio/pcmu"}, "voice": "marin"}
+    },
+    "tools": [
+      {
+        "type": "function",
+        "name": "lookup_order",
+        "description": "注文番号から注文状況を調べる",
+        "parameters": {
+          "type": "object",
+          "properties": {"order_id": {"type": "string", "description": "注文番号"}},
+          "required": ["order_id"]
+        }
+      }
+    ],
+    "tool_choice": "auto"
+  }
+}"#,
+        )
+        .unwrap();
+        assert_eq!(encode(&sample_agent()), expected);
+    }
+
+    #[test]
+    fn session_update_appends_to_the_buffer() {
+        let mut out = b"[".to_vec();
+        encode_session_update(&mut out, "e", "gpt-realtime", &AgentSettings::default());
+        assert_eq!(out[0], b'[');
+        let value: Value = serde_json::from_slice(&out[1..]).unwrap();
+        assert_eq!(value["type"], "session.update");
+    }
+
+    #[test]
+    fn off_features_are_null_and_optional_ones_absent() {
+        let agent = AgentSettings {
+            transcription_model: None,
+            language: Some("ja".to_owned()),
+            noise_reduction: None,
+            tools: Vec::new(),
+            speed: None,
+            ..sample_agent()
+        };
+        let session = &encode(&agent)["session"];
+        assert_eq!(session["audio"]["input"]["transcription"], Value::Null);
+        assert_eq!(session["audio"]["input"]["noise_reduction"], Value::Null);
+        assert!(session["audio"]["input"].get("transcription").is_some());
+        assert!(session["audio"]["output"].get("speed").is_none());
+        assert!(session.get("tools").is_none());
+        assert!(session.get("tool_choice").is_none());
+    }
+
+    #[test]
+    fn language_is_omitted_when_unknown() {
+        let agent = AgentSettings {
+            language: None,
+            ..sample_agent()
+        };
+        let transcription = &encode(&agent)["session"]["audio"]["input"]["transcription"];
+        assert_eq!(transcription, &json!({ "model": "gpt-4o-transcribe" }));
+    }
+
+    #[test]
+    fn speed_and_vad_settings_are_sent() {
+        let agent = AgentSettings {
+            speed: Some(1.25),
+            noise_reduction: Some("far_field".to_owned()),
+            turn_detection: TurnDetection {
+                threshold: 0.8,
+                prefix_padding_ms: 200,
+                silence_duration_ms: 700,
+            },
+            ..sample_agent()
+        };
+        let audio = &encode(&agent)["session"]["audio"];
+        assert_eq!(audio["output"]["speed"], 1.25);
+        assert_eq!(
+            audio["input"]["noise_reduction"],
+            json!({ "type": "far_field" })
+        );
+        let vad = &audio["input"]["turn_detection"];
+        assert_eq!(vad["threshold"], 0.8);
+        assert_eq!(vad["prefix_padding_ms"], 200);
+        assert_eq!(vad["silence_duration_ms"], 700);
+    }
+
+    #[test]
+    fn the_default_agent_is_valid_and_encodes() {
+        let agent = AgentSettings::default();
+        assert_eq!(agent.validate(), Ok(()));
+        assert_eq!(agent.id, "default");
+        assert_eq!(agent.voice, "marin");
+        assert!(agent.tools.is_empty());
+        let session = &encode(&agent)["session"];
+        assert_eq!(session["audio"]["output"]["voice"], "marin");
+        assert_eq!(
+            session["audio"]["input"]["transcription"],
+            json!({ "model": "gpt-4o-transcribe" })
+        );
+    }
+
+    #[test]
+    fn the_sample_agent_is_valid() {
+        assert_eq!(sample_agent().validate(), Ok(()));
+        for voice in VOICES {
+            let agent = AgentSettings {
+                voice: (*voice).to_owned(),
+                ..sample_agent()
+            };
+            assert_eq!(agent.validate(), Ok(()), "{voice}");
+        }
+    }
+
+    #[test]
+    fn bad_settings_are_rejected_with_the_reason() {
+        let base = sample_agent();
+        let with = |f: &dyn Fn(&mut AgentSettings)| {
+            let mut a = base.clone();
+            f(&mut a);
+            a.validate().unwrap_err()
+        };
+        assert_eq!(
+            with(&|a| a.voice = "nova".to_owned()),
+            AgentError::UnknownVoice("nova".to_owned())
+        );
+        assert_eq!(
+            with(&|a| a.turn_detection.threshold = 1.5),
+            AgentError::BadThreshold(1.5)
+        );
+        assert_eq!(
+            with(&|a| a.turn_detection.threshold = -0.1),
+            AgentError::BadThreshold(-0.1)
+        );
+        assert!(matches!(
+            with(&|a| a.turn_detection.threshold = f64::NAN),
+            AgentError::BadThreshold(_)
+        ));
+        assert_eq!(with(&|a| a.speed = Some(0.2)), AgentError::BadSpeed(0.2));
+        assert_eq!(with(&|a| a.speed = Some(1.6)), AgentError::BadSpeed(1.6));
+        assert_eq!(
+            with(&|a| a.noise_reduction = Some("studio".to_owned())),
+            AgentError::UnknownNoiseReduction("studio".to_owned())
+        );
+        let tool_error = |tool: Value| with(&|a| a.tools.push(tool.clone()));
+        assert_eq!(
+            tool_error(json!("lookup")),
+            AgentError::BadTool {
+                index: 1,
+                reason: "not an object"
+            }
+        );
+        assert_eq!(
+            tool_error(json!({ "type": "mcp", "name": "x" })),
+            AgentError::BadTool {
+                index: 1,
+                reason: "type is not \"function\""
+            }
+        );
+        assert_eq!(
+            tool_error(json!({ "type": "function", "name": "" })),
+            AgentError::BadTool {
+                index: 1,
+                reason: "missing or empty name"
+            }
+        );
+        assert_eq!(
+            tool_error(json!({ "type": "function" })),
+            AgentError::BadTool {
+                index: 1,
+                reason: "missing or empty name"
+            }
+        );
+        assert_eq!(
+            AgentError::BadTool {
+                index: 1,
+                reason: "not an object"
+            }
+            .to_string(),
+            "tool 1: not an object"
+        );
+    }
+
+    #[test]
+    fn limits_are_inclusive() {
+        for (threshold, speed) in [(0.0, 0.25), (1.0, 1.5)] {
+            let mut agent = sample_agent();
+            agent.turn_detection.threshold = threshold;
+            agent.speed = Some(speed);
+            assert_eq!(agent.validate(), Ok(()));
+        }
+    }
 }
 
 impl AgentSettings {
