@@ -1,6 +1,9 @@
 //! OpenAI Realtime (GA interface): events, `session.update`, the client, the mock server.
 //!
 //! - [`events`]: parse server events (borrowing), encode client events into reused buffers.
+//! - [`client`]: TCP + rustls + WebSocket handshake to the Realtime endpoint.
+//! - [`schema`]: the GA event JSON Schemas, for the mock and the tests.
+//! - [`mock`]: the scripted mock Realtime server.
 //! - [`session`]: the agent's settings and the `session.update` built from them.
 pub mod client;
 pub mod events;

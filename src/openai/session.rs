@@ -489,10 +489,3 @@ mod tests {
         }
     }
 }
-
-impl AgentSettings {
-    /// Checks the settings (temporary; replaced by the openai-events work).
-    pub fn validate(&self) -> Result<(), String> {
-        Ok(())
-    }
-}
