@@ -1,1 +1,0 @@
-//! The scripted mock OpenAI Realtime server (in progress).
