@@ -40,10 +40,12 @@
 //! - `session_config`: default session, `session.update` checks and merge.
 //! - `response`: response streaming, cancellation, the scripted function call.
 //! - `rejection`: [`MockRejection`] and the `error` events built from it.
+//! - [`server`]: the IO shell: a loopback WebSocket server running one session per connection.
 
 mod audio;
 mod rejection;
 mod response;
+pub mod server;
 mod session_config;
 #[cfg(test)]
 mod tests;
