@@ -1,0 +1,10 @@
+//! The Twilio Media Streams event parser on arbitrary text frames: never panics.
+#![no_main]
+
+use callbridge::twilio::events::TwilioParser;
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| {
+    let mut frame = data.to_vec();
+    let _ = TwilioParser::new().parse(&mut frame);
+});
