@@ -269,8 +269,8 @@ impl App {
             }),
             Err(e) => {
                 let mut resp = Response::text(e.status(), &e.to_string());
-                if e.status() == 426 {
-                    resp = resp.with_header("Sec-WebSocket-Version", "13").with_header("Upgrade", "websocket");
+                for (name, value) in e.response_headers() {
+                    resp = resp.with_header(name, value);
                 }
                 Routed::Respond(resp)
             }
