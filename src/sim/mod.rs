@@ -1,1 +1,2 @@
 //! Simulated Twilio caller.
+pub mod playout;
