@@ -1,2 +1,3 @@
 //! Simulated Twilio caller.
 pub mod playout;
+pub mod script;
