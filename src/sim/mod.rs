@@ -1,3 +1,5 @@
 //! Simulated Twilio caller.
 pub mod playout;
 pub mod script;
+pub mod twiml;
+pub mod webhook;
