@@ -3,3 +3,4 @@ pub mod playout;
 pub mod script;
 pub mod twiml;
 pub mod webhook;
+pub mod stream;
