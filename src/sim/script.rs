@@ -134,7 +134,9 @@ pub enum Segment {
 #[non_exhaustive]
 pub enum ScriptError {
     /// An absolute segment starts before the previous one ended.
-    #[error("segment {index} starts at {at_ms} ms, before the previous one ends at {cursor_ms} ms")]
+    #[error(
+        "segment {index} starts at {at_ms} ms, before the previous one ends at {cursor_ms} ms"
+    )]
     Overlap {
         /// Index of the segment.
         index: usize,
@@ -472,7 +474,10 @@ mod tests {
             all.extend_from_slice(&frame(&s, n));
         }
         assert_eq!(&all[56..56 + 18_936], Clip::HELLO_EN.bytes());
-        assert!(all[..56].iter().chain(&all[56 + 18_936..]).all(|&b| b == SILENCE));
+        assert!(all[..56]
+            .iter()
+            .chain(&all[56 + 18_936..])
+            .all(|&b| b == SILENCE));
     }
 
     #[test]

@@ -345,7 +345,13 @@ impl StreamSession {
             base64::engine::general_purpose::STANDARD.encode(frame),
             js(&self.cfg.stream_sid)
         ));
-        for (u, clock) in self.cfg.script.utterances().iter().zip(&mut self.utterances) {
+        for (u, clock) in self
+            .cfg
+            .script
+            .utterances()
+            .iter()
+            .zip(&mut self.utterances)
+        {
             if u.first_frame() == n {
                 clock.started = Some(now);
             }
@@ -524,7 +530,11 @@ impl StreamSession {
         self.echo_due(now, out);
         let was_playing = self.playout.is_playing();
         if !was_playing {
-            self.violation_text(now, ViolationKind::ClearWhileIdle, "clear with nothing playing");
+            self.violation_text(
+                now,
+                ViolationKind::ClearWhileIdle,
+                "clear with nothing playing",
+            );
         }
         let item_id = self
             .playout
@@ -539,7 +549,13 @@ impl StreamSession {
         for name in &echoed_marks {
             self.echo(now, name, true, out);
         }
-        for (u, c) in self.cfg.script.utterances().iter().zip(&mut self.utterances) {
+        for (u, c) in self
+            .cfg
+            .script
+            .utterances()
+            .iter()
+            .zip(&mut self.utterances)
+        {
             if u.barge_in && c.clear.is_none() && c.started.is_some_and(|s| s <= now) {
                 c.clear = Some(now);
             }
@@ -836,7 +852,10 @@ mod tests {
         assert_eq!(clear.discarded_bytes, 3600 - 1440);
         assert_eq!(clear.echoed_marks.len(), 2);
         assert_eq!(
-            r.marks_echoed.iter().map(|m| m.discarded).collect::<Vec<_>>(),
+            r.marks_echoed
+                .iter()
+                .map(|m| m.discarded)
+                .collect::<Vec<_>>(),
             vec![false, true, true]
         );
         assert_eq!(r.played_ms_total, 180);
@@ -875,7 +894,10 @@ mod tests {
             ("not json".to_owned(), ViolationKind::NotJson),
             ("[1,2]".to_owned(), ViolationKind::NotJson),
             (format!(r#"{{"streamSid":"{MZ}"}}"#), ViolationKind::NoEvent),
-            (r#"{"event":"clear"}"#.to_owned(), ViolationKind::MissingStreamSid),
+            (
+                r#"{"event":"clear"}"#.to_owned(),
+                ViolationKind::MissingStreamSid,
+            ),
             (
                 r#"{"event":"clear","streamSid":"MZ0"}"#.to_owned(),
                 ViolationKind::WrongStreamSid,
@@ -929,10 +951,17 @@ mod tests {
         let kinds: Vec<ViolationKind> = r.violations.iter().map(|v| v.kind).collect();
         assert_eq!(
             kinds,
-            vec![ViolationKind::MediaExtraField, ViolationKind::ForeignMarkName]
+            vec![
+                ViolationKind::MediaExtraField,
+                ViolationKind::ForeignMarkName
+            ]
         );
         assert_eq!(r.media.len(), 1);
-        assert_eq!(out.len(), 1, "the foreign mark is still echoed after its audio");
+        assert_eq!(
+            out.len(),
+            1,
+            "the foreign mark is still echoed after its audio"
+        );
     }
 
     #[test]

@@ -397,7 +397,11 @@ impl Reader<'_> {
             .rest()
             .find(|c: char| !(c.is_alphanumeric() || matches!(c, '_' | '-' | '.' | ':')))
             .unwrap_or(self.rest().len());
-        if len == 0 || !self.rest().starts_with(|c: char| c.is_alphabetic() || c == '_') {
+        if len == 0
+            || !self
+                .rest()
+                .starts_with(|c: char| c.is_alphabetic() || c == '_')
+        {
             return Err(self.unexpected());
         }
         let name = self.rest()[..len].to_owned();
@@ -613,7 +617,12 @@ mod tests {
         let human = "<Response><Say language=\"ja-JP\">担当者におつなぎします。</Say><Dial><Conference>support-room-1</Conference></Dial></Response>";
         let t = Twiml::parse(human).unwrap();
         assert_eq!(t.conference(), Some("support-room-1"));
-        assert_eq!(Twiml::parse("<Response><Reject/></Response>").unwrap().verbs, vec![Verb::Reject]);
+        assert_eq!(
+            Twiml::parse("<Response><Reject/></Response>")
+                .unwrap()
+                .verbs,
+            vec![Verb::Reject]
+        );
     }
 
     #[test]
@@ -686,7 +695,8 @@ mod tests {
 
     #[test]
     fn comments_cdata_and_bom_are_accepted() {
-        let e = parse_xml("\u{feff}<!-- c --><a><!-- x --><![CDATA[<&>]]></a><!-- end -->").unwrap();
+        let e =
+            parse_xml("\u{feff}<!-- c --><a><!-- x --><![CDATA[<&>]]></a><!-- end -->").unwrap();
         assert_eq!(e.text(), "<&>");
     }
 

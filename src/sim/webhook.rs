@@ -50,7 +50,10 @@ pub fn voice_params(call: &CallIdentity, call_status: &str) -> Vec<(String, Stri
         ("ApiVersion", "2010-04-01"),
         ("CallSid", call.call_sid.as_str()),
         ("CallStatus", call_status),
-        ("CallToken", "{\"parentCallInfoToken\":\"sim\",\"identityHeaderTokens\":[]}"),
+        (
+            "CallToken",
+            "{\"parentCallInfoToken\":\"sim\",\"identityHeaderTokens\":[]}",
+        ),
         ("Called", call.to.as_str()),
         ("CalledCity", ""),
         ("CalledCountry", to_country),
@@ -323,9 +326,16 @@ mod tests {
             ("ToCountry", "JP"),
         ]);
         let voice = "https://bridge.example.com/api/twilio/voice";
-        assert_eq!(signature(TOKEN, voice, &ex2), "DBGkIL/deAPzeQrqy7FeC/dD7II=");
         assert_eq!(
-            signature(TOKEN, "https://bridge.example.com:443/api/twilio/voice", &ex2),
+            signature(TOKEN, voice, &ex2),
+            "DBGkIL/deAPzeQrqy7FeC/dD7II="
+        );
+        assert_eq!(
+            signature(
+                TOKEN,
+                "https://bridge.example.com:443/api/twilio/voice",
+                &ex2
+            ),
             "SSB96hVnynFx1zZBk+1C8HUWsV8="
         );
         let ex3 = params(&[
@@ -335,7 +345,10 @@ mod tests {
             ("FromCity", "東京"),
             ("To", "+81501234567"),
         ]);
-        assert_eq!(signature(TOKEN, voice, &ex3), "MGl1857CXI5JgYMrgBT92lxoSRI=");
+        assert_eq!(
+            signature(TOKEN, voice, &ex3),
+            "MGl1857CXI5JgYMrgBT92lxoSRI="
+        );
         let ex4 = params(&[
             ("CallSid", "CA00000000000000000000000000000003"),
             ("CallStatus", "in-progress"),
@@ -377,12 +390,19 @@ mod tests {
         let url = "https://h.example/api/twilio/voice";
         let base = signature(TOKEN, url, &p);
         assert_ne!(signature("other", url, &p), base);
-        assert_ne!(signature(TOKEN, url, &params(&[("From", "+819012345679")])), base);
+        assert_ne!(
+            signature(TOKEN, url, &params(&[("From", "+819012345679")])),
+            base
+        );
     }
 
     #[test]
     fn form_encoding_matches_twilios_wire_form() {
-        let p = params(&[("CallerName", "山田 太郎"), ("From", "+81 9"), ("a&b", "c=d")]);
+        let p = params(&[
+            ("CallerName", "山田 太郎"),
+            ("From", "+81 9"),
+            ("a&b", "c=d"),
+        ]);
         assert_eq!(
             form_encode(&p),
             "CallerName=%E5%B1%B1%E7%94%B0+%E5%A4%AA%E9%83%8E&From=%2B81+9&a%26b=c%3Dd"
@@ -434,7 +454,8 @@ mod tests {
 
     #[test]
     fn response_with_content_length_waits_for_its_body() {
-        let full = b"HTTP/1.1 200 OK\r\nContent-Type: text/xml\r\nContent-Length: 11\r\n\r\n<Response/>";
+        let full =
+            b"HTTP/1.1 200 OK\r\nContent-Type: text/xml\r\nContent-Length: 11\r\n\r\n<Response/>";
         for cut in [10, 60, full.len() - 1] {
             assert_eq!(parse_response(&full[..cut], false), Ok(None), "cut {cut}");
         }
@@ -481,12 +502,18 @@ mod tests {
             Err(HttpClientError::TransferEncoding)
         );
         assert_eq!(
-            parse_response(b"HTTP/1.1 200 OK\r\nContent-Length: 99999999\r\n\r\n", false),
+            parse_response(
+                b"HTTP/1.1 200 OK\r\nContent-Length: 99999999\r\n\r\n",
+                false
+            ),
             Err(HttpClientError::BodyTooLarge)
         );
         let mut huge = b"HTTP/1.1 200 OK\r\nX: ".to_vec();
         huge.resize(MAX_RESPONSE_HEAD + 1, b'a');
-        assert_eq!(parse_response(&huge, false), Err(HttpClientError::HeadTooLarge));
+        assert_eq!(
+            parse_response(&huge, false),
+            Err(HttpClientError::HeadTooLarge)
+        );
         assert_eq!(parse_response(b"", true), Err(HttpClientError::Truncated));
     }
 }
