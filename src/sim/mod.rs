@@ -19,4 +19,4 @@ pub mod stream;
 pub mod twiml;
 pub mod webhook;
 // After the merge with the WebSocket codec (`front::ws`), enable the IO shell:
-// pub mod caller;
+pub mod caller;
