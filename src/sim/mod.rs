@@ -13,10 +13,9 @@
 //! ```
 //!
 //! Everything but `caller.rs` is sans-IO and unit-tested with a fake clock.
+pub mod caller;
 pub mod playout;
 pub mod script;
 pub mod stream;
 pub mod twiml;
 pub mod webhook;
-// After the merge with the WebSocket codec (`front::ws`), enable the IO shell:
-pub mod caller;
