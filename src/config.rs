@@ -499,7 +499,7 @@ mod tests {
             (&["--max-calls", "0"], "MAX_CALLS"),
             (&["--stream-secret", "short"], "STREAM_SECRET"),
             (
-                &["--openai-connect-timeout-secs", "-1"],
+                &["--openai-connect-timeout-secs=-1"],
                 "OPENAI_CONNECT_TIMEOUT_SECS",
             ),
             (&["--agent-voice", "robot"], "AGENT_"),

@@ -59,7 +59,10 @@ pub fn demo_script() -> Script {
     let barge_in_at = hello + 1_900;
     Script::new(vec![
         Segment::Speak(Clip::HELLO_EN),
-        Segment::BargeInAt { at_ms: barge_in_at, clip: Clip::WAIT_EN },
+        Segment::BargeInAt {
+            at_ms: barge_in_at,
+            clip: Clip::WAIT_EN,
+        },
         Segment::Silence { ms: 4_600 },
     ])
     .expect("the demo script is valid")
@@ -67,9 +70,14 @@ pub fn demo_script() -> Script {
 
 /// Starts the mock and the proxy on loopback, places one call, and checks it.
 pub async fn run() -> anyhow::Result<DemoOutcome> {
-    let mut mock_cfg = MockServerConfig { self_check: true, ..MockServerConfig::default() };
+    let mut mock_cfg = MockServerConfig {
+        self_check: true,
+        ..MockServerConfig::default()
+    };
     mock_cfg.session.response_audio_ms = 3_500;
-    let mock = MockServer::start(SocketAddr::from(([127, 0, 0, 1], 0)), mock_cfg).await.context("starting the mock OpenAI server")?;
+    let mock = MockServer::start(SocketAddr::from(([127, 0, 0, 1], 0)), mock_cfg)
+        .await
+        .context("starting the mock OpenAI server")?;
     let args = DemoServeArgs::try_parse_from([
         "demo",
         "--listen",
@@ -89,7 +97,9 @@ pub async fn run() -> anyhow::Result<DemoOutcome> {
 
     let mut caller = CallerConfig::new(server.local_addr, 1, demo_script());
     caller.auth_token = Some(DEMO_AUTH_TOKEN.to_owned());
-    let report = run_call(caller).await.context("running the simulated call")?;
+    let report = run_call(caller)
+        .await
+        .context("running the simulated call")?;
     // Let the proxy close the OpenAI leg and the mock record it.
     let session = wait_for_session_end(&mock).await?;
     server.stop(Duration::from_secs(2)).await;
@@ -97,7 +107,12 @@ pub async fn run() -> anyhow::Result<DemoOutcome> {
 
     let problems = check(&report, &session);
     let text = summary(&report, &session, &problems);
-    Ok(DemoOutcome { report, session, text, problems })
+    Ok(DemoOutcome {
+        report,
+        session,
+        text,
+        problems,
+    })
 }
 
 async fn wait_for_session_end(mock: &MockServer) -> anyhow::Result<SessionRecord> {
@@ -115,19 +130,34 @@ async fn wait_for_session_end(mock: &MockServer) -> anyhow::Result<SessionRecord
 
 /// Events of `ty` the mock sent.
 fn sent_of<'a>(session: &'a SessionRecord, ty: &'a str) -> impl Iterator<Item = Value> + 'a {
-    session.sent_events.iter().filter_map(|t| serde_json::from_str::<Value>(t).ok()).filter(move |v| v["type"] == ty)
+    session
+        .sent_events
+        .iter()
+        .filter_map(|t| serde_json::from_str::<Value>(t).ok())
+        .filter(move |v| v["type"] == ty)
 }
 
 /// Truncate accuracy: `(item, audio_end_ms sent, ms the caller really played)` per barge-in.
 pub fn truncate_accuracy(report: &CallReport, session: &SessionRecord) -> Vec<(String, i64, u64)> {
-    let clears = report.stream.as_ref().map(|s| s.clears.clone()).unwrap_or_default();
+    let clears = report
+        .stream
+        .as_ref()
+        .map(|s| s.clears.clone())
+        .unwrap_or_default();
     session
         .stats
         .truncates
         .iter()
-        .filter(|t| t.audio_end_ms > 0 || clears.iter().any(|c| c.item_id.as_deref() == Some(&t.item_id)))
+        .filter(|t| {
+            t.audio_end_ms > 0
+                || clears
+                    .iter()
+                    .any(|c| c.item_id.as_deref() == Some(&t.item_id))
+        })
         .filter_map(|t| {
-            let clear = clears.iter().find(|c| c.item_id.as_deref() == Some(t.item_id.as_str()))?;
+            let clear = clears
+                .iter()
+                .find(|c| c.item_id.as_deref() == Some(t.item_id.as_str()))?;
             Some((t.item_id.clone(), t.audio_end_ms, clear.item_played_ms))
         })
         .collect()
@@ -136,7 +166,10 @@ pub fn truncate_accuracy(report: &CallReport, session: &SessionRecord) -> Vec<(S
 fn check(report: &CallReport, session: &SessionRecord) -> Vec<String> {
     let mut problems = Vec::new();
     if report.outcome != CallOutcome::Completed {
-        problems.push(format!("the call did not complete normally: {:?}", report.outcome));
+        problems.push(format!(
+            "the call did not complete normally: {:?}",
+            report.outcome
+        ));
     }
     let Some(stream) = &report.stream else {
         problems.push("no media stream was opened".into());
@@ -151,14 +184,19 @@ fn check(report: &CallReport, session: &SessionRecord) -> Vec<String> {
     }
     for (item, sent, played) in &accuracy {
         if (sent - *played as i64).abs() > TRUNCATE_TOLERANCE_MS {
-            problems.push(format!("truncate of {item}: audio_end_ms {sent} but the caller played {played} ms"));
+            problems.push(format!(
+                "truncate of {item}: audio_end_ms {sent} but the caller played {played} ms"
+            ));
         }
     }
     if session.stats.truncates.iter().any(|t| !t.accepted) {
         problems.push("the mock refused a truncate".into());
     }
     for v in &stream.violations {
-        problems.push(format!("twilio protocol violation by callbridge: {:?} {}", v.kind, v.detail));
+        problems.push(format!(
+            "twilio protocol violation by callbridge: {:?} {}",
+            v.kind, v.detail
+        ));
     }
     for e in &session.stats.errors {
         problems.push(format!("the mock OpenAI answered an error: {e:?}"));
@@ -177,11 +215,27 @@ fn summary(report: &CallReport, session: &SessionRecord, problems: &[String]) ->
     let mut t = String::new();
     let _ = writeln!(t, "callbridge demo: one call through the real proxy against the mock OpenAI Realtime server\n");
     let _ = writeln!(t, "Conversation:");
-    let users: Vec<String> = sent_of(session, "conversation.item.input_audio_transcription.completed").map(|v| v["transcript"].as_str().unwrap_or("").to_owned()).collect();
-    let assistants: Vec<(String, String)> = sent_of(session, "response.output_audio_transcript.done")
-        .map(|v| (v["item_id"].as_str().unwrap_or("").to_owned(), v["transcript"].as_str().unwrap_or("").to_owned()))
+    let users: Vec<String> = sent_of(
+        session,
+        "conversation.item.input_audio_transcription.completed",
+    )
+    .map(|v| v["transcript"].as_str().unwrap_or("").to_owned())
+    .collect();
+    let assistants: Vec<(String, String)> =
+        sent_of(session, "response.output_audio_transcript.done")
+            .map(|v| {
+                (
+                    v["item_id"].as_str().unwrap_or("").to_owned(),
+                    v["transcript"].as_str().unwrap_or("").to_owned(),
+                )
+            })
+            .collect();
+    let truncated: Vec<(String, i64)> = session
+        .stats
+        .truncates
+        .iter()
+        .map(|x| (x.item_id.clone(), x.audio_end_ms))
         .collect();
-    let truncated: Vec<(String, i64)> = session.stats.truncates.iter().map(|x| (x.item_id.clone(), x.audio_end_ms)).collect();
     for (i, user) in users.iter().enumerate() {
         let _ = writeln!(t, "  caller:    {user}");
         if let Some((item, line)) = assistants.get(i) {
@@ -195,8 +249,15 @@ fn summary(report: &CallReport, session: &SessionRecord, problems: &[String]) ->
             }
         }
     }
-    let _ = writeln!(t, "\nLatencies (measured by the simulated caller on one clock):");
-    let _ = writeln!(t, "  webhook answered in           {}", ms(report.webhook_latency));
+    let _ = writeln!(
+        t,
+        "\nLatencies (measured by the simulated caller on one clock):"
+    );
+    let _ = writeln!(
+        t,
+        "  webhook answered in           {}",
+        ms(report.webhook_latency)
+    );
     if let Some(up) = report.upgrade_latency {
         let _ = writeln!(t, "  WebSocket upgrade in          {}", ms(up));
     }
@@ -221,10 +282,18 @@ fn summary(report: &CallReport, session: &SessionRecord, problems: &[String]) ->
         let _ = writeln!(t, "  truncate {item}: audio_end_ms {sent}, caller really played {played} ms (error {} ms)", sent - played as i64);
     }
     if let Some(after) = &report.after_stream {
-        let _ = writeln!(t, "\nAfter the stream Twilio fetched {} → {}", after.url, after.twiml.replace('\n', ""));
+        let _ = writeln!(
+            t,
+            "\nAfter the stream Twilio fetched {} → {}",
+            after.url,
+            after.twiml.replace('\n', "")
+        );
     }
     if problems.is_empty() {
-        let _ = writeln!(t, "\nOK: the call completed, the barge-in cleared playout and truncated what was heard.");
+        let _ = writeln!(
+            t,
+            "\nOK: the call completed, the barge-in cleared playout and truncated what was heard."
+        );
     } else {
         let _ = writeln!(t, "\nPROBLEMS:");
         for p in problems {

@@ -25,6 +25,7 @@
 
 pub mod bridge;
 pub mod config;
+pub mod demo;
 pub mod front;
 pub mod openai;
 pub mod runtime;

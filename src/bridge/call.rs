@@ -990,8 +990,10 @@ impl Call {
         // Split long deltas at multiples of 4 base64 characters (valid pieces without decoding),
         // so that marks are at most ~100 ms apart (the ledger's error bound).
         let mut rest = delta_b64;
+        let mut pieces_left = piece_count(delta_b64.len());
         while !rest.is_empty() {
-            let cut = rest.len().min(MAX_CHUNK_B64);
+            let cut = piece_len(rest.len(), pieces_left);
+            pieces_left = pieces_left.saturating_sub(1);
             let (chunk, tail) = rest.split_at(cut);
             rest = tail;
             let bytes = b64::decoded_len(chunk.as_bytes()) as u64;
@@ -1093,6 +1095,22 @@ impl Call {
     pub fn has_pending_transmit(&self) -> bool {
         !self.outbox.is_empty()
     }
+}
+
+/// Number of pieces a delta of `b64_len` characters is cut into: the fewest that keep each piece
+/// within [`MAX_CHUNK_B64`].
+fn piece_count(b64_len: usize) -> usize {
+    b64_len.div_ceil(MAX_CHUNK_B64).max(1)
+}
+
+/// Length of the next piece when `len` characters are left for `pieces` pieces: an even share,
+/// rounded up to a multiple of 4 characters (a valid base64 piece without decoding).
+fn piece_len(len: usize, pieces: usize) -> usize {
+    if pieces <= 1 {
+        return len;
+    }
+    let quads = len / 4;
+    (quads.div_ceil(pieces) * 4).min(len)
 }
 
 /// The wire `type` of a parsed server event, for `LOG_EVENT_TYPES`.

@@ -20,7 +20,7 @@
 //! # Error bound
 //! The caller's true position lies between the last echoed mark and the next unechoed one, so
 //! `|audio_end_ms − heard| ≤ G + L`: `G` is the largest gap between consecutive marks
-//! ([`MAX_CHUNK_BYTES`] = 99.75 ms, since longer deltas are split) and `L` the one-way latency
+//! ([`MAX_CHUNK_BYTES`] = 100.1 ms, since longer deltas are split) and `L` the one-way latency
 //! to Twilio plus the time Twilio takes to act on `clear`. Audio keeps playing until the `clear`
 //! lands, so the caller may have heard up to `L` ms more than reported: underestimating is the safe
 //! side (the model may repeat a word; it never believes it said what the caller did not hear).
@@ -33,10 +33,10 @@ use std::time::{Duration, Instant};
 /// μ-law at 8 kHz: one byte per sample, 8 bytes per millisecond.
 pub const BYTES_PER_MS: u64 = 8;
 
-/// Longest piece of base64 sent as one Twilio `media` message: 1064 characters = 798 bytes =
-/// 99.75 ms. Cutting a base64 string at a multiple of 4 characters keeps every piece valid without
+/// Longest piece of base64 sent as one Twilio `media` message: 1068 characters = at most 801
+/// bytes = 100.1 ms (a 100 ms delta of 800 bytes, 1068 characters with its padding, stays whole). Cutting a base64 string at a multiple of 4 characters keeps every piece valid without
 /// decoding; 100 ms between marks bounds the barge-in error (see the module docs).
-pub const MAX_CHUNK_B64: usize = 1064;
+pub const MAX_CHUNK_B64: usize = 1068;
 
 /// Bytes of audio in a [`MAX_CHUNK_B64`] piece.
 pub const MAX_CHUNK_BYTES: u64 = (MAX_CHUNK_B64 as u64 / 4) * 3;

@@ -340,7 +340,7 @@ fn caller_audio_is_forwarded_unchanged_as_append() {
 fn each_delta_becomes_media_then_a_mark_naming_item_and_cumulative_ms() {
     let mut s = Sim::ready();
     s.delta("resp_1", "item_A", 400)
-        .delta("resp_1", "item_A", 2400)
+        .delta("resp_1", "item_A", 240)
         .delta("resp_1", "item_A", 800);
     let kinds: Vec<_> = s
         .twilio_out
@@ -354,8 +354,8 @@ fn each_delta_becomes_media_then_a_mark_naming_item_and_cumulative_ms() {
         s.marks_sent(),
         [
             "e=0;i=item_A;ms=50",
-            "e=0;i=item_A;ms=350",
-            "e=0;i=item_A;ms=450"
+            "e=0;i=item_A;ms=80",
+            "e=0;i=item_A;ms=180"
         ]
     );
 }
@@ -370,18 +370,20 @@ fn long_deltas_are_split_into_valid_pieces_of_at_most_100_ms() {
         .filter(|v| v["event"] == "media")
         .map(|v| v["media"]["payload"].as_str().unwrap().to_owned())
         .collect();
-    assert_eq!(media.len(), 3);
+    assert_eq!(media.len(), 3, "the fewest pieces of at most ~100 ms");
     assert_eq!(
         media.concat(),
         b64_of(2000),
         "pieces concatenate to the original, byte-exact"
     );
-    assert!(media.iter().all(|m| m.len() % 4 == 0 && m.len() <= 1064));
+    assert!(media.iter().all(|m| m.len() % 4 == 0 && m.len() <= 1068));
+    let lens: Vec<usize> = media.iter().map(String::len).collect();
+    assert_eq!(lens, [892, 888, 888], "even pieces, no sliver at the end");
     assert_eq!(
         s.marks_sent(),
         [
-            "e=0;i=item_A;ms=99",
-            "e=0;i=item_A;ms=199",
+            "e=0;i=item_A;ms=83",
+            "e=0;i=item_A;ms=166",
             "e=0;i=item_A;ms=250"
         ]
     );
@@ -413,9 +415,13 @@ fn speech_with_nothing_playing_sends_neither_clear_nor_truncate() {
 #[test]
 fn interrupt_mid_response_clears_first_then_truncates_what_was_heard() {
     let mut s = Sim::ready();
+    // protocol.md 6.3 example A; the 2400-byte delta arrives as three of 800 bytes (a longer one
+    // would be split, moving the marks).
     s.at(1000)
         .delta("resp_1", "item_X", 400)
-        .delta("resp_1", "item_X", 2400)
+        .delta("resp_1", "item_X", 800)
+        .delta("resp_1", "item_X", 800)
+        .delta("resp_1", "item_X", 800)
         .delta("resp_1", "item_X", 800);
     s.at(1080).echo("e=0;i=item_X;ms=50");
     s.twilio_out.clear();
@@ -451,9 +457,9 @@ fn response_done_before_playback_ends_still_truncates() {
     let mut s = Sim::ready();
     s.at(0).delta("resp_1", "item_X", 1600); // 200 ms, two pieces
     s.openai(json!({"type": "response.done", "event_id": "e", "response": {"id": "resp_1", "object": "realtime.response", "status": "completed", "output": []}}));
-    s.at(120).echo("e=0;i=item_X;ms=99");
+    s.at(120).echo("e=0;i=item_X;ms=100");
     s.at(150).speech_started();
-    assert_eq!(s.truncates(), vec![("item_X".to_owned(), 150)]);
+    assert_eq!(s.truncates(), vec![("item_X".to_owned(), 130)]);
 }
 
 #[test]

@@ -17,7 +17,8 @@ use crate::config::Config;
 use crate::front::form::parse_form;
 use crate::front::http::Request;
 use crate::front::ws;
-use crate::twilio::{signature, stream_id::StreamKey, twiml};
+use crate::twilio::stream_id::{StreamKey, StreamKeyError};
+use crate::twilio::{signature, twiml};
 
 /// Path prefix of the media stream WebSocket.
 pub const MEDIA_STREAM_PREFIX: &str = "/api/twilio/media-stream/";
@@ -40,11 +41,21 @@ pub struct Response {
 
 impl Response {
     fn text(status: u16, body: &str) -> Self {
-        Response { status, content_type: "text/plain; charset=utf-8", body: format!("{body}\n").into_bytes(), headers: vec![] }
+        Response {
+            status,
+            content_type: "text/plain; charset=utf-8",
+            body: format!("{body}\n").into_bytes(),
+            headers: vec![],
+        }
     }
 
     fn twiml(doc: String) -> Self {
-        Response { status: 200, content_type: "text/xml; charset=utf-8", body: doc.into_bytes(), headers: vec![] }
+        Response {
+            status: 200,
+            content_type: "text/xml; charset=utf-8",
+            body: doc.into_bytes(),
+            headers: vec![],
+        }
     }
 
     fn with_header(mut self, name: &'static str, value: &str) -> Self {
@@ -96,10 +107,15 @@ pub struct App {
 }
 
 impl App {
-    /// The app for `cfg`.
-    pub fn new(cfg: Arc<Config>) -> Self {
-        let stream_key = StreamKey::from_secret(&cfg.stream_secret);
-        App { cfg, stream_key, active_calls: AtomicUsize::new(0), ai_failures: Mutex::new(VecDeque::new()) }
+    /// The app for `cfg`; fails only if the stream secret is unusable.
+    pub fn new(cfg: Arc<Config>) -> Result<Self, StreamKeyError> {
+        let stream_key = StreamKey::from_secret(&cfg.stream_secret)?;
+        Ok(App {
+            cfg,
+            stream_key,
+            active_calls: AtomicUsize::new(0),
+            ai_failures: Mutex::new(VecDeque::new()),
+        })
     }
 
     /// The configuration.
@@ -115,7 +131,9 @@ impl App {
     /// Counts a call as active until the guard is dropped.
     pub fn call_started(self: &Arc<Self>) -> ActiveCallGuard {
         self.active_calls.fetch_add(1, Ordering::Relaxed);
-        ActiveCallGuard { app: Arc::clone(self) }
+        ActiveCallGuard {
+            app: Arc::clone(self),
+        }
     }
 
     /// Remembers that `call_sid`'s AI leg failed, so `after-stream` sends the caller to the
@@ -141,7 +159,9 @@ impl App {
             "/api/twilio/voice" => self.voice(req, now_unix),
             "/api/twilio/after-stream" => self.after_stream(req),
             "/api/twilio/status" => self.status_callback(req),
-            _ if path.starts_with(MEDIA_STREAM_PREFIX) => return self.media_stream(req, &path[MEDIA_STREAM_PREFIX.len()..], now_unix),
+            _ if path.starts_with(MEDIA_STREAM_PREFIX) => {
+                return self.media_stream(req, &path[MEDIA_STREAM_PREFIX.len()..], now_unix)
+            }
             _ => Response::text(404, "not found"),
         };
         Routed::Respond(resp)
@@ -151,13 +171,25 @@ impl App {
         if req.method != "GET" && req.method != "HEAD" {
             return method_not_allowed("GET");
         }
-        let body = format!("{{\"status\":\"ok\",\"active_calls\":{}}}\n", self.active_calls());
-        Response { status: 200, content_type: "application/json", body: body.into_bytes(), headers: vec![] }
+        let body = format!(
+            "{{\"status\":\"ok\",\"active_calls\":{}}}\n",
+            self.active_calls()
+        );
+        Response {
+            status: 200,
+            content_type: "application/json",
+            body: body.into_bytes(),
+            headers: vec![],
+        }
     }
 
     /// The public host for URLs: `PUBLIC_HOST`, else the request's `Host`.
     fn public_host<'a>(&'a self, req: &'a Request) -> Option<&'a str> {
-        self.cfg.public_host.as_deref().or_else(|| req.header("host")).filter(|h| !h.is_empty() && is_host_safe(h))
+        self.cfg
+            .public_host
+            .as_deref()
+            .or_else(|| req.header("host"))
+            .filter(|h| !h.is_empty() && is_host_safe(h))
     }
 
     /// Parses the form body and checks the Twilio signature; the error is the answer to send.
@@ -165,13 +197,18 @@ impl App {
         if req.method != "POST" {
             return Err(method_not_allowed("POST"));
         }
-        let params = parse_form(&req.body).map_err(|e| Response::text(400, &format!("bad form body: {e}")))?;
-        let Some(token) = &self.cfg.twilio_auth_token else { return Ok(params) };
+        let params = parse_form(&req.body)
+            .map_err(|e| Response::text(400, &format!("bad form body: {e}")))?;
+        let Some(token) = &self.cfg.twilio_auth_token else {
+            return Ok(params);
+        };
         if req.header("x-twilio-webhooks-signature-settings").is_some() {
             tracing::warn!(path = %req.path, "refused: HMAC_SHA256 webhook signatures (X-Twilio-Webhooks-Signature-Settings) are not configured here");
             return Err(Response::text(403, "unsupported signature algorithm"));
         }
-        let Some(host) = self.public_host(req) else { return Err(Response::text(400, "no host")) };
+        let Some(host) = self.public_host(req) else {
+            return Err(Response::text(400, "no host"));
+        };
         let url = format!("https://{host}{}", req.raw_target());
         let sig = req.header("x-twilio-signature").unwrap_or("");
         if sig.is_empty() || !signature::validate(token, &url, &params, sig) {
@@ -195,24 +232,46 @@ impl App {
             return self.conference(call_sid, FallbackReason::RealtimeOff);
         }
         if self.active_calls() >= self.cfg.max_calls {
-            tracing::warn!(call_sid, max_calls = self.cfg.max_calls, "overloaded: legacy conference");
+            tracing::warn!(
+                call_sid,
+                max_calls = self.cfg.max_calls,
+                "overloaded: legacy conference"
+            );
             return self.conference(call_sid, FallbackReason::Overloaded);
         }
-        let Some(host) = self.public_host(req) else { return Response::text(400, "no host") };
-        let call_id = self.stream_key.mint(call_sid, now_unix + self.cfg.stream_ttl.as_secs());
+        let Some(host) = self.public_host(req) else {
+            return Response::text(400, "no host");
+        };
+        let call_id = match self
+            .stream_key
+            .mint(call_sid, now_unix + self.cfg.stream_ttl.as_secs())
+        {
+            Ok(id) => id,
+            Err(e) => return Response::text(400, &format!("cannot stream this call: {e}")),
+        };
         let token = self.stream_key.start_token(&call_id);
         let stream_url = format!("wss://{host}{MEDIA_STREAM_PREFIX}{call_id}");
         let redirect = format!("https://{host}/api/twilio/after-stream");
         let from = get("From").unwrap_or("");
         let to = get("To").unwrap_or("");
-        let parameters = [("callId", call_id.as_str()), ("agentId", self.cfg.agent.id.as_str()), ("from", from), ("to", to), ("token", token.as_str())];
+        let parameters = [
+            ("callId", call_id.as_str()),
+            ("agentId", self.cfg.agent.id.as_str()),
+            ("from", from),
+            ("to", to),
+            ("token", token.as_str()),
+        ];
         tracing::info!(call_sid, from, to, "incoming call: streaming to the agent");
         Response::twiml(twiml::connect_stream(&stream_url, &parameters, &redirect))
     }
 
     fn conference(&self, call_sid: &str, reason: FallbackReason) -> Response {
         let room = self.cfg.conference_name.replace("{CallSid}", call_sid);
-        let say = self.cfg.fallback_say.as_ref().map(|(lang, text)| (lang.as_str(), text.as_str()));
+        let say = self
+            .cfg
+            .fallback_say
+            .as_ref()
+            .map(|(lang, text)| (lang.as_str(), text.as_str()));
         tracing::info!(call_sid, ?reason, %room, "fallback to the legacy conference");
         Response::twiml(twiml::conference(say, &room))
     }
@@ -222,7 +281,11 @@ impl App {
             Ok(p) => p,
             Err(resp) => return resp,
         };
-        let call_sid = params.iter().find(|(n, _)| n == "CallSid").map(|(_, v)| v.as_str()).unwrap_or("");
+        let call_sid = params
+            .iter()
+            .find(|(n, _)| n == "CallSid")
+            .map(|(_, v)| v.as_str())
+            .unwrap_or("");
         if !call_sid.is_empty() && self.ai_failed(call_sid) {
             return self.conference(call_sid, FallbackReason::AiFailed);
         }
@@ -231,7 +294,12 @@ impl App {
 
     fn status_callback(&self, req: &Request) -> Response {
         match self.signed_form(req) {
-            Ok(_) => Response { status: 204, content_type: "text/plain", body: vec![], headers: vec![] },
+            Ok(_) => Response {
+                status: 204,
+                content_type: "text/plain",
+                body: vec![],
+                headers: vec![],
+            },
             Err(resp) => resp,
         }
     }
@@ -247,7 +315,10 @@ impl App {
                 return Routed::Respond(Response::text(403, "unknown or expired stream"));
             }
         };
-        if let (Some(token), Some(sig)) = (&self.cfg.twilio_auth_token, req.header("x-twilio-signature")) {
+        if let (Some(token), Some(sig)) = (
+            &self.cfg.twilio_auth_token,
+            req.header("x-twilio-signature"),
+        ) {
             // protocol.md 3.2: signed over the wss:// URL as written in the TwiML; the https://
             // form is accepted too. A missing header is left to the start token check.
             let host = self.public_host(req).unwrap_or("");
@@ -295,7 +366,10 @@ fn method_not_allowed(allow: &str) -> Response {
 
 /// Whether a host name is safe to put into URLs we emit (no path, query, space or markup).
 fn is_host_safe(host: &str) -> bool {
-    host.len() <= 255 && host.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b':' | b'[' | b']' | b'_'))
+    host.len() <= 255
+        && host.bytes().all(|b| {
+            b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b':' | b'[' | b']' | b'_')
+        })
 }
 
 /// Whether a CallSid looks like one (letters and digits, 1–64 characters).

@@ -47,7 +47,11 @@ pub enum Conn {
 }
 
 impl AsyncRead for Conn {
-    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
         match self.get_mut() {
             Conn::Plain(s) => Pin::new(s).poll_read(cx, buf),
             Conn::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
@@ -56,7 +60,11 @@ impl AsyncRead for Conn {
 }
 
 impl AsyncWrite for Conn {
-    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
         match self.get_mut() {
             Conn::Plain(s) => Pin::new(s).poll_write(cx, buf),
             Conn::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
@@ -88,9 +96,23 @@ pub struct Connector {
 
 impl Connector {
     /// A connector for `url`; TLS is set up when the URL is `wss://`.
-    pub fn new(url: WsUrl, api_key: Option<String>, extra_ca_pem: Option<&[u8]>, timeout: Duration) -> Result<Self, ConnectError> {
-        let tls = if url.tls { Some(tls_connector(extra_ca_pem)?) } else { None };
-        Ok(Connector { url, api_key, tls, timeout })
+    pub fn new(
+        url: WsUrl,
+        api_key: Option<String>,
+        extra_ca_pem: Option<&[u8]>,
+        timeout: Duration,
+    ) -> Result<Self, ConnectError> {
+        let tls = if url.tls {
+            Some(tls_connector(extra_ca_pem)?)
+        } else {
+            None
+        };
+        Ok(Connector {
+            url,
+            api_key,
+            tls,
+            timeout,
+        })
     }
 
     /// Connects and completes the WebSocket handshake. Returns the stream and any bytes that
@@ -120,14 +142,22 @@ impl Connector {
             headers.push(("Authorization", auth));
         }
         let mut req = Vec::with_capacity(512);
-        ws::write_client_handshake(&mut req, &self.url.host_header(), &self.url.path_and_query, &key, &headers);
+        ws::write_client_handshake(
+            &mut req,
+            &self.url.host_header(),
+            &self.url.path_and_query,
+            &key,
+            &headers,
+        );
         conn.write_all(&req).await?;
         let mut buf = Vec::with_capacity(4096);
         loop {
             let mut chunk = [0u8; 4096];
             let n = conn.read(&mut chunk).await?;
             if n == 0 {
-                return Err(ConnectError::Handshake("connection closed during the handshake".into()));
+                return Err(ConnectError::Handshake(
+                    "connection closed during the handshake".into(),
+                ));
             }
             buf.extend_from_slice(&chunk[..n]);
             match ws::parse_handshake_response(&buf, &key) {
@@ -135,7 +165,9 @@ impl Connector {
                     let rest = buf.split_off(head_len);
                     return Ok((conn, rest));
                 }
-                Ok(None) if buf.len() > MAX_HANDSHAKE_BYTES => return Err(ConnectError::Handshake("response head too large".into())),
+                Ok(None) if buf.len() > MAX_HANDSHAKE_BYTES => {
+                    return Err(ConnectError::Handshake("response head too large".into()))
+                }
                 Ok(None) => {}
                 Err(e) => return Err(ConnectError::Handshake(e.to_string())),
             }
@@ -144,17 +176,23 @@ impl Connector {
 }
 
 fn tls_connector(extra_ca_pem: Option<&[u8]>) -> Result<tokio_rustls::TlsConnector, ConnectError> {
-    let mut roots = rustls::RootCertStore { roots: webpki_roots::TLS_SERVER_ROOTS.to_vec() };
+    let mut roots = rustls::RootCertStore {
+        roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
+    };
     if let Some(pem) = extra_ca_pem {
         let mut reader = io::BufReader::new(pem);
         let mut added = 0;
         for cert in rustls_pemfile::certs(&mut reader) {
             let cert = cert.map_err(|e| ConnectError::TlsSetup(format!("extra CA file: {e}")))?;
-            roots.add(cert).map_err(|e| ConnectError::TlsSetup(format!("extra CA certificate: {e}")))?;
+            roots
+                .add(cert)
+                .map_err(|e| ConnectError::TlsSetup(format!("extra CA certificate: {e}")))?;
             added += 1;
         }
         if added == 0 {
-            return Err(ConnectError::TlsSetup("extra CA file has no PEM certificate".into()));
+            return Err(ConnectError::TlsSetup(
+                "extra CA file has no PEM certificate".into(),
+            ));
         }
     }
     let provider = Arc::new(rustls::crypto::ring::default_provider());
@@ -173,6 +211,9 @@ mod tests {
     #[test]
     fn tls_setup_works_with_the_webpki_roots_and_refuses_a_bad_ca_file() {
         assert!(tls_connector(None).is_ok());
-        assert!(matches!(tls_connector(Some(b"not a pem")), Err(ConnectError::TlsSetup(_))));
+        assert!(matches!(
+            tls_connector(Some(b"not a pem")),
+            Err(ConnectError::TlsSetup(_))
+        ));
     }
 }

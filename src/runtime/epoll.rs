@@ -46,7 +46,12 @@ pub const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
 const READ_CHUNK: usize = 16 * 1024;
 
 /// Accepts connections until `shutdown` turns true.
-pub async fn serve(listener: TcpListener, app: Arc<App>, connector: Arc<Connector>, mut shutdown: watch::Receiver<bool>) {
+pub async fn serve(
+    listener: TcpListener,
+    app: Arc<App>,
+    connector: Arc<Connector>,
+    mut shutdown: watch::Receiver<bool>,
+) {
     loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -70,11 +75,19 @@ pub async fn serve(listener: TcpListener, app: Arc<App>, connector: Arc<Connecto
 }
 
 fn unix_now() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }
 
 /// One HTTP connection: requests with keep-alive, until an upgrade hands it to a call.
-async fn connection(mut stream: TcpStream, peer: SocketAddr, app: Arc<App>, connector: Arc<Connector>) {
+async fn connection(
+    mut stream: TcpStream,
+    peer: SocketAddr,
+    app: Arc<App>,
+    connector: Arc<Connector>,
+) {
     let _ = stream.set_nodelay(true);
     let limits = Limits::default();
     let read_timeout = app.config().http_read_timeout;
@@ -117,12 +130,24 @@ async fn connection(mut stream: TcpStream, peer: SocketAddr, app: Arc<App>, conn
 fn write_response(out: &mut Vec<u8>, resp: &Response, keep_alive: bool) {
     out.clear();
     let headers: Vec<(&str, &str)> = resp.headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
-    http::write_response(out, resp.status, resp.content_type, &resp.body, keep_alive, &headers);
+    http::write_response(
+        out,
+        resp.status,
+        resp.content_type,
+        &resp.body,
+        keep_alive,
+        &headers,
+    );
 }
 
 /// Reads one complete request. `Ok(None)`: the peer closed or idled out between requests.
 /// `Err`: the answer to send before closing (400/408/413/414/431/…).
-async fn read_request(stream: &mut TcpStream, buf: &mut Vec<u8>, limits: &Limits, read_timeout: Duration) -> Result<Option<http::Request>, Response> {
+async fn read_request(
+    stream: &mut TcpStream,
+    buf: &mut Vec<u8>,
+    limits: &Limits,
+    read_timeout: Duration,
+) -> Result<Option<http::Request>, Response> {
     let mut deadline: Option<tokio::time::Instant> = None;
     loop {
         match http::parse_request(buf, limits) {
@@ -156,7 +181,12 @@ async fn read_request(stream: &mut TcpStream, buf: &mut Vec<u8>, limits: &Limits
 }
 
 fn error_response(status: u16, msg: &str) -> Response {
-    Response { status, content_type: "text/plain; charset=utf-8", body: format!("{msg}\n").into_bytes(), headers: vec![] }
+    Response {
+        status,
+        content_type: "text/plain; charset=utf-8",
+        body: format!("{msg}\n").into_bytes(),
+        headers: vec![],
+    }
 }
 
 /// One leg's socket halves and buffers.
@@ -210,7 +240,10 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> LegIo<R, W> {
     }
 }
 
-async fn read_some<R: AsyncRead + Unpin>(rd: Option<&mut R>, buf: &mut Vec<u8>) -> io::Result<usize> {
+async fn read_some<R: AsyncRead + Unpin>(
+    rd: Option<&mut R>,
+    buf: &mut Vec<u8>,
+) -> io::Result<usize> {
     match rd {
         Some(rd) => {
             buf.reserve(READ_CHUNK);
@@ -230,7 +263,11 @@ enum Progress {
 
 /// Writes pending output, or flushes when only a flush is pending; never resolves otherwise.
 /// One future per leg, so the writer is borrowed once.
-async fn write_leg<W: AsyncWrite + Unpin>(wr: Option<&mut W>, buf: &[u8], needs_flush: bool) -> io::Result<Progress> {
+async fn write_leg<W: AsyncWrite + Unpin>(
+    wr: Option<&mut W>,
+    buf: &[u8],
+    needs_flush: bool,
+) -> io::Result<Progress> {
     match wr {
         Some(wr) if !buf.is_empty() => match wr.write(buf).await? {
             0 => Err(io::ErrorKind::WriteZero.into()),
@@ -250,7 +287,12 @@ enum LegInput {
 }
 
 /// Decodes every complete message in `leg.input` and feeds it to the call.
-fn decode_input<R, W>(leg: &mut LegIo<R, W>, which: Leg, call: &mut Call, now: Instant) -> LegInput {
+fn decode_input<R, W>(
+    leg: &mut LegIo<R, W>,
+    which: Leg,
+    call: &mut Call,
+    now: Instant,
+) -> LegInput {
     let mut start = 0;
     let result = loop {
         let decoded = match leg.decoder.decode(&mut leg.input[start..]) {
@@ -283,9 +325,13 @@ fn decode_input<R, W>(leg: &mut LegIo<R, W>, which: Leg, call: &mut Call, now: I
             }
             Some(Message::Pong(_)) => {}
             Some(Message::Close { code, reason }) => {
-                let why = format!("close {} {reason:?}", code.map_or("(no code)".to_owned(), |c| c.to_string()));
+                let why = format!(
+                    "close {} {reason:?}",
+                    code.map_or("(no code)".to_owned(), |c| c.to_string())
+                );
                 if !leg.closing {
-                    leg.encoder.close(&mut leg.output, code.map_or(1000, |_| 1000), "");
+                    leg.encoder
+                        .close(&mut leg.output, code.map_or(1000, |_| 1000), "");
                     leg.closing = true;
                 }
                 start += consumed;
@@ -299,7 +345,12 @@ fn decode_input<R, W>(leg: &mut LegIo<R, W>, which: Leg, call: &mut Call, now: I
 }
 
 /// Moves what the call wants to send into the legs' output buffers.
-fn pump_transmits<TR, TW, OR, OW>(call: &mut Call, scratch: &mut Vec<u8>, tw: &mut LegIo<TR, TW>, oa: Option<&mut LegIo<OR, OW>>) {
+fn pump_transmits<TR, TW, OR, OW>(
+    call: &mut Call,
+    scratch: &mut Vec<u8>,
+    tw: &mut LegIo<TR, TW>,
+    oa: Option<&mut LegIo<OR, OW>>,
+) {
     let mut oa = oa;
     while let Some(tx) = call.poll_transmit(scratch) {
         let payload = &scratch[..tx.len];
@@ -307,7 +358,10 @@ fn pump_transmits<TR, TW, OR, OW>(call: &mut Call, scratch: &mut Vec<u8>, tw: &m
             Leg::Twilio if !tw.closing => tw.encoder.text(&mut tw.output, payload),
             Leg::OpenAi => match oa.as_deref_mut() {
                 Some(oa) if !oa.closing => oa.encoder.text(&mut oa.output, payload),
-                _ => tracing::debug!(call_sid = call.call_sid(), "dropped a frame for a closed openai leg"),
+                _ => tracing::debug!(
+                    call_sid = call.call_sid(),
+                    "dropped a frame for a closed openai leg"
+                ),
             },
             Leg::Twilio => {}
         }
@@ -315,7 +369,13 @@ fn pump_transmits<TR, TW, OR, OW>(call: &mut Call, scratch: &mut Vec<u8>, tw: &m
 }
 
 /// Runs one call: Twilio's socket (already upgraded) and a new OpenAI connection.
-async fn run_call(stream: TcpStream, leftover: Vec<u8>, grant: UpgradeGrant, app: Arc<App>, connector: Arc<Connector>) {
+async fn run_call(
+    stream: TcpStream,
+    leftover: Vec<u8>,
+    grant: UpgradeGrant,
+    app: Arc<App>,
+    connector: Arc<Connector>,
+) {
     let cfg = app.config();
     let _active = app.call_started();
     let started = Instant::now();
@@ -327,7 +387,13 @@ async fn run_call(stream: TcpStream, leftover: Vec<u8>, grant: UpgradeGrant, app
     tracing::info!(call_sid = %grant.call_sid, "media stream accepted");
 
     let (tw_rd, tw_wr) = stream.into_split();
-    let mut tw = LegIo::new(tw_rd, tw_wr, leftover, Role::Server, MAX_TWILIO_MESSAGE_BYTES);
+    let mut tw = LegIo::new(
+        tw_rd,
+        tw_wr,
+        leftover,
+        Role::Server,
+        MAX_TWILIO_MESSAGE_BYTES,
+    );
     let mut oa: Option<LegIo<tokio::io::ReadHalf<Conn>, tokio::io::WriteHalf<Conn>>> = None;
     let connect = connector.connect();
     tokio::pin!(connect);
@@ -338,7 +404,8 @@ async fn run_call(stream: TcpStream, leftover: Vec<u8>, grant: UpgradeGrant, app
 
     // Bytes that arrived with the upgrade request.
     if !tw.input.is_empty() {
-        if let LegInput::Closed(why) = decode_input(&mut tw, Leg::Twilio, &mut call, Instant::now()) {
+        if let LegInput::Closed(why) = decode_input(&mut tw, Leg::Twilio, &mut call, Instant::now())
+        {
             tracing::info!(call_sid = %grant.call_sid, "twilio closed: {why}");
             tw_open = false;
             call.handle_twilio_closed(Instant::now());
@@ -356,19 +423,39 @@ async fn run_call(stream: TcpStream, leftover: Vec<u8>, grant: UpgradeGrant, app
         let now = Instant::now();
         if tw.stalled(now) || oa.as_ref().is_some_and(|o| o.stalled(now)) {
             let leg = if tw.stalled(now) { "twilio" } else { "openai" };
-            call.hang_up(now, EndReason::Driver(format!("{leg} peer stopped reading for {WRITE_STALL_TIMEOUT:?}")));
+            call.hang_up(
+                now,
+                EndReason::Driver(format!(
+                    "{leg} peer stopped reading for {WRITE_STALL_TIMEOUT:?}"
+                )),
+            );
             continue;
         }
         let call_deadline = call.poll_timeout();
-        let stall_deadline = [tw.last_progress, oa.as_ref().map_or(now, |o| o.last_progress)].into_iter().min().map(|t| t + WRITE_STALL_TIMEOUT);
+        let stall_deadline = [
+            tw.last_progress,
+            oa.as_ref().map_or(now, |o| o.last_progress),
+        ]
+        .into_iter()
+        .min()
+        .map(|t| t + WRITE_STALL_TIMEOUT);
         let deadline = match (call_deadline, stall_deadline) {
             (Some(a), Some(b)) => a.min(b),
             (a, b) => a.or(b).unwrap_or(now + Duration::from_secs(3600)),
         };
-        let tw_can_read = tw_open && oa.as_ref().map_or(true, |o| o.output.len() < HIGH_WATER_BYTES);
+        let tw_can_read = tw_open
+            && oa
+                .as_ref()
+                .map_or(true, |o| o.output.len() < HIGH_WATER_BYTES);
         let oa_can_read = oa_open && tw.output.len() < HIGH_WATER_BYTES;
         let (oa_rd, oa_wr, oa_in, oa_out, oa_flush) = match oa.as_mut() {
-            Some(o) => (Some(&mut o.rd), Some(&mut o.wr), &mut o.input, &o.output[..], o.needs_flush),
+            Some(o) => (
+                Some(&mut o.rd),
+                Some(&mut o.wr),
+                &mut o.input,
+                &o.output[..],
+                o.needs_flush,
+            ),
             None => (None, None, &mut scratch, &[][..], false),
         };
         tokio::select! {
@@ -504,8 +591,12 @@ fn on_call_event(app: &App, grant: &UpgradeGrant, ev: CallEvent) {
         CallEvent::SessionReady { setup, .. } => {
             tracing::debug!(call_sid = %grant.call_sid, setup_ms = setup.as_millis() as u64, "session ready");
         }
-        CallEvent::CallerTranscript { text, .. } => tracing::info!(call_sid = %grant.call_sid, "caller: {text}"),
-        CallEvent::AssistantTranscript { text, .. } => tracing::info!(call_sid = %grant.call_sid, "assistant: {text}"),
+        CallEvent::CallerTranscript { text, .. } => {
+            tracing::info!(call_sid = %grant.call_sid, "caller: {text}")
+        }
+        CallEvent::AssistantTranscript { text, .. } => {
+            tracing::info!(call_sid = %grant.call_sid, "assistant: {text}")
+        }
         _ => {}
     }
 }

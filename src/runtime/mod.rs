@@ -33,17 +33,37 @@ impl Server {
     /// Binds `cfg.listen` and starts accepting. Must be called inside a tokio runtime.
     pub async fn start(cfg: Config) -> anyhow::Result<Server> {
         let extra_ca = match &cfg.openai_extra_ca_file {
-            Some(path) => Some(std::fs::read(path).with_context(|| format!("reading OPENAI_EXTRA_CA_FILE {}", path.display()))?),
+            Some(path) => Some(
+                std::fs::read(path)
+                    .with_context(|| format!("reading OPENAI_EXTRA_CA_FILE {}", path.display()))?,
+            ),
             None => None,
         };
-        let connector = Connector::new(cfg.openai_url.clone(), cfg.openai_api_key.clone(), extra_ca.as_deref(), cfg.openai_connect_timeout)
-            .context("setting up the OpenAI connector")?;
-        let listener = TcpListener::bind(cfg.listen).await.with_context(|| format!("binding {}", cfg.listen))?;
+        let connector = Connector::new(
+            cfg.openai_url.clone(),
+            cfg.openai_api_key.clone(),
+            extra_ca.as_deref(),
+            cfg.openai_connect_timeout,
+        )
+        .context("setting up the OpenAI connector")?;
+        let listener = TcpListener::bind(cfg.listen)
+            .await
+            .with_context(|| format!("binding {}", cfg.listen))?;
         let local_addr = listener.local_addr()?;
-        let app = Arc::new(App::new(Arc::new(cfg)));
+        let app = Arc::new(App::new(Arc::new(cfg)).context("STREAM_SECRET")?);
         let (shutdown, rx) = watch::channel(false);
-        let task = tokio::spawn(epoll::serve(listener, Arc::clone(&app), Arc::new(connector), rx));
-        Ok(Server { local_addr, app, shutdown, task })
+        let task = tokio::spawn(epoll::serve(
+            listener,
+            Arc::clone(&app),
+            Arc::new(connector),
+            rx,
+        ));
+        Ok(Server {
+            local_addr,
+            app,
+            shutdown,
+            task,
+        })
     }
 
     /// Stops accepting, then waits up to `grace` for active calls to finish.

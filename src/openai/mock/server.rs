@@ -43,7 +43,11 @@ impl Default for MockServerConfig {
     fn default() -> Self {
         let mut session = MockConfig::default();
         session.validate_client = Arc::new(strict_client_check);
-        MockServerConfig { session, self_check: false, latency: Duration::ZERO }
+        MockServerConfig {
+            session,
+            self_check: false,
+            latency: Duration::ZERO,
+        }
     }
 }
 
@@ -55,7 +59,10 @@ pub fn strict_client_check(event: &serde_json::Value) -> Result<(), String> {
     if beta.is_empty() {
         Ok(())
     } else {
-        Err(format!("beta-era fields are not part of the GA interface: {}", beta.join(", ")))
+        Err(format!(
+            "beta-era fields are not part of the GA interface: {}",
+            beta.join(", ")
+        ))
     }
 }
 
@@ -111,7 +118,11 @@ impl MockServer {
                 }
             }
         });
-        Ok(MockServer { addr, records, shutdown })
+        Ok(MockServer {
+            addr,
+            records,
+            shutdown,
+        })
     }
 
     /// The `ws://` URL callbridge should use.
@@ -122,7 +133,9 @@ impl MockServer {
     /// A snapshot of every session so far (live ones with stats as of their last update).
     pub fn sessions(&self) -> Vec<SessionRecord> {
         let recs = self.records.lock().unwrap_or_else(|e| e.into_inner());
-        recs.iter().map(|r| r.lock().unwrap_or_else(|e| e.into_inner()).clone()).collect()
+        recs.iter()
+            .map(|r| r.lock().unwrap_or_else(|e| e.into_inner()).clone())
+            .collect()
     }
 
     /// Stops accepting.
@@ -140,7 +153,14 @@ impl Drop for MockServer {
 fn refuse(status: u16, message: &str) -> Vec<u8> {
     let body = serde_json::json!({"error": {"message": message, "type": "invalid_request_error", "code": null, "param": null}}).to_string();
     let mut out = Vec::new();
-    http::write_response(&mut out, status, "application/json", body.as_bytes(), false, &[]);
+    http::write_response(
+        &mut out,
+        status,
+        "application/json",
+        body.as_bytes(),
+        false,
+        &[],
+    );
     out
 }
 
@@ -167,22 +187,37 @@ async fn accept_upgrade(stream: &mut TcpStream) -> Result<(String, Vec<u8>), Vec
     if req.path != "/v1/realtime" {
         return Err(refuse(404, &format!("unknown path {}", req.path)));
     }
-    let model_ok = req.query.as_deref().is_some_and(|q| q.split('&').any(|kv| kv.strip_prefix("model=").is_some_and(|m| !m.is_empty())));
+    let model_ok = req.query.as_deref().is_some_and(|q| {
+        q.split('&')
+            .any(|kv| kv.strip_prefix("model=").is_some_and(|m| !m.is_empty()))
+    });
     if !model_ok {
         return Err(refuse(400, "missing required parameter: 'model'"));
     }
-    let bearer = req.header("authorization").and_then(|a| a.strip_prefix("Bearer ")).is_some_and(|k| !k.trim().is_empty());
+    let bearer = req
+        .header("authorization")
+        .and_then(|a| a.strip_prefix("Bearer "))
+        .is_some_and(|k| !k.trim().is_empty());
     if !bearer {
         return Err(refuse(401, "Missing bearer authentication in header"));
     }
     if req.header("openai-beta").is_some() {
-        return Err(refuse(400, "OpenAI-Beta selects the retired beta protocol; the GA interface takes no beta header"));
+        return Err(refuse(
+            400,
+            "OpenAI-Beta selects the retired beta protocol; the GA interface takes no beta header",
+        ));
     }
     let accept = ws::check_upgrade(&req).map_err(|e| refuse(e.status(), &e.to_string()))?;
     Ok((accept, buf))
 }
 
-async fn connection(mut stream: TcpStream, conn_no: u64, cfg: Arc<MockServerConfig>, session_cfg: MockConfig, recs: Arc<Mutex<Vec<Arc<Mutex<SessionRecord>>>>>) {
+async fn connection(
+    mut stream: TcpStream,
+    conn_no: u64,
+    cfg: Arc<MockServerConfig>,
+    session_cfg: MockConfig,
+    recs: Arc<Mutex<Vec<Arc<Mutex<SessionRecord>>>>>,
+) {
     let _ = stream.set_nodelay(true);
     let (accept, mut input) = match accept_upgrade(&mut stream).await {
         Ok(x) => x,
@@ -209,7 +244,9 @@ async fn connection(mut stream: TcpStream, conn_no: u64, cfg: Arc<MockServerConf
         sent_events: Vec::new(),
         schema_violations: Vec::new(),
     }));
-    recs.lock().unwrap_or_else(|e| e.into_inner()).push(Arc::clone(&record));
+    recs.lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .push(Arc::clone(&record));
 
     let mut session = MockSession::new(session_cfg, Instant::now());
     let mut decoder = Decoder::new(Role::Server, MAX_CLIENT_MESSAGE_BYTES);
@@ -262,7 +299,13 @@ async fn connection(mut stream: TcpStream, conn_no: u64, cfg: Arc<MockServerConf
 }
 
 /// Decodes client frames and hands their text to the session. `Err`: the connection is over.
-fn feed(session: &mut MockSession, decoder: &mut Decoder, encoder: &mut Encoder, input: &mut Vec<u8>, out: &mut Vec<u8>) -> Result<(), String> {
+fn feed(
+    session: &mut MockSession,
+    decoder: &mut Decoder,
+    encoder: &mut Encoder,
+    input: &mut Vec<u8>,
+    out: &mut Vec<u8>,
+) -> Result<(), String> {
     let mut start = 0;
     let result = loop {
         let decoded = match decoder.decode(&mut input[start..]) {
@@ -291,7 +334,10 @@ fn feed(session: &mut MockSession, decoder: &mut Decoder, encoder: &mut Encoder,
             Some(Message::Pong(_)) => {}
             Some(Message::Close { code, .. }) => {
                 encoder.close(out, 1000, "");
-                break Err(format!("client closed ({})", code.map_or("no code".to_owned(), |c| c.to_string())));
+                break Err(format!(
+                    "client closed ({})",
+                    code.map_or("no code".to_owned(), |c| c.to_string())
+                ));
             }
         }
         start += consumed;
@@ -301,7 +347,8 @@ fn feed(session: &mut MockSession, decoder: &mut Decoder, encoder: &mut Encoder,
 }
 
 fn observe_sent(record: &Mutex<SessionRecord>, text: &str, self_check: bool) {
-    let is_delta = text.contains("\"response.output_audio.delta\"") || text.contains("_transcript.delta\"");
+    let is_delta =
+        text.contains("\"response.output_audio.delta\"") || text.contains("_transcript.delta\"");
     if !self_check && is_delta {
         return;
     }
