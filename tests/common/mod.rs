@@ -1,0 +1,376 @@
+//! Shared harness of the integration tests: the real `callbridge serve` binary on loopback, the
+//! strict mock OpenAI server in-process, HTTP helpers, and a raw Twilio-side stream for tests that
+//! need exact control over each frame.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Read};
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use callbridge::front::ws::{self, Decoder, Encoder, Message, Role};
+use callbridge::openai::mock::server::{MockServer, MockServerConfig, SessionRecord};
+use callbridge::sim::twiml::{split_wss_url, Twiml};
+use callbridge::sim::webhook::{self, parse_response, write_request, CallIdentity, HttpResponse};
+use serde_json::{json, Value};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// The auth token tests sign with.
+pub const AUTH_TOKEN: &str = "test-auth-token-0123456789abcdef";
+
+/// A running `callbridge serve`, killed on drop. Its log is captured.
+pub struct Proxy {
+    child: Child,
+    /// Where it listens.
+    pub addr: SocketAddr,
+    log: Arc<Mutex<String>>,
+}
+
+impl Proxy {
+    /// Spawns the real binary with a clean environment plus `env`, and waits for "listening on".
+    pub fn spawn(env: &[(&str, &str)]) -> Proxy {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_callbridge"));
+        cmd.arg("serve")
+            .env_clear()
+            .env("LISTEN", "127.0.0.1:0")
+            .env("LOG_LEVEL", "info")
+            .env("NO_COLOR", "1");
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+        let mut child = cmd.spawn().expect("spawn callbridge");
+        let log = Arc::new(Mutex::new(String::new()));
+        let stderr = child.stderr.take().unwrap();
+        let log2 = Arc::clone(&log);
+        std::thread::spawn(move || {
+            let mut r = BufReader::new(stderr);
+            let mut line = String::new();
+            while r.read_line(&mut line).unwrap_or(0) > 0 {
+                log2.lock().unwrap().push_str(&line);
+                line.clear();
+            }
+        });
+        let mut stdout = BufReader::new(child.stdout.take().unwrap());
+        let mut line = String::new();
+        stdout.read_line(&mut line).expect("read stdout");
+        let Some(addr) = line.trim().strip_prefix("listening on ") else {
+            let mut rest = String::new();
+            let _ = stdout.read_to_string(&mut rest);
+            std::thread::sleep(Duration::from_millis(100));
+            panic!(
+                "callbridge did not start: {line}{rest}\nlog:\n{}",
+                log.lock().unwrap()
+            );
+        };
+        let addr = addr.parse().expect("address");
+        std::thread::spawn(move || {
+            let mut sink = String::new();
+            let _ = stdout.read_to_string(&mut sink);
+        });
+        Proxy { child, addr, log }
+    }
+
+    /// Spawns callbridge pointed at `mock`, signing checks on, plus `extra` env.
+    pub fn with_mock(mock: &MockServer, extra: &[(&str, &str)]) -> Proxy {
+        let url = mock.url();
+        let mut env = vec![
+            ("OPENAI_REALTIME_URL", url.as_str()),
+            ("OPENAI_REALTIME_API_KEY", "sk-test"),
+            ("TWILIO_AUTH_TOKEN", AUTH_TOKEN),
+        ];
+        env.extend_from_slice(extra);
+        Proxy::spawn(&env)
+    }
+
+    /// Everything callbridge logged so far.
+    pub fn log(&self) -> String {
+        self.log.lock().unwrap().clone()
+    }
+
+    /// Whether the process is still running.
+    pub fn is_running(&mut self) -> bool {
+        self.child.try_wait().expect("try_wait").is_none()
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts the strict mock (schema self-check on) with `tweak` applied.
+pub async fn mock(tweak: impl FnOnce(&mut MockServerConfig)) -> MockServer {
+    let mut cfg = MockServerConfig {
+        self_check: true,
+        ..MockServerConfig::default()
+    };
+    tweak(&mut cfg);
+    MockServer::start(SocketAddr::from(([127, 0, 0, 1], 0)), cfg)
+        .await
+        .expect("start mock")
+}
+
+/// Waits until `n` mock sessions have closed (at most `within`).
+pub async fn closed_sessions(mock: &MockServer, n: usize, within: Duration) -> Vec<SessionRecord> {
+    let deadline = Instant::now() + within;
+    loop {
+        let s: Vec<_> = mock
+            .sessions()
+            .into_iter()
+            .filter(|s| s.closed_at.is_some())
+            .collect();
+        if s.len() >= n || Instant::now() > deadline {
+            return s;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Sends raw bytes and reads the whole answer (until the server closes or `timeout`).
+pub async fn http_raw(addr: SocketAddr, request: &[u8], timeout: Duration) -> Vec<u8> {
+    let mut s = TcpStream::connect(addr).await.expect("connect");
+    s.write_all(request).await.expect("write");
+    let mut buf = Vec::new();
+    let _ = tokio::time::timeout(timeout, s.read_to_end(&mut buf)).await;
+    buf
+}
+
+/// One request, parsed answer.
+pub async fn http(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> HttpResponse {
+    let mut req = Vec::new();
+    write_request(&mut req, method, &addr.to_string(), path, headers, body);
+    let raw = http_raw(addr, &req, Duration::from_secs(5)).await;
+    parse_response(&raw, true)
+        .expect("valid response")
+        .expect("complete response")
+}
+
+/// The voice webhook for call `n`, signed like Twilio's.
+pub async fn webhook(addr: SocketAddr, n: u32) -> HttpResponse {
+    let call = CallIdentity {
+        call_sid: webhook::sid("CA", u128::from(n)),
+        account_sid: webhook::sid("AC", 1),
+        from: "+819012345678".into(),
+        to: "+81501234567".into(),
+        extra: vec![],
+    };
+    let params = webhook::voice_params(&call, "ringing");
+    let url = format!("https://{addr}/api/twilio/voice");
+    let sig = webhook::signature(AUTH_TOKEN, &url, &params);
+    let body = webhook::form_encode(&params);
+    http(
+        addr,
+        "POST",
+        "/api/twilio/voice",
+        &[("X-Twilio-Signature", &sig)],
+        body.as_bytes(),
+    )
+    .await
+}
+
+/// A raw Twilio-side media stream: we write every frame ourselves.
+pub struct RawStream {
+    stream: TcpStream,
+    enc: Encoder,
+    dec: Decoder,
+    input: Vec<u8>,
+    /// `customParameters` from the TwiML.
+    pub params: Vec<(String, String)>,
+    /// The callSid.
+    pub call_sid: String,
+    /// The streamSid we use.
+    pub stream_sid: String,
+    seq: u64,
+}
+
+impl RawStream {
+    /// Webhook for call `n`, then the upgrade to the TwiML's stream URL (signed).
+    pub async fn open(addr: SocketAddr, n: u32) -> RawStream {
+        let resp = webhook(addr, n).await;
+        assert_eq!(
+            resp.status,
+            200,
+            "webhook: {}",
+            String::from_utf8_lossy(&resp.body)
+        );
+        let twiml = Twiml::parse(std::str::from_utf8(&resp.body).unwrap()).expect("twiml");
+        let stream = twiml.stream().expect("a <Connect><Stream>").clone();
+        let (_, path) = split_wss_url(&stream.url).expect("wss url");
+        let sig = webhook::signature(AUTH_TOKEN, &stream.url, &[]);
+        let mut raw = RawStream::connect(addr, path, &[("x-twilio-signature", &sig)])
+            .await
+            .expect("upgrade accepted");
+        raw.params = stream.parameters.clone();
+        raw.call_sid = webhook::sid("CA", u128::from(n));
+        raw.stream_sid = webhook::sid("MZ", u128::from(n));
+        raw
+    }
+
+    /// Upgrades to `path`; `Err(status)` when refused.
+    pub async fn connect(
+        addr: SocketAddr,
+        path: &str,
+        headers: &[(&str, &str)],
+    ) -> Result<RawStream, u16> {
+        let mut stream = TcpStream::connect(addr).await.expect("connect");
+        let key = ws::new_client_key();
+        let mut req = Vec::new();
+        ws::write_client_handshake(&mut req, &addr.to_string(), path, &key, headers);
+        stream.write_all(&req).await.expect("write");
+        let mut buf = Vec::new();
+        loop {
+            let mut chunk = [0u8; 4096];
+            let n = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut chunk))
+                .await
+                .expect("handshake in time")
+                .expect("read");
+            if n == 0 {
+                let resp = parse_response(&buf, true).ok().flatten();
+                return Err(resp.map_or(0, |r| r.status));
+            }
+            buf.extend_from_slice(&chunk[..n]);
+            match ws::parse_handshake_response(&buf, &key) {
+                Ok(Some(len)) => {
+                    let input = buf.split_off(len);
+                    return Ok(RawStream {
+                        stream,
+                        enc: Encoder::new(Role::Client),
+                        dec: Decoder::new(Role::Client, 1 << 24),
+                        input,
+                        params: vec![],
+                        call_sid: String::new(),
+                        stream_sid: String::new(),
+                        seq: 0,
+                    });
+                }
+                Ok(None) => {}
+                Err(ws::HandshakeError::Rejected { status, .. }) => return Err(status),
+                Err(e) => panic!("bad handshake response: {e}"),
+            }
+        }
+    }
+
+    /// Sends one text frame.
+    pub async fn send_text(&mut self, text: &[u8]) {
+        let mut out = Vec::new();
+        self.enc.text(&mut out, text);
+        self.stream.write_all(&out).await.expect("send");
+    }
+
+    /// Sends bytes as they are (hand-made frames).
+    pub async fn send_raw(&mut self, bytes: &[u8]) {
+        self.stream.write_all(bytes).await.expect("send raw");
+    }
+
+    /// Sends a binary frame.
+    pub async fn send_binary(&mut self, payload: &[u8]) {
+        let mut out = Vec::new();
+        self.enc.binary(&mut out, payload);
+        self.stream.write_all(&out).await.expect("send");
+    }
+
+    /// Sends a JSON message.
+    pub async fn send(&mut self, v: Value) {
+        self.send_text(v.to_string().as_bytes()).await;
+    }
+
+    fn next_seq(&mut self) -> String {
+        self.seq += 1;
+        self.seq.to_string()
+    }
+
+    /// `connected` then `start` with the TwiML's parameters.
+    pub async fn start(&mut self) {
+        self.send(json!({"event": "connected", "protocol": "Call", "version": "1.0.0"}))
+            .await;
+        let params: serde_json::Map<String, Value> = self
+            .params
+            .iter()
+            .map(|(k, v)| (k.clone(), Value::String(v.clone())))
+            .collect();
+        let seq = self.next_seq();
+        self.send(json!({"event": "start", "sequenceNumber": seq, "streamSid": self.stream_sid,
+            "start": {"accountSid": webhook::sid("AC", 1), "streamSid": self.stream_sid, "callSid": self.call_sid,
+                "tracks": ["inbound"], "customParameters": params,
+                "mediaFormat": {"encoding": "audio/x-mulaw", "sampleRate": 8000, "channels": 1}}}))
+        .await;
+    }
+
+    /// One `media` frame with `payload`.
+    pub async fn media(&mut self, payload: &str) {
+        let seq = self.next_seq();
+        let chunk = (self.seq - 1).to_string();
+        let ts = ((self.seq - 2) * 20).to_string();
+        let sid = self.stream_sid.clone();
+        self.send(
+            json!({"event": "media", "sequenceNumber": seq, "streamSid": sid,
+            "media": {"track": "inbound", "chunk": chunk, "timestamp": ts, "payload": payload}}),
+        )
+        .await;
+    }
+
+    /// `stop`.
+    pub async fn stop(&mut self) {
+        let seq = self.next_seq();
+        let (sid, call) = (self.stream_sid.clone(), self.call_sid.clone());
+        self.send(json!({"event": "stop", "sequenceNumber": seq, "streamSid": sid, "stop": {"accountSid": webhook::sid("AC", 1), "callSid": call}})).await;
+    }
+
+    /// The next message from callbridge: `Ok(Some(json))`, `Ok(None)` on timeout, `Err(close
+    /// code)` when it closed.
+    pub async fn recv(&mut self, within: Duration) -> Result<Option<Value>, Option<u16>> {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let decoded = self
+                .dec
+                .decode(&mut self.input)
+                .expect("callbridge sends valid websocket");
+            let consumed = decoded.consumed;
+            let msg = match decoded.message {
+                Some(Message::Text(t)) => Some(Ok(
+                    serde_json::from_slice::<Value>(t).expect("callbridge sends JSON")
+                )),
+                Some(Message::Close { code, .. }) => Some(Err(code)),
+                Some(Message::Binary(_)) => panic!("callbridge sent a binary frame to twilio"),
+                _ => None,
+            };
+            self.input.drain(..consumed);
+            match msg {
+                Some(Ok(v)) => return Ok(Some(v)),
+                Some(Err(code)) => return Err(code),
+                None if consumed > 0 => continue,
+                None => {}
+            }
+            let mut chunk = [0u8; 16384];
+            match tokio::time::timeout_at(deadline, self.stream.read(&mut chunk)).await {
+                Err(_) => return Ok(None),
+                Ok(Ok(0)) | Ok(Err(_)) => return Err(None),
+                Ok(Ok(n)) => self.input.extend_from_slice(&chunk[..n]),
+            }
+        }
+    }
+
+    /// Reads until callbridge closes; returns the close code (`None`: no close frame).
+    pub async fn until_closed(&mut self, within: Duration) -> Option<u16> {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            match self.recv(left).await {
+                Ok(Some(_)) => continue,
+                Ok(None) => panic!("callbridge did not close within {within:?}"),
+                Err(code) => return code,
+            }
+        }
+    }
+}
