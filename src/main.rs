@@ -23,7 +23,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Serve the Twilio webhook and media streams.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Run the scripted mock OpenAI Realtime server (for tests, demos and load tests).
     MockOpenai(MockArgs),
     /// Run one whole simulated call through the real proxy against the bundled mock.
@@ -74,7 +74,7 @@ fn main() -> anyhow::Result<()> {
         .build()
         .context("starting the tokio runtime")?;
     match cli.command {
-        Command::Serve(args) => runtime.block_on(serve(args)),
+        Command::Serve(args) => runtime.block_on(serve(*args)),
         Command::MockOpenai(args) => runtime.block_on(mock_openai(args)),
         Command::Demo => runtime.block_on(demo()),
     }

@@ -318,11 +318,10 @@ fn decode_input<R, W>(
                 Leg::Twilio => call.handle_twilio_binary(now),
                 Leg::OpenAi => call.handle_openai_binary(now),
             },
-            Some(Message::Ping(payload)) => {
-                if !leg.closing {
-                    leg.encoder.pong(&mut leg.output, payload);
-                }
+            Some(Message::Ping(payload)) if !leg.closing => {
+                leg.encoder.pong(&mut leg.output, payload)
             }
+            Some(Message::Ping(_)) => {}
             Some(Message::Pong(_)) => {}
             Some(Message::Close { code, reason }) => {
                 let why = format!(
@@ -446,7 +445,7 @@ async fn run_call(
         let tw_can_read = tw_open
             && oa
                 .as_ref()
-                .map_or(true, |o| o.output.len() < HIGH_WATER_BYTES);
+                .is_none_or(|o| o.output.len() < HIGH_WATER_BYTES);
         let oa_can_read = oa_open && tw.output.len() < HIGH_WATER_BYTES;
         let (oa_rd, oa_wr, oa_in, oa_out, oa_flush) = match oa.as_mut() {
             Some(o) => (
@@ -583,10 +582,8 @@ async fn run_call(
 
 fn on_call_event(app: &App, grant: &UpgradeGrant, ev: CallEvent) {
     match ev {
-        CallEvent::Ended { reason } => {
-            if reason.is_ai_failure() {
-                app.record_ai_failure(&grant.call_sid);
-            }
+        CallEvent::Ended { reason } if reason.is_ai_failure() => {
+            app.record_ai_failure(&grant.call_sid)
         }
         CallEvent::SessionReady { setup, .. } => {
             tracing::debug!(call_sid = %grant.call_sid, setup_ms = setup.as_millis() as u64, "session ready");

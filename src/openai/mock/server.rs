@@ -41,8 +41,10 @@ pub struct MockServerConfig {
 
 impl Default for MockServerConfig {
     fn default() -> Self {
-        let mut session = MockConfig::default();
-        session.validate_client = Arc::new(strict_client_check);
+        let session = MockConfig {
+            validate_client: Arc::new(strict_client_check),
+            ..MockConfig::default()
+        };
         MockServerConfig {
             session,
             self_check: false,
