@@ -5,10 +5,9 @@ mod common;
 
 use std::time::Duration;
 
-use base64::Engine;
 use callbridge::sim::caller::{run_call, CallOutcome, CallerConfig};
-use callbridge::sim::script::{read_tag, Script};
-use common::{closed_sessions, mock, Proxy, AUTH_TOKEN};
+use callbridge::sim::script::Script;
+use common::{assert_delivered_byte_exact, closed_sessions, mock, Proxy, AUTH_TOKEN};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_call_carries_audio_both_ways_byte_exact_and_ends_cleanly() {
@@ -56,44 +55,8 @@ async fn a_full_call_carries_audio_both_ways_byte_exact_and_ends_cleanly() {
         "server_vad"
     );
 
-    // Uplink: every frame once, in order, byte-exact (tags carry call and sequence numbers).
-    let engine = base64::engine::general_purpose::STANDARD;
-    let tags: Vec<(u32, u32)> = s
-        .stats
-        .appends
-        .iter()
-        .map(|a| read_tag(&engine.decode(a).unwrap()).expect("tagged frame"))
-        .collect();
-    assert!(tags.iter().all(|(call, _)| *call == 7));
-    let seqs: Vec<u32> = tags.iter().map(|(_, seq)| *seq).collect();
-    let expected: Vec<u32> = (0..seqs.len() as u32).collect();
-    assert_eq!(
-        seqs, expected,
-        "uplink frames lost, duplicated or reordered"
-    );
-    assert!(
-        seqs.len() as u32 + 5 >= stream.frames_sent,
-        "{} of {} frames reached OpenAI",
-        seqs.len(),
-        stream.frames_sent
-    );
-
-    // Downlink: what the caller received is exactly what the mock sent, in order.
-    let sent: Vec<u8> = s
-        .stats
-        .audio_deltas
-        .iter()
-        .flat_map(|i| i.deltas.iter())
-        .flat_map(|d| engine.decode(d).unwrap())
-        .collect();
-    let received: Vec<u8> = stream
-        .media
-        .iter()
-        .flat_map(|m| engine.decode(&m.payload_b64).unwrap())
-        .collect();
-    assert!(!sent.is_empty(), "the mock answered");
-    assert_eq!(received.len(), sent.len(), "downlink bytes lost or added");
-    assert!(received == sent, "downlink audio differs");
+    // Audio both ways: every frame once, in order, byte-exact.
+    assert_delivered_byte_exact(7, s, stream);
 
     // Both sides of the conversation happened.
     let types: Vec<String> = s

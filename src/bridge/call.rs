@@ -360,19 +360,10 @@ impl EventId {
     fn new(n: u64) -> Self {
         let mut buf = [0u8; 24];
         buf[..3].copy_from_slice(b"cb_");
-        let mut digits = [0u8; 20];
-        let mut i = digits.len();
-        let mut n = n;
-        loop {
-            i -= 1;
-            digits[i] = b'0' + (n % 10) as u8;
-            n /= 10;
-            if n == 0 {
-                break;
-            }
-        }
-        let len = 3 + digits.len() - i;
-        buf[3..len].copy_from_slice(&digits[i..]);
+        let mut scratch = [0u8; 20];
+        let digits = crate::wire::json_out::u64_digits(n, &mut scratch);
+        let len = 3 + digits.len();
+        buf[3..len].copy_from_slice(digits);
         EventId { buf, len }
     }
 

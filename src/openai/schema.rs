@@ -141,8 +141,9 @@ fn event_definitions(schema: &Value) -> Vec<(String, String)> {
         .collect()
 }
 
-/// Session fields of the beta interface that GA does not have (protocol.md 5.2, 5.6).
-const BETA_SESSION_FIELDS: &[&str] = &[
+/// Session fields of the beta interface that GA does not have (protocol.md 5.2, 5.6). The
+/// schemas allow extra properties, so these are refused by name (here and by the mock).
+pub const BETA_SESSION_FIELDS: &[&str] = &[
     "modalities",
     "input_audio_format",
     "output_audio_format",

@@ -36,17 +36,22 @@ pub fn write_str(out: &mut Vec<u8>, s: &str) {
 /// Appends the decimal digits of `n`.
 pub fn write_u64(out: &mut Vec<u8>, n: u64) {
     let mut digits = [0u8; 20];
-    let mut i = digits.len();
+    out.extend_from_slice(u64_digits(n, &mut digits));
+}
+
+/// Writes the decimal digits of `n` at the end of `buf` and returns them (no allocation).
+pub fn u64_digits(n: u64, buf: &mut [u8; 20]) -> &[u8] {
+    let mut i = buf.len();
     let mut n = n;
     loop {
         i -= 1;
-        digits[i] = b'0' + (n % 10) as u8;
+        buf[i] = b'0' + (n % 10) as u8;
         n /= 10;
         if n == 0 {
             break;
         }
     }
-    out.extend_from_slice(&digits[i..]);
+    &buf[i..]
 }
 
 #[cfg(test)]

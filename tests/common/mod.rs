@@ -374,3 +374,68 @@ impl RawStream {
         }
     }
 }
+
+/// Asserts that call `call`'s audio went through untouched: every tagged uplink frame reached
+/// OpenAI once, in order, from this call only (at most a few trailing frames may be cut by the
+/// hang-up), and the caller received exactly the bytes the mock sent, in order.
+pub fn assert_delivered_byte_exact(
+    call: u32,
+    session: &SessionRecord,
+    stream: &callbridge::sim::stream::StreamReport,
+) {
+    use base64::Engine;
+    let engine = base64::engine::general_purpose::STANDARD;
+    let tags: Vec<(u32, u32)> = session
+        .stats
+        .appends
+        .iter()
+        .map(|a| {
+            callbridge::sim::script::read_tag(&engine.decode(a).expect("valid base64"))
+                .expect("tagged frame")
+        })
+        .collect();
+    for (i, (c, seq)) in tags.iter().enumerate() {
+        assert_eq!(
+            (*c, *seq),
+            (call, i as u32),
+            "call {call}: uplink frame {i} is {c}/{seq} (lost, duplicated, reordered or crossed)"
+        );
+    }
+    assert!(
+        tags.len() as u32 + 5 >= stream.frames_sent,
+        "call {call}: {} of {} frames reached OpenAI",
+        tags.len(),
+        stream.frames_sent
+    );
+    let sent: Vec<u8> = session
+        .stats
+        .audio_deltas
+        .iter()
+        .flat_map(|i| i.deltas.iter())
+        .flat_map(|d| engine.decode(d).expect("mock base64"))
+        .collect();
+    let received: Vec<u8> = stream
+        .media
+        .iter()
+        .flat_map(|m| engine.decode(&m.payload_b64).expect("valid base64"))
+        .collect();
+    assert!(!sent.is_empty(), "call {call}: the mock answered nothing");
+    assert_eq!(
+        received.len(),
+        sent.len(),
+        "call {call}: downlink bytes lost or added"
+    );
+    assert!(received == sent, "call {call}: downlink audio differs");
+}
+
+/// The call number in the tag of a session's first append.
+pub fn call_of(session: &SessionRecord) -> u32 {
+    use base64::Engine;
+    let first = session.stats.appends.first().expect("the call sent audio");
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(first)
+        .expect("valid base64");
+    callbridge::sim::script::read_tag(&bytes)
+        .expect("tagged frame")
+        .0
+}

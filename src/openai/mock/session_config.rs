@@ -5,17 +5,7 @@ use serde_json::{json, Map, Value};
 
 use super::rejection::MockRejection;
 
-/// Session-level fields of the beta interface that GA moved or removed (protocol.md 5.6). The
-/// schema allows extra properties, so the mock rejects these by name.
-const BETA_SESSION_FIELDS: [&str; 7] = [
-    "modalities",
-    "input_audio_format",
-    "output_audio_format",
-    "voice",
-    "turn_detection",
-    "input_audio_transcription",
-    "temperature",
-];
+use crate::openai::schema::BETA_SESSION_FIELDS;
 
 /// Audio formats of the GA interface (`audio.input.format.type`, `audio.output.format.type`).
 const AUDIO_FORMATS: [&str; 3] = ["audio/pcm", "audio/pcmu", "audio/pcma"];
