@@ -439,3 +439,36 @@ pub fn call_of(session: &SessionRecord) -> u32 {
         .expect("tagged frame")
         .0
 }
+
+/// A form POST to `path` with `params`, signed like Twilio's over `https://{addr}{path}`.
+pub async fn signed_post(
+    addr: SocketAddr,
+    path: &str,
+    params: &[(String, String)],
+) -> HttpResponse {
+    let url = format!("https://{addr}{path}");
+    let sig = webhook::signature(AUTH_TOKEN, &url, params);
+    let body = webhook::form_encode(params);
+    http(
+        addr,
+        "POST",
+        path,
+        &[("X-Twilio-Signature", &sig)],
+        body.as_bytes(),
+    )
+    .await
+}
+
+/// What Twilio fetches after the stream of call `n` closed: the TwiML's `<Redirect>`
+/// (`/api/twilio/after-stream`), signed, with the call's parameters and `CallStatus=in-progress`.
+pub async fn after_stream(addr: SocketAddr, n: u32) -> HttpResponse {
+    let call = CallIdentity {
+        call_sid: webhook::sid("CA", u128::from(n)),
+        account_sid: webhook::sid("AC", 1),
+        from: "+819012345678".into(),
+        to: "+81501234567".into(),
+        extra: vec![],
+    };
+    let params = webhook::voice_params(&call, "in-progress");
+    signed_post(addr, "/api/twilio/after-stream", &params).await
+}
