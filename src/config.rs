@@ -81,6 +81,9 @@ pub struct ServeArgs {
     /// Directory of the embedded store.
     #[arg(long, env = "DATA_DIR", default_value = "./data")]
     pub data_dir: PathBuf,
+    /// Seconds without any frame from Twilio after which a stream is taken for dead.
+    #[arg(long, env = "TWILIO_IDLE_TIMEOUT_SECS", default_value_t = 10.0)]
+    pub twilio_idle_timeout_secs: f64,
     /// Seconds to wait for a complete HTTP request head and body.
     #[arg(long, env = "HTTP_READ_TIMEOUT_SECS", default_value_t = 10.0)]
     pub http_read_timeout_secs: f64,
@@ -279,6 +282,8 @@ pub struct Config {
     pub data_dir: PathBuf,
     /// HTTP read timeout.
     pub http_read_timeout: Duration,
+    /// A started Twilio stream silent for this long is dead.
+    pub twilio_idle_timeout: Duration,
     /// The agent (until the store provides agents).
     pub agent: Arc<AgentSettings>,
 }
@@ -376,6 +381,7 @@ impl ServeArgs {
             log_event_types: Arc::from(log_event_types),
             data_dir: self.data_dir.clone(),
             http_read_timeout: secs("HTTP_READ_TIMEOUT_SECS", self.http_read_timeout_secs)?,
+            twilio_idle_timeout: secs("TWILIO_IDLE_TIMEOUT_SECS", self.twilio_idle_timeout_secs)?,
             agent: Arc::new(agent),
         })
     }

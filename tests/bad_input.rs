@@ -411,20 +411,18 @@ async fn fragments_adding_up_to_over_64_kib_close_the_stream_with_1009() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "bug: no read-inactivity timeout on the twilio leg (src/runtime/epoll.rs run_call): a caller that goes silent without closing keeps the call and its OpenAI session open forever"]
 async fn a_caller_that_goes_silent_without_closing_is_hung_up_and_the_openai_leg_closed() {
     // Twilio sends a media frame every 20 ms for as long as the call is up, so a stream with no
     // frame at all for many seconds is a peer that vanished without a FIN (network partition,
-    // crashed edge). Nothing in the driver notices: the call deadlines end once the session is
-    // ready, and the write-stall check needs pending output.
+    // crashed edge): TWILIO_IDLE_TIMEOUT_SECS (10 s by default, 1 s here) ends the call.
     let n = 29;
     let mock = mock(|_| {}).await;
-    let mut proxy = Proxy::with_mock(&mock, &[]);
+    let mut proxy = Proxy::with_mock(&mock, &[("TWILIO_IDLE_TIMEOUT_SECS", "1")]);
     let mut raw = established(&mock, &proxy, n).await;
     raw.media(&frame(n, 0)).await;
     // Silence: the socket stays open, nothing is sent.
     assert!(
-        raw.until_closed(Duration::from_secs(15)).await.is_some(),
+        raw.until_closed(Duration::from_secs(3)).await.is_some(),
         "log:\n{}",
         proxy.log()
     );

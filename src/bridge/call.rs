@@ -71,6 +71,11 @@ pub struct Transmit {
 /// caller's first words. Past it the oldest audio is dropped and counted.
 pub const DEFAULT_MAX_PRESESSION_AUDIO_MS: u64 = 3_000;
 
+/// A Twilio stream with no frame for this long has a vanished peer: Twilio sends a `media` frame
+/// every 20 ms for as long as the call is up, so 10 s of nothing (500 missed frames) is a network
+/// partition or a crashed edge, not a quiet caller.
+pub const DEFAULT_TWILIO_IDLE_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// Interrupted responses remembered so their late deltas are dropped. A barge-in interrupts
 /// one or two responses; 16 covers any plausible run of quick interruptions.
 const MAX_INTERRUPTED: usize = 16;
@@ -96,6 +101,8 @@ pub struct CallConfig {
     pub session_timeout: Duration,
     /// Caller audio kept before the session is ready, ms.
     pub max_presession_audio_ms: u64,
+    /// A started stream with no Twilio frame for this long ends the call.
+    pub twilio_idle_timeout: Duration,
     /// OpenAI event types logged at info (`LOG_EVENT_TYPES`).
     pub log_event_types: Arc<[String]>,
 }
@@ -111,6 +118,7 @@ impl CallConfig {
             start_timeout: Duration::from_secs(10),
             session_timeout: Duration::from_secs(10),
             max_presession_audio_ms: DEFAULT_MAX_PRESESSION_AUDIO_MS,
+            twilio_idle_timeout: DEFAULT_TWILIO_IDLE_TIMEOUT,
             log_event_types: Arc::from(Vec::new()),
         }
     }
@@ -126,6 +134,8 @@ pub enum EndReason {
     TwilioClosed,
     /// Twilio sent no `start` in time.
     StartTimeout,
+    /// Twilio's socket stayed open but sent nothing for this long (the peer vanished).
+    TwilioSilent(Duration),
     /// The stream is not the one the webhook asked for.
     Unauthorized(&'static str),
     /// `start.mediaFormat` is not μ-law 8 kHz mono.
@@ -157,6 +167,7 @@ impl EndReason {
             EndReason::TwilioStop => "twilio_stop",
             EndReason::TwilioClosed => "twilio_closed",
             EndReason::StartTimeout => "start_timeout",
+            EndReason::TwilioSilent(_) => "twilio_silent",
             EndReason::Unauthorized(_) => "unauthorized",
             EndReason::BadMediaFormat(_) => "bad_media_format",
             EndReason::OpenAiConnectFailed(_) => "openai_connect_failed",
@@ -173,6 +184,11 @@ impl std::fmt::Display for EndReason {
             EndReason::TwilioStop => f.write_str("twilio sent stop (caller hung up)"),
             EndReason::TwilioClosed => f.write_str("twilio socket closed without stop"),
             EndReason::StartTimeout => f.write_str("no start message from twilio in time"),
+            EndReason::TwilioSilent(d) => write!(
+                f,
+                "no frame from twilio for {:.1}s (peer vanished)",
+                d.as_secs_f32()
+            ),
             EndReason::Unauthorized(why) => write!(f, "stream refused: {why}"),
             EndReason::BadMediaFormat(what) => write!(f, "unsupported media format: {what}"),
             EndReason::OpenAiConnectFailed(why) => write!(f, "openai connect failed: {why}"),
@@ -379,6 +395,8 @@ pub struct Call {
     created_at: Instant,
     /// Latest `now` seen; earlier values are treated as this one.
     last_now: Instant,
+    /// When the last Twilio frame arrived (for the idle deadline).
+    last_twilio_at: Instant,
     /// `streamSid`, once `start` arrived.
     stream_sid: Option<String>,
     openai: OpenAiPhase,
@@ -413,6 +431,7 @@ impl Call {
             cfg,
             created_at: now,
             last_now: now,
+            last_twilio_at: now,
             stream_sid: None,
             openai: OpenAiPhase::AwaitingCreated,
             session_id: None,
@@ -486,6 +505,8 @@ impl Call {
         let mut deadline: Option<Instant> = None;
         if self.stream_sid.is_none() {
             deadline = Some(self.created_at + self.cfg.start_timeout);
+        } else {
+            deadline = Some(self.last_twilio_at + self.cfg.twilio_idle_timeout);
         }
         if self.openai != OpenAiPhase::Ready {
             let d = self.created_at + self.cfg.session_timeout;
@@ -502,6 +523,12 @@ impl Call {
         }
         if self.stream_sid.is_none() && now >= self.created_at + self.cfg.start_timeout {
             self.end(EndReason::StartTimeout);
+        } else if self.stream_sid.is_some()
+            && now >= self.last_twilio_at + self.cfg.twilio_idle_timeout
+        {
+            self.end(EndReason::TwilioSilent(
+                now.saturating_duration_since(self.last_twilio_at),
+            ));
         } else if self.openai != OpenAiPhase::Ready
             && now >= self.created_at + self.cfg.session_timeout
         {
@@ -543,7 +570,7 @@ impl Call {
 
     /// A binary frame from Twilio: not part of Media Streams; dropped and counted.
     pub fn handle_twilio_binary(&mut self, now: Instant) {
-        self.observe(now);
+        self.last_twilio_at = self.observe(now);
         self.protocol_error(
             Leg::Twilio,
             "binary_frame",
@@ -564,6 +591,7 @@ impl Call {
     /// One text frame from Twilio (parsed in place).
     pub fn handle_twilio_frame(&mut self, now: Instant, frame: &mut [u8]) {
         let now = self.observe(now);
+        self.last_twilio_at = now;
         if self.ended.is_some() {
             return;
         }
@@ -592,6 +620,7 @@ impl Call {
     /// One parsed Twilio event.
     pub fn handle_twilio(&mut self, now: Instant, ev: TwilioEvent<'_>) {
         let now = self.observe(now);
+        self.last_twilio_at = now;
         if self.ended.is_none() {
             self.on_twilio(now, ev);
         }

@@ -296,6 +296,28 @@ fn no_session_updated_in_time_ends_the_call() {
 }
 
 #[test]
+fn a_twilio_stream_that_goes_silent_ends_the_call_after_the_idle_timeout() {
+    let mut s = Sim::with(|c| c.twilio_idle_timeout = ms(3000));
+    s.start();
+    s.openai(json!({"type": "session.created", "event_id": "e1", "session": {"id": "sess_1"}}));
+    s.openai(session_updated("audio/pcmu", "audio/pcmu"));
+    s.at(1000).media("AAAA");
+    assert_eq!(s.call.poll_timeout(), Some(s.t0 + ms(4000)));
+    s.at(3999);
+    s.call.handle_timeout(s.now);
+    s.drain();
+    assert!(
+        s.ended().is_none(),
+        "frames from OpenAI do not count as Twilio being alive"
+    );
+    s.at(4000);
+    s.call.handle_timeout(s.now);
+    s.drain();
+    assert_eq!(s.ended(), Some(&EndReason::TwilioSilent(ms(3000))));
+    assert!(!s.ended().unwrap().is_ai_failure());
+}
+
+#[test]
 fn no_start_in_time_ends_the_call() {
     let mut s = Sim::with(|c| c.start_timeout = ms(500));
     s.at(500);

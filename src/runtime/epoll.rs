@@ -381,6 +381,7 @@ async fn run_call(
     let mut call_cfg = CallConfig::new(&cfg.openai_model, Arc::clone(&cfg.agent), &grant.call_sid);
     call_cfg.expected_start_token = Some(grant.start_token.clone());
     call_cfg.session_timeout = cfg.openai_session_timeout;
+    call_cfg.twilio_idle_timeout = cfg.twilio_idle_timeout;
     call_cfg.log_event_types = Arc::clone(&cfg.log_event_types);
     let mut call = Call::new(call_cfg, started);
     tracing::info!(call_sid = %grant.call_sid, "media stream accepted");
