@@ -502,12 +502,11 @@ impl Call {
         if self.ended.is_some() {
             return None;
         }
-        let mut deadline: Option<Instant> = None;
-        if self.stream_sid.is_none() {
-            deadline = Some(self.created_at + self.cfg.start_timeout);
-        } else {
-            deadline = Some(self.last_twilio_at + self.cfg.twilio_idle_timeout);
-        }
+        // Before `start`: the start deadline; after it: the idle deadline of the Twilio stream.
+        let mut deadline = Some(match self.stream_sid {
+            None => self.created_at + self.cfg.start_timeout,
+            Some(_) => self.last_twilio_at + self.cfg.twilio_idle_timeout,
+        });
         if self.openai != OpenAiPhase::Ready {
             let d = self.created_at + self.cfg.session_timeout;
             deadline = Some(deadline.map_or(d, |x| x.min(d)));
