@@ -1,0 +1,2 @@
+//! `callbridge-loadtest` (in progress).
+fn main() {}
