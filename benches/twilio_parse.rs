@@ -1,48 +1,19 @@
 //! Twilio Media Streams hot path: parsing a 20 ms `media` frame (fast path and simd-json path),
 //! checking base64 payloads, and encoding `media` + `mark` into a reused buffer.
 //!
-//! Before measuring, the binary checks that the steady-state fast-path parse and the encoders
-//! do not allocate (a counting global allocator), and panics if they do.
+//! That these allocate nothing in the steady state is checked by `tests/no_alloc_per_frame.rs`
+//! (the one counting allocator of the crate).
 //!
 //! Run: `cargo bench --bench twilio_parse` (add `-- --quick` for a short run).
 
-use std::alloc::{GlobalAlloc, Layout, System};
 use std::hint::black_box;
-use std::sync::atomic::{AtomicUsize, Ordering};
 
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine as _;
-use callbridge::twilio::events::{encode_mark, encode_media, TwilioEvent, TwilioParser};
+use callbridge::twilio::events::{encode_mark, encode_media, TwilioParser};
 use callbridge::wire::b64;
 use callbridge::wire::flat_json::{self, FlatObject};
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-
-/// The system allocator, counting allocations.
-struct Counting;
-
-static ALLOCATIONS: AtomicUsize = AtomicUsize::new(0);
-
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
-        // SAFETY: forwarded unchanged to the system allocator.
-        unsafe { System.alloc(layout) }
-    }
-
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        // SAFETY: forwarded unchanged to the system allocator.
-        unsafe { System.dealloc(ptr, layout) }
-    }
-
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
-        // SAFETY: forwarded unchanged to the system allocator.
-        unsafe { System.realloc(ptr, layout, new_size) }
-    }
-}
-
-#[global_allocator]
-static GLOBAL: Counting = Counting;
 
 const STREAM_SID: &str = "MZ18ad3ab5a668481ce02b83e7395059f0";
 
@@ -60,52 +31,11 @@ fn media_frame(payload: &str) -> Vec<u8> {
     .into_bytes()
 }
 
-/// Allocations made by `f`.
-fn allocations_in(mut f: impl FnMut()) -> usize {
-    let before = ALLOCATIONS.load(Ordering::Relaxed);
-    f();
-    ALLOCATIONS.load(Ordering::Relaxed) - before
-}
-
-/// Asserts the steady state of the hot path allocates nothing.
-fn check_no_allocations(frame: &[u8], payload: &str) {
-    let mut parser = TwilioParser::new();
-    let mut buf = frame.to_vec();
-    let mut out = Vec::with_capacity(1024);
-    let step = |parser: &mut TwilioParser, buf: &mut Vec<u8>, out: &mut Vec<u8>| {
-        buf.copy_from_slice(frame);
-        let ok = matches!(parser.parse(buf), Ok(TwilioEvent::Media(_)));
-        assert!(ok, "the benchmark frame must parse as media");
-        out.clear();
-        encode_media(out, STREAM_SID, payload);
-        encode_mark(out, STREAM_SID, "e=3;i=item_CBx1;ms=1240");
-    };
-    step(&mut parser, &mut buf, &mut out); // warm-up
-    let n = allocations_in(|| {
-        for _ in 0..1000 {
-            step(&mut parser, &mut buf, &mut out);
-        }
-    });
-    assert_eq!(
-        n, 0,
-        "steady-state media parse + encode allocated {n} times"
-    );
-    // The full path reuses its buffers and tape too once warmed up.
-    let mut full = || {
-        buf.copy_from_slice(frame);
-        assert!(parser.parse_full(&mut buf).is_ok());
-    };
-    full();
-    let n = allocations_in(|| (0..1000).for_each(|_| full()));
-    eprintln!("allocations per 1000 frames: fast path + encoders 0, simd-json path {n}");
-}
-
 fn benches(c: &mut Criterion) {
     let payload = payload_20ms();
     assert_eq!(payload.len(), 216);
     let frame = media_frame(&payload);
     assert_eq!(frame.len(), 373);
-    check_no_allocations(&frame, &payload);
 
     let mut group = c.benchmark_group("twilio_media_parse");
     group.throughput(Throughput::Bytes(frame.len() as u64));

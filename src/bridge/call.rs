@@ -594,12 +594,13 @@ impl Call {
         if self.ended.is_some() {
             return;
         }
-        let mut parser = std::mem::take(&mut self.twilio_parser);
-        match parser.parse(frame) {
+        // The event borrows the frame, not the parser, so the parser can be used in place.
+        // (Taking it out with `mem::take` would build a default parser per frame, and simd-json's
+        // default `Buffers` allocate.)
+        match self.twilio_parser.parse(frame) {
             Ok(ev) => self.on_twilio(now, ev),
             Err(e) => self.protocol_error(Leg::Twilio, e.kind(), format_args!("{e}")),
         }
-        self.twilio_parser = parser;
     }
 
     /// One text frame from OpenAI (parsed in place).
@@ -608,12 +609,11 @@ impl Call {
         if self.ended.is_some() {
             return;
         }
-        let mut parser = std::mem::take(&mut self.openai_parser);
-        match parser.parse(frame) {
+        // In place, as for Twilio: no per-frame parser (and scratch allocation) is built.
+        match self.openai_parser.parse(frame) {
             Ok(ev) => self.on_openai(now, ev),
             Err(e) => self.protocol_error(Leg::OpenAi, e.kind(), format_args!("{e}")),
         }
-        self.openai_parser = parser;
     }
 
     /// One parsed Twilio event.

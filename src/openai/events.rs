@@ -8,11 +8,24 @@
 //! a parse allocates nothing once the buffers have grown to the largest frame. Fields are then
 //! looked up by path (`response.status_details.reason`) and checked one by one, which gives a
 //! precise [`OpenAiParseError::BadField`] instead of a generic serde error.
+//!
+//! # Fast path for audio deltas
+//!
+//! Most server frames of a call are `response.output_audio.delta` (ten or more per second of
+//! assistant speech). [`ServerEventParser::parse`] first offers each frame to the allocation-free
+//! [`flat_json`] scanner: a flat object without escapes whose `type` is the delta type and whose
+//! `response_id`, `item_id` and `delta` are strings becomes [`ServerEvent::OutputAudioDelta`]
+//! directly. Every other frame, every malformed one included, goes to the tape path
+//! ([`ServerEventParser::parse_full`]), which is the reference: whenever the fast path answers,
+//! its answer equals the tape path's (a property test checks it on generated and mutated frames).
+
+use std::ops::Range;
 
 use simd_json::prelude::*;
 use simd_json::tape::Value as TapeValue;
 use simd_json::{Buffers, Tape};
 
+use crate::wire::flat_json::{self, FlatObject, FlatValue};
 use crate::wire::json_out::{write_str, write_u64};
 
 /// One server event the bridge cares about. Everything else is [`ServerEvent::Other`].
@@ -222,7 +235,25 @@ impl ServerEventParser {
     /// simd-json unescapes strings inside `frame`, so every `&str` of the event is the decoded
     /// text even when the wire form had `\uXXXX` or `\"` escapes. Unknown event types give
     /// [`ServerEvent::Other`]; unknown fields are ignored.
+    ///
+    /// Audio deltas of the usual shape take the allocation-free fast path (see the module docs);
+    /// the answer is the same as [`ServerEventParser::parse_full`]'s.
     pub fn parse<'a>(&mut self, frame: &'a mut [u8]) -> Result<ServerEvent<'a>, OpenAiParseError> {
+        // Two phases because of the borrow checker: the scan borrows the frame only briefly and
+        // returns byte ranges; only if it answers do we give up the mutable borrow and build
+        // `&'a str`s from those ranges. Otherwise the frame is still free for simd-json.
+        match FastDelta::scan(frame) {
+            Some(found) => found.build(frame),
+            None => self.parse_full(frame),
+        }
+    }
+
+    /// Parses one text frame with simd-json's tape only, without trying the fast path. Gives the
+    /// same result as [`ServerEventParser::parse`]; exists for tests and benchmarks.
+    pub fn parse_full<'a>(
+        &mut self,
+        frame: &'a mut [u8],
+    ) -> Result<ServerEvent<'a>, OpenAiParseError> {
         let mut tape: Tape<'a> = self
             .tape
             .take()
@@ -234,6 +265,69 @@ impl ServerEventParser {
         self.tape = Some(tape.reset());
         result
     }
+}
+
+/// The `type` of an audio delta.
+const AUDIO_DELTA: &str = "response.output_audio.delta";
+
+/// An audio delta recognised by the fast path, its strings as byte ranges of the frame (checked:
+/// valid UTF-8, no escapes).
+#[derive(Debug)]
+struct FastDelta {
+    /// `response_id`.
+    response_id: Range<usize>,
+    /// `item_id`.
+    item_id: Range<usize>,
+    /// `delta`.
+    delta: Range<usize>,
+}
+
+impl FastDelta {
+    /// Recognises a flat audio delta whose three fields are plain strings; `None` for anything
+    /// else (the tape path then decides, including every error).
+    fn scan(frame: &[u8]) -> Option<FastDelta> {
+        let mut obj = FlatObject::new();
+        if !flat_json::scan(frame, &mut obj) {
+            return None;
+        }
+        // The scanner guarantees each top-level key appears once, so `get` sees the only copy.
+        let text = |key: &str| match obj.get(None, key) {
+            Some(FlatValue::Str(s)) => Some(s),
+            _ => None,
+        };
+        if text("type")? != AUDIO_DELTA {
+            return None;
+        }
+        let span = |s: &str| byte_range(frame, s);
+        Some(FastDelta {
+            response_id: span(text("response_id")?),
+            item_id: span(text("item_id")?),
+            delta: span(text("delta")?),
+        })
+    }
+
+    /// Builds the event from the ranges found by [`FastDelta::scan`] on this same `frame`.
+    fn build(self, frame: &[u8]) -> Result<ServerEvent<'_>, OpenAiParseError> {
+        // The scan already validated these slices as UTF-8, so the error arm cannot be taken;
+        // should it ever be, "not json" is still the truthful answer.
+        let text = |range: Range<usize>| {
+            frame
+                .get(range)
+                .and_then(|bytes| std::str::from_utf8(bytes).ok())
+                .ok_or_else(|| OpenAiParseError::NotJson("invalid utf-8".to_owned()))
+        };
+        Ok(ServerEvent::OutputAudioDelta {
+            response_id: text(self.response_id)?,
+            item_id: text(self.item_id)?,
+            delta_b64: text(self.delta)?,
+        })
+    }
+}
+
+/// The position of `part` (a subslice of `frame`, as handed out by the scanner) within `frame`.
+fn byte_range(frame: &[u8], part: &str) -> Range<usize> {
+    let start = (part.as_ptr() as usize).wrapping_sub(frame.as_ptr() as usize);
+    start..start + part.len()
 }
 
 /// Builds the event from the parsed document; the strings it returns live as long as the frame
@@ -251,7 +345,7 @@ fn event_from_root<'a>(root: TapeValue<'_, 'a>) -> Result<ServerEvent<'a>, OpenA
     };
     let f = Fields { root, event_type };
     match event_type {
-        "response.output_audio.delta" => Ok(ServerEvent::OutputAudioDelta {
+        AUDIO_DELTA => Ok(ServerEvent::OutputAudioDelta {
             response_id: f.str("response_id")?,
             item_id: f.str("item_id")?,
             delta_b64: f.str("delta")?,
@@ -505,6 +599,9 @@ pub fn encode_response_cancel(out: &mut Vec<u8>, event_id: &str) {
 mod tests {
     use super::*;
     use crate::openai::schema::{beta_fields, SchemaValidator};
+    use base64::engine::general_purpose::STANDARD;
+    use base64::Engine as _;
+    use proptest::prelude::*;
 
     /// Parses `text` with a fresh parser; the frame is leaked so the event can be returned.
     fn parse(text: &str) -> Result<ServerEvent<'static>, OpenAiParseError> {
@@ -1210,5 +1307,355 @@ mod tests {
             "frame {} bytes: {per:?} per parse (incl. frame copy)",
             text.len()
         );
+    }
+
+    // ---- the fast path for audio deltas ----------------------------------------------------
+
+    /// Parses `text` with both paths; asserts they agree and says whether the fast path answered.
+    fn both_paths(text: &str) -> (Result<String, OpenAiParseError>, bool) {
+        let mut parser = ServerEventParser::new();
+        let (mut a, mut b) = (text.as_bytes().to_vec(), text.as_bytes().to_vec());
+        let fast = FastDelta::scan(&a).is_some();
+        let parsed = parser.parse(&mut a).map(|e| format!("{e:?}"));
+        let full = parser.parse_full(&mut b).map(|e| format!("{e:?}"));
+        assert_eq!(parsed, full, "paths disagree on {text}");
+        (parsed, fast)
+    }
+
+    #[test]
+    fn the_protocol_delta_example_takes_the_fast_path() {
+        assert!(FastDelta::scan(EX_DELTA.as_bytes()).is_some());
+        let (answer, fast) = both_paths(EX_DELTA);
+        assert!(fast);
+        assert!(answer.unwrap().contains("/////39/fn5+fn5+/////w=="));
+    }
+
+    #[test]
+    fn deltas_with_nested_unknown_objects_take_the_fast_path() {
+        let text = r#"{"type":"response.output_audio.delta","meta":{"a":1,"b":"x"},"response_id":"r","item_id":"i","delta":"AAAA"}"#;
+        assert_eq!(
+            both_paths(text),
+            (
+                Ok(format!(
+                    "{:?}",
+                    ServerEvent::OutputAudioDelta {
+                        response_id: "r",
+                        item_id: "i",
+                        delta_b64: "AAAA"
+                    }
+                )),
+                true
+            )
+        );
+    }
+
+    #[test]
+    fn escaped_ids_go_to_the_tape_path_and_are_unescaped() {
+        let text = r#"{"type":"response.output_audio.delta","response_id":"r\u00e9","item_id":"i\"1","delta":"AAAA"}"#;
+        assert!(FastDelta::scan(text.as_bytes()).is_none());
+        assert_eq!(
+            parse(text).unwrap(),
+            ServerEvent::OutputAudioDelta {
+                response_id: "ré",
+                item_id: "i\"1",
+                delta_b64: "AAAA",
+            }
+        );
+    }
+
+    #[test]
+    fn other_events_and_broken_deltas_are_left_to_the_tape_path() {
+        for text in [
+            EX_TRUNCATED,
+            r#"{"type":"response.output_audio.done","response_id":"r","item_id":"i","delta":"AAAA"}"#,
+            r#"{"type":"response.output_audio.delta","response_id":"r","item_id":"i"}"#,
+            r#"{"type":"response.output_audio.delta","response_id":"r","item_id":"i","delta":5}"#,
+            r#"{"type":"response.output_audio.delta","response_id":"r","item_id":"i","delta":null}"#,
+            r#"{"type":"response.output_audio.delta","response_id":"r","item_id":"i","delta":"A","delta":"B"}"#,
+            r#"{"type":"response.output_audio.delta","response_id":"r","item_id":"i","x":{"delta":"A"}}"#,
+            r#"{"type":"response.output_audio.delta","response_id":"r","item_id":"i","delta":"AAAA"} x"#,
+        ] {
+            assert!(FastDelta::scan(text.as_bytes()).is_none(), "{text}");
+            let _ = both_paths(text);
+        }
+    }
+
+    /// A JSON value whose member order and string escaping the test controls.
+    #[derive(Debug, Clone)]
+    enum J {
+        /// A string, written with escapes when the frame is rendered escaped.
+        Str(String),
+        /// Literal JSON text (numbers, `true`, `null`, …).
+        Raw(&'static str),
+        /// An integer.
+        Int(u64),
+        /// An array.
+        Arr(Vec<J>),
+        /// An object, members in this order.
+        Obj(Vec<(String, J)>),
+    }
+
+    /// Writes `s` as a JSON string; with `escape`, some characters are written as escapes that
+    /// decode to the same text.
+    fn render_str(out: &mut String, s: &str, escape: bool) {
+        out.push('"');
+        for (i, c) in s.chars().enumerate() {
+            match c {
+                '"' => out.push_str("\\\""),
+                '\\' => out.push_str("\\\\"),
+                '\n' => out.push_str("\\n"),
+                c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
+                '/' if escape => out.push_str("\\/"),
+                c if escape && i % 3 == 0 && (c as u32) < 0x10000 => {
+                    out.push_str(&format!("\\u{:04X}", c as u32))
+                }
+                c => out.push(c),
+            }
+        }
+        out.push('"');
+    }
+
+    fn render(out: &mut String, value: &J, escape: bool, space: bool) {
+        let sep = if space { ", " } else { "," };
+        match value {
+            J::Str(s) => render_str(out, s, escape),
+            J::Raw(r) => out.push_str(r),
+            J::Int(n) => out.push_str(&n.to_string()),
+            J::Arr(items) => {
+                out.push('[');
+                for (i, item) in items.iter().enumerate() {
+                    if i > 0 {
+                        out.push_str(sep);
+                    }
+                    render(out, item, escape, space);
+                }
+                out.push(']');
+            }
+            J::Obj(members) => {
+                out.push('{');
+                for (i, (k, v)) in members.iter().enumerate() {
+                    if i > 0 {
+                        out.push_str(sep);
+                    }
+                    render_str(out, k, escape);
+                    out.push_str(if space { ": " } else { ":" });
+                    render(out, v, escape, space);
+                }
+                out.push('}');
+            }
+        }
+    }
+
+    /// An id: usually plain, sometimes unicode, sometimes with characters JSON must escape.
+    fn id() -> impl Strategy<Value = J> {
+        prop_oneof![
+            6 => "[a-zA-Z0-9_]{0,24}".prop_map(J::Str),
+            2 => "[a-z_\u{3042}-\u{3093}\u{1F600}\u{7f}]{0,12}".prop_map(J::Str),
+            1 => "[a-z \"\\\\\n\u{1}/]{0,12}".prop_map(J::Str),
+        ]
+    }
+
+    /// A base64 delta of 0 to 200 ms, sometimes something else.
+    fn delta_value() -> impl Strategy<Value = J> {
+        prop_oneof![
+            8 => proptest::collection::vec(any::<u8>(), 0..1600).prop_map(|d| J::Str(STANDARD.encode(d))),
+            1 => "[A-Za-z0-9+/=]{0,12}".prop_map(J::Str),
+            1 => prop_oneof![Just(J::Int(5)), Just(J::Raw("null")), Just(J::Arr(vec![]))],
+        ]
+    }
+
+    /// A field that may be absent or of the wrong type.
+    fn maybe(value: impl Strategy<Value = J>) -> impl Strategy<Value = Option<J>> {
+        prop_oneof![
+            12 => value.prop_map(Some),
+            1 => Just(None),
+            1 => prop_oneof![Just(J::Int(7)), Just(J::Raw("null")), Just(J::Raw("true"))].prop_map(Some),
+        ]
+    }
+
+    /// Unknown members: names that never collide with the known ones; integers, strings,
+    /// `null`, floats, arrays and objects.
+    fn extras() -> impl Strategy<Value = Vec<(String, J)>> {
+        let leaf = prop_oneof![
+            4 => id(),
+            3 => any::<u64>().prop_map(J::Int),
+            1 => Just(J::Raw("null")),
+            1 => Just(J::Raw("-2.5e3")),
+        ];
+        let value = leaf.prop_recursive(2, 8, 3, |inner| {
+            prop_oneof![
+                3 => inner.clone(),
+                1 => proptest::collection::vec(inner.clone(), 0..3).prop_map(J::Arr),
+                1 => proptest::collection::btree_map("x[a-z]{0,2}", inner, 0..3)
+                    .prop_map(|m| J::Obj(m.into_iter().collect())),
+            ]
+        });
+        proptest::collection::btree_map("x[a-z]{0,3}", value, 0..4)
+            .prop_map(|m| m.into_iter().collect())
+    }
+
+    /// An audio delta as the server sends it (GA fields), with the given ids and delta, extras,
+    /// and members in random order.
+    fn delta_frame() -> impl Strategy<Value = J> {
+        let event_type = prop_oneof![
+            12 => Just(J::Str(AUDIO_DELTA.to_owned())),
+            1 => Just(J::Str("response.output_audio.done".to_owned())),
+            1 => Just(J::Str(format!("{AUDIO_DELTA}x"))),
+            1 => Just(J::Int(3)),
+        ];
+        (
+            maybe(event_type),
+            maybe(id()),
+            maybe(id()),
+            maybe(delta_value()),
+            proptest::option::weighted(0.8, id()),
+            extras(),
+        )
+            .prop_flat_map(|(ty, response_id, item_id, delta, event_id, extra)| {
+                let mut members: Vec<(String, J)> = [
+                    ("type", ty),
+                    ("response_id", response_id),
+                    ("item_id", item_id),
+                    ("delta", delta),
+                    ("event_id", event_id),
+                    ("output_index", Some(J::Int(0))),
+                    ("content_index", Some(J::Int(0))),
+                ]
+                .into_iter()
+                .filter_map(|(k, v)| v.map(|v| (k.to_owned(), v)))
+                .collect();
+                members.extend(extra);
+                Just(members).prop_shuffle().prop_map(J::Obj)
+            })
+    }
+
+    /// A byte-level change to a frame.
+    #[derive(Debug, Clone)]
+    enum Mutation {
+        Flip(prop::sample::Index, u8),
+        Truncate(prop::sample::Index),
+        Insert(prop::sample::Index, u8),
+    }
+
+    fn mutation() -> impl Strategy<Value = Mutation> {
+        let structural = proptest::sample::select(b"{}[]\":,\\ 0-.e\x7f\xff\x01".to_vec());
+        let byte = prop_oneof![structural, any::<u8>()];
+        prop_oneof![
+            (any::<prop::sample::Index>(), byte.clone()).prop_map(|(i, b)| Mutation::Flip(i, b)),
+            any::<prop::sample::Index>().prop_map(Mutation::Truncate),
+            (any::<prop::sample::Index>(), byte).prop_map(|(i, b)| Mutation::Insert(i, b)),
+        ]
+    }
+
+    fn mutate(frame: &mut Vec<u8>, m: &Mutation) {
+        match m {
+            Mutation::Flip(i, b) if !frame.is_empty() => {
+                let i = i.index(frame.len());
+                frame[i] = *b;
+            }
+            Mutation::Truncate(i) => frame.truncate(i.index(frame.len() + 1)),
+            Mutation::Insert(i, b) => frame.insert(i.index(frame.len() + 1), *b),
+            Mutation::Flip(..) => {}
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(4000))]
+
+        #[test]
+        fn fast_path_answers_equal_tape_path_answers(
+            frame in delta_frame(),
+            escape in proptest::bool::weighted(0.2),
+            space in any::<bool>(),
+            mutations in prop_oneof![Just(Vec::new()), proptest::collection::vec(mutation(), 1..3)],
+        ) {
+            let mut text = String::new();
+            render(&mut text, &frame, escape, space);
+            let mut bytes = text.into_bytes();
+            for m in &mutations {
+                mutate(&mut bytes, m);
+            }
+            let mut parser = ServerEventParser::new();
+            let (mut a, mut b) = (bytes.clone(), bytes.clone());
+            let fast_answered = FastDelta::scan(&bytes).is_some();
+            let parsed = parser.parse(&mut a);
+            let full = parser.parse_full(&mut b);
+            prop_assert_eq!(&parsed, &full, "fast path answered: {}", fast_answered);
+            if mutations.is_empty() {
+                // Unmutated frames are JSON: compare with an independent reading.
+                let value: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+                check_against_serde(&full, &value)?;
+            }
+        }
+
+        #[test]
+        fn plain_deltas_take_the_fast_path(
+            response_id in "[a-zA-Z0-9_]{0,24}",
+            item_id in "[a-zA-Z0-9_\u{3042}-\u{3093}]{0,12}",
+            audio in proptest::collection::vec(any::<u8>(), 0..1600),
+            extra in extras(),
+            space in any::<bool>(),
+        ) {
+            let delta = STANDARD.encode(audio);
+            let mut members = vec![
+                ("type".to_owned(), J::Str(AUDIO_DELTA.to_owned())),
+                ("response_id".to_owned(), J::Str(response_id.clone())),
+                ("item_id".to_owned(), J::Str(item_id.clone())),
+                ("delta".to_owned(), J::Str(delta.clone())),
+            ];
+            // Only extras the scanner accepts: strings without escapes and integers.
+            members.extend(extra.into_iter().filter(|(_, v)| match v {
+                J::Str(s) => !s.contains(['"', '\\']) && !s.chars().any(|c| c < ' '),
+                J::Int(_) => true,
+                _ => false,
+            }));
+            let mut text = String::new();
+            render(&mut text, &J::Obj(members), false, space);
+            prop_assert!(FastDelta::scan(text.as_bytes()).is_some(), "{}", text);
+            let mut frame = text.into_bytes();
+            prop_assert_eq!(
+                ServerEventParser::new().parse(&mut frame),
+                Ok(ServerEvent::OutputAudioDelta {
+                    response_id: &response_id,
+                    item_id: &item_id,
+                    delta_b64: &delta,
+                })
+            );
+        }
+    }
+
+    /// Checks a parsed delta frame against serde_json's reading of it.
+    fn check_against_serde(
+        parsed: &Result<ServerEvent<'_>, OpenAiParseError>,
+        v: &serde_json::Value,
+    ) -> Result<(), TestCaseError> {
+        let is_delta = v["type"] == AUDIO_DELTA;
+        match parsed {
+            Ok(ServerEvent::OutputAudioDelta {
+                response_id,
+                item_id,
+                delta_b64,
+            }) => {
+                prop_assert!(is_delta);
+                prop_assert_eq!(Some(*response_id), v["response_id"].as_str());
+                prop_assert_eq!(Some(*item_id), v["item_id"].as_str());
+                prop_assert_eq!(Some(*delta_b64), v["delta"].as_str());
+            }
+            Ok(ServerEvent::OutputAudioDone { .. }) => {
+                prop_assert_eq!(v["type"].as_str(), Some("response.output_audio.done"))
+            }
+            Ok(ServerEvent::Other { event_type }) => {
+                prop_assert_eq!(Some(*event_type), v["type"].as_str())
+            }
+            Err(OpenAiParseError::BadField { field, .. }) => {
+                let field_ok = match *field {
+                    "type" => !v["type"].is_string(),
+                    f => !v[f].is_string(),
+                };
+                prop_assert!(field_ok, "{} is a string in {}", field, v);
+            }
+            other => prop_assert!(false, "unexpected answer {:?} for {}", other, v),
+        }
+        Ok(())
     }
 }
