@@ -21,6 +21,7 @@ use crate::front::http::{self, Limits, Parsed};
 use crate::front::routes::{App, Response, Routed, UpgradeGrant};
 use crate::front::ws::{self, Decoder, Encoder, Message, Role};
 use crate::openai::client::{Conn, Connector};
+use crate::store::sink::CallRecorder;
 
 /// Largest Twilio message: a `start` with parameters is under 2 KiB and media frames are ~400
 /// bytes; 64 KiB leaves room for unusually large frames and refuses abuse (close 1009).
@@ -383,6 +384,9 @@ async fn run_call(
     call_cfg.session_timeout = cfg.openai_session_timeout;
     call_cfg.twilio_idle_timeout = cfg.twilio_idle_timeout;
     call_cfg.log_event_types = Arc::clone(&cfg.log_event_types);
+    // The store records the call and hands it its agent at `start`.
+    let mut recorder = CallRecorder::new(app.store(), &grant.call_sid);
+    call_cfg.wait_for_agent = recorder.resolves_agent();
     let mut call = Call::new(call_cfg, started);
     tracing::info!(call_sid = %grant.call_sid, "media stream accepted");
 
@@ -415,7 +419,12 @@ async fn run_call(
     loop {
         pump_transmits(&mut call, &mut scratch, &mut tw, oa.as_mut());
         while let Some(ev) = call.poll_event() {
+            recorder.on_event(&mut call, &ev);
             on_call_event(&app, &grant, ev);
+        }
+        if call.has_pending_transmit() {
+            // The agent handed over at `start` releases session.update.
+            pump_transmits(&mut call, &mut scratch, &mut tw, oa.as_mut());
         }
         if call.is_ended() {
             break;
@@ -549,6 +558,7 @@ async fn run_call(
     // The call is over: say goodbye on both legs and flush, bounded in time.
     pump_transmits(&mut call, &mut scratch, &mut tw, oa.as_mut());
     while let Some(ev) = call.poll_event() {
+        recorder.on_event(&mut call, &ev);
         on_call_event(&app, &grant, ev);
     }
     if let Some(o) = oa.as_mut() {
