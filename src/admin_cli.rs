@@ -22,13 +22,13 @@ use crate::store::{Store, StoreError, StoreOptions};
 #[derive(clap::Args, Debug, Clone)]
 pub struct Target {
     /// Store directory, opened directly when no --server is given.
-    #[arg(long, env = "DATA_DIR", default_value = "./data")]
+    #[arg(long, global = true, env = "DATA_DIR", default_value = "./data")]
     pub data_dir: PathBuf,
     /// A running callbridge (`http://HOST:PORT`): use its admin API instead of the store files.
-    #[arg(long, env = "CALLBRIDGE_SERVER")]
+    #[arg(long, global = true, env = "CALLBRIDGE_SERVER")]
     pub server: Option<String>,
     /// Admin API token (with --server).
-    #[arg(long, env = "ADMIN_TOKEN", hide_env_values = true)]
+    #[arg(long, global = true, env = "ADMIN_TOKEN", hide_env_values = true)]
     pub admin_token: Option<String>,
 }
 
