@@ -558,7 +558,8 @@ mod tests {
 
     #[test]
     fn bad_agents_are_refused_with_the_field_named() {
-        let cases: Vec<(Box<dyn Fn(&mut Agent)>, &str)> = vec![
+        type Tweak = Box<dyn Fn(&mut Agent)>;
+        let cases: Vec<(Tweak, &str)> = vec![
             (
                 Box::new(|a| a.voice = "robot".into()),
                 "unknown voice \"robot\"",

@@ -113,13 +113,12 @@ impl CallRecorder {
                 });
                 call.set_agent(agent);
             }
-            CallEvent::SessionReady { session_id, .. } => {
-                if let Some(id) = session_id {
-                    self.record(RecordChange::Session {
-                        session_id: id.clone(),
-                    });
-                }
-            }
+            CallEvent::SessionReady {
+                session_id: Some(id),
+                ..
+            } => self.record(RecordChange::Session {
+                session_id: id.clone(),
+            }),
             CallEvent::CallerTranscript { item_id, text } => {
                 self.append(ItemKind::CallerTranscript {
                     item_id: item_id.clone(),
