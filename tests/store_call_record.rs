@@ -296,3 +296,48 @@ async fn realtime_off_and_ai_failures_are_recorded_as_fallback() {
         "{rec}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_instance_serving_the_stream_records_a_call_whose_webhook_went_elsewhere() {
+    let mock = mock(|_| {}).await;
+    let url = mock.url();
+    let env = [
+        ("OPENAI_REALTIME_URL", url.as_str()),
+        ("OPENAI_REALTIME_API_KEY", "sk-test"),
+        ("STREAM_SECRET", "shared-secret-of-the-instances"),
+        ("ADMIN_TOKEN", ADMIN_TOKEN),
+    ];
+    let a = Proxy::spawn(&env);
+    let b = Proxy::spawn(&env);
+    // Twilio calls instance A's webhook ...
+    let resp = common::webhook(a.addr, 61).await;
+    assert_eq!(resp.status, 200);
+    let twiml = callbridge::sim::twiml::Twiml::parse(std::str::from_utf8(&resp.body).unwrap())
+        .expect("twiml");
+    let stream = twiml.stream().expect("a stream").clone();
+    let (_, path) = callbridge::sim::twiml::split_wss_url(&stream.url).unwrap();
+    // ... and the load balancer sends the stream to instance B.
+    let mut raw = common::RawStream::connect(b.addr, path, &[])
+        .await
+        .expect("B accepts a stream A minted");
+    raw.params = stream.parameters.clone();
+    raw.call_sid = sid("CA", 61);
+    raw.stream_sid = sid("MZ", 61);
+    raw.start().await;
+    let rec = wait_for_call(b.addr, &sid("CA", 61), Duration::from_secs(5), |v| {
+        v["status"] == "in-progress"
+    })
+    .await;
+    assert_eq!(rec["from"], "+819012345678");
+    assert_eq!(rec["to"], "+81501234567");
+    assert_eq!(rec["agentId"], "default");
+    assert_eq!(rec["streamSid"], sid("MZ", 61));
+    raw.stop().await;
+    wait_for_call(b.addr, &sid("CA", 61), Duration::from_secs(5), |v| {
+        v["status"] == "completed"
+    })
+    .await;
+    // A keeps its own record of the webhook: ringing (records are per instance).
+    let rec = wait_for_call(a.addr, &sid("CA", 61), Duration::from_secs(5), |_| true).await;
+    assert_eq!(rec["status"], "ringing");
+}
