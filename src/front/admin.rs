@@ -14,6 +14,10 @@
 //!
 //! Errors are `{"error": "…"}` with 400 (bad JSON, bad field, bad filter or cursor), 401, 404
 //! (unknown id), 405, 409, 422.
+//!
+//! Agent and number writes are flushed to disk before the answer (they are rare, and a caller
+//! who got 200 must find them after a crash); that fsync, a few ms, runs on the connection's
+//! worker thread. Call-path writes never do this: they go through the store's queue.
 
 use serde_json::json;
 
