@@ -265,13 +265,14 @@ async fn realtime_off_and_ai_failures_are_recorded_as_fallback() {
         "{rec}"
     );
 
-    // The AI leg fails (nothing listens at the OpenAI URL): the record says fallback.
-    let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let url = format!("ws://{}/v1/realtime", dead.local_addr().unwrap());
-    drop(dead);
+    // The AI leg fails (the OpenAI URL accepts TCP but never answers the handshake): the
+    // record says fallback.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("ws://{}/v1/realtime", silent.local_addr().unwrap());
     let proxy = Proxy::spawn(&[
         ("OPENAI_REALTIME_URL", url.as_str()),
         ("OPENAI_REALTIME_API_KEY", "sk-test"),
+        ("OPENAI_CONNECT_TIMEOUT_SECS", "1"),
         ("TWILIO_AUTH_TOKEN", AUTH_TOKEN),
         ("ADMIN_TOKEN", ADMIN_TOKEN),
     ]);
@@ -295,6 +296,7 @@ async fn realtime_off_and_ai_failures_are_recorded_as_fallback() {
             .any(|i| i["type"] == "error" && i["source"] == "callbridge"),
         "{rec}"
     );
+    drop(silent);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
