@@ -98,6 +98,16 @@ async fn the_cli_works_on_the_store_directly_and_through_a_running_server() {
         err.contains("locked by a running callbridge") && err.contains("--server"),
         "{err}"
     );
+    // A second server on the same store refuses to start, saying why.
+    let err = fails(&cli(
+        &dir,
+        &["serve"],
+        &[("LISTEN", "127.0.0.1:0"), ("USE_OPENAI_REALTIME", "false")],
+    ));
+    assert!(
+        err.contains("is locked by another process") && err.contains("DATA_DIR="),
+        "{err}"
+    );
     let server = format!("http://{}", proxy.addr);
     let err = fails(&cli(&dir, &["agents", "list", "--server", &server], &[]));
     assert!(err.contains("ADMIN_TOKEN"), "{err}");

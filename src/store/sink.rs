@@ -210,3 +210,71 @@ pub fn end_status(reason: &EndReason) -> CallStatus {
         _ => CallStatus::Failed,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::bridge::{CallConfig, Leg};
+    use crate::store::tests::TempDir;
+    use crate::store::StoreOptions;
+    use std::time::{Duration, Instant};
+
+    #[test]
+    fn end_reasons_map_to_final_statuses() {
+        assert_eq!(end_status(&EndReason::TwilioStop), CallStatus::Completed);
+        assert_eq!(
+            end_status(&EndReason::OpenAiConnectFailed("x".into())),
+            CallStatus::Fallback
+        );
+        assert_eq!(end_status(&EndReason::TwilioClosed), CallStatus::Failed);
+        assert_eq!(end_status(&EndReason::StartTimeout), CallStatus::Failed);
+    }
+
+    #[test]
+    fn protocol_errors_are_stored_up_to_the_cap_and_the_start_hands_over_the_agent() {
+        let dir = TempDir::new("sink");
+        let store = Store::open(&dir.0, StoreOptions::default()).unwrap();
+        let mut rec = CallRecorder::new(Some(&store), "CA1");
+        let mut cfg = CallConfig::new("m", Arc::new(Default::default()), "CA1");
+        cfg.wait_for_agent = true;
+        let mut call = Call::new(cfg, Instant::now());
+        rec.on_event(
+            &mut call,
+            &CallEvent::StreamStarted {
+                stream_sid: "MZ1".into(),
+                call_sid: "CA1".into(),
+                parameters: vec![("agentId".into(), "nobody".into())],
+            },
+        );
+        assert_eq!(call.agent().id, "default", "unknown agent: the default one");
+        for _ in 0..20 {
+            rec.on_event(
+                &mut call,
+                &CallEvent::ProtocolError {
+                    leg: Leg::Twilio,
+                    kind: "bad_base64",
+                },
+            );
+        }
+        rec.on_event(
+            &mut call,
+            &CallEvent::Ended {
+                reason: EndReason::TwilioClosed,
+            },
+        );
+        store.flush(Duration::from_secs(10)).unwrap();
+        let r = store.get_call("CA1").unwrap();
+        assert_eq!(r.status, CallStatus::Failed);
+        assert_eq!(r.agent_id.as_deref(), Some("default"));
+        let items = store.call_items("CA1").unwrap();
+        let protocol = items
+            .iter()
+            .filter(|i| matches!(&i.kind, ItemKind::Error { source, .. } if source == "twilio"))
+            .count();
+        assert_eq!(protocol, MAX_PROTOCOL_ERROR_ITEMS as usize);
+        assert!(matches!(
+            &items.last().unwrap().kind,
+            ItemKind::Error { source, .. } if source == "callbridge"
+        ));
+    }
+}
