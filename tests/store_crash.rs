@@ -127,13 +127,15 @@ async fn kill_9_during_twenty_calls_loses_nothing_older_than_the_flush_interval(
 
     // Restart on the same store.
     let proxy = Proxy::with_mock(&mock, &env);
-    assert!(
-        proxy
-            .log()
-            .contains("marked calls left in progress by a previous process as failed"),
-        "{}",
-        proxy.log()
-    );
+    // (stderr is read by another thread: give the line a moment to arrive.)
+    let marked = "marked calls left in progress by a previous process as failed";
+    for _ in 0..100 {
+        if proxy.log().contains(marked) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(proxy.log().contains(marked), "{}", proxy.log());
     // Every record parses (the listing reads them all) ...
     let (status, page) = admin(proxy.addr, "GET", "/api/admin/calls?limit=1000", "").await;
     assert_eq!(status, 200, "{page}");
@@ -170,6 +172,7 @@ async fn kill_9_during_twenty_calls_loses_nothing_older_than_the_flush_interval(
             (0..items.len() as u64).collect::<Vec<_>>(),
             "{call_sid}"
         );
+        assert_eq!(rec["items"], items.len() as u64, "{call_sid}: item count");
         stored.insert(
             call_sid,
             items

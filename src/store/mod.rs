@@ -350,8 +350,8 @@ impl Store {
         }
     }
 
-    /// At server start: records left `ringing`/`in-progress` with a stream by a previous process
-    /// that died are marked `failed`, and index entries a crash lost are restored.
+    /// At server start: records left `in-progress` by a previous process that died are marked
+    /// `failed` (with their item count recounted), and index entries a crash lost are restored.
     pub fn recover(&self) -> Result<usize, StoreError> {
         let t = &self.inner.trees;
         let mut fixed = 0;
@@ -365,6 +365,10 @@ impl Store {
                 t.by_time.insert(tk, &[][..])?;
             }
             if r.status == CallStatus::InProgress {
+                // The item count is written once per flush interval: recount what is there.
+                let mut prefix = r.call_sid.as_bytes().to_vec();
+                prefix.push(0);
+                r.items = t.items.scan_prefix(&prefix).keys().count() as u32;
                 r.status = CallStatus::Failed;
                 r.end_reason =
                     Some("callbridge stopped before the call ended (crash or kill)".into());
