@@ -191,7 +191,8 @@ pub fn install() -> Result<&'static Metrics, &'static MetricsError> {
     INSTALLED.get_or_init(build).as_ref()
 }
 
-fn build() -> Result<Metrics, MetricsError> {
+/// The exporter's configuration: bucketed histograms for every histogram callbridge records.
+fn builder() -> Result<PrometheusBuilder, BuildError> {
     let mut builder = PrometheusBuilder::new();
     for name in LATENCY_HISTOGRAMS {
         builder = builder.set_buckets_for_metric(Matcher::Full((*name).into()), LATENCY_BUCKETS)?;
@@ -199,7 +200,11 @@ fn build() -> Result<Metrics, MetricsError> {
     for name in [TRUNCATION_AUDIO_END, TRUNCATION_CLAMPED] {
         builder = builder.set_buckets_for_metric(Matcher::Full(name.into()), TRUNCATION_BUCKETS)?;
     }
-    let handle = builder.install_recorder()?;
+    Ok(builder)
+}
+
+fn build() -> Result<Metrics, MetricsError> {
+    let handle = builder()?.install_recorder()?;
     describe_all();
     let handles = Handles::register();
     let upkeep = handle.clone();
@@ -652,7 +657,11 @@ pub struct CallMeter {
 impl CallMeter {
     /// A meter for a call accepted at `now`; counts the call as active.
     pub fn new(now: Instant) -> Self {
-        let h = handles();
+        Self::with_handles(handles(), now)
+    }
+
+    /// A meter recording through `h` (tests use handles of a local recorder).
+    pub fn with_handles(h: &'static Handles, now: Instant) -> Self {
         h.active_calls.increment(1.0);
         CallMeter {
             h,
@@ -903,23 +912,29 @@ pub fn call_fallback(reason: &str) {
 
 /// Counts an OpenAI `error` event by code, with the label set bounded ([`MAX_ERROR_CODES`]).
 pub fn openai_error(code: Option<&str>) {
-    static SEEN: Mutex<Vec<String>> = Mutex::new(Vec::new());
-    let label = match code {
-        None | Some("") => "none".to_owned(),
-        Some(c) if !is_label_safe(c) => "other".to_owned(),
-        Some(c) => {
-            let mut seen = SEEN.lock().unwrap_or_else(|e| e.into_inner());
-            if seen.iter().any(|s| s == c) {
-                c.to_owned()
-            } else if seen.len() < MAX_ERROR_CODES {
-                seen.push(c.to_owned());
-                c.to_owned()
-            } else {
-                "other".to_owned()
-            }
-        }
-    };
+    static SEEN: Mutex<ErrorCodes> = Mutex::new(ErrorCodes(Vec::new()));
+    let label = SEEN.lock().unwrap_or_else(|e| e.into_inner()).label(code);
     counter!(OPENAI_ERRORS, "code" => label).increment(1);
+}
+
+/// The error codes given their own label so far (at most [`MAX_ERROR_CODES`]).
+struct ErrorCodes(Vec<String>);
+
+impl ErrorCodes {
+    /// The label of `code`: itself if it looks like a code and is among the first
+    /// [`MAX_ERROR_CODES`] distinct ones, `none` when absent, `other` otherwise.
+    fn label(&mut self, code: Option<&str>) -> String {
+        match code {
+            None | Some("") => "none".to_owned(),
+            Some(c) if !is_label_safe(c) => "other".to_owned(),
+            Some(c) if self.0.iter().any(|s| s == c) => c.to_owned(),
+            Some(c) if self.0.len() < MAX_ERROR_CODES => {
+                self.0.push(c.to_owned());
+                c.to_owned()
+            }
+            Some(_) => "other".to_owned(),
+        }
+    }
 }
 
 /// Error codes are identifiers (`invalid_value`, `rate_limit_exceeded`): anything else from the
@@ -1113,6 +1128,147 @@ mod tests {
         assert!(!is_label_safe("Invalid Value"));
         assert!(!is_label_safe("a\"}b"));
         assert!(!is_label_safe(&"x".repeat(65)));
+    }
+
+    #[test]
+    fn error_code_labels_are_bounded() {
+        let mut codes = ErrorCodes(Vec::new());
+        assert_eq!(codes.label(None), "none");
+        assert_eq!(codes.label(Some("Not A Code")), "other");
+        for i in 0..MAX_ERROR_CODES {
+            assert_eq!(codes.label(Some(&format!("code_{i}"))), format!("code_{i}"));
+        }
+        assert_eq!(codes.label(Some("one_too_many")), "other");
+        assert_eq!(
+            codes.label(Some("code_3")),
+            "code_3",
+            "known codes keep theirs"
+        );
+    }
+
+    /// Handles of a recorder of this test alone, and its renderer.
+    fn local_recorder() -> (PrometheusHandle, &'static Handles) {
+        let recorder = builder().unwrap().build_recorder();
+        let handle = recorder.handle();
+        let h = metrics::with_local_recorder(&recorder, Handles::register);
+        (handle, Box::leak(Box::new(h)))
+    }
+
+    /// The value of the series `series` (name and labels as rendered) in `text`.
+    fn value(text: &str, series: &str) -> f64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+            .unwrap_or_else(|| panic!("no {series} in\n{text}"))
+            .parse()
+            .unwrap()
+    }
+
+    #[test]
+    fn the_meter_times_frames_from_their_read_to_the_write_that_passes_them() {
+        let (render, h) = local_recorder();
+        let t0 = Instant::now();
+        let ms = |n: u64| t0 + Duration::from_micros(n);
+        let mut meter = CallMeter::with_handles(h, t0);
+        let mut stats = CallStats::default();
+        assert_eq!(value(&render.render(), ACTIVE_CALLS), 1.0);
+
+        // Uplink: one frame read at 1000 µs, its append (420 bytes) written in two parts.
+        meter.on_read(Leg::Twilio, 400, ms(1_000));
+        stats.audio_frames_up = 1;
+        meter.on_queued(&stats, 0, 420);
+        meter.on_written(Leg::OpenAi, 200, ms(1_020));
+        meter.on_written(Leg::OpenAi, 220, ms(1_040));
+        // Downlink: a delta split into two media frames, written at once 300 µs later.
+        meter.on_read(Leg::OpenAi, 1_000, ms(2_000));
+        stats.audio_frames_down = 2;
+        meter.on_queued(&stats, 1_500, 0);
+        meter.on_written(Leg::Twilio, 1_500, ms(2_300));
+        // Barge-in: speech_started read at 3000 µs, the clear (60 bytes) written 100 µs later.
+        meter.on_read(Leg::OpenAi, 100, ms(3_000));
+        meter.on_queued(&stats, 60, 0);
+        meter.on_event(&CallEvent::Interrupted {
+            item_id: "item_1".into(),
+            audio_end_ms: 1_200,
+            sent_ms: 1_500,
+            clamped_ms: 0,
+        });
+        meter.on_written(Leg::Twilio, 30, ms(3_050));
+        meter.on_written(Leg::Twilio, 30, ms(3_100));
+        // Buffered caller audio released without a Twilio read: counted, not timed.
+        stats.audio_frames_up = 6;
+        meter.on_queued(&stats, 0, 2_000);
+        meter.on_written(Leg::OpenAi, 2_000, ms(3_500));
+        // The call ends (the event may be seen twice; it counts once).
+        let end = CallEvent::Ended {
+            reason: crate::bridge::EndReason::TwilioStop,
+        };
+        meter.on_event(&end);
+        meter.on_event(&end);
+
+        let text = render.render();
+        let up = UPLINK_LATENCY;
+        assert_eq!(value(&text, &format!("{up}_count")), 1.0);
+        assert_eq!(value(&text, &format!("{up}_bucket{{le=\"0.00005\"}}")), 1.0);
+        let sum = value(&text, &format!("{up}_sum"));
+        assert!((sum - 0.000_04).abs() < 1e-9, "{sum}");
+        let down = DOWNLINK_LATENCY;
+        assert_eq!(value(&text, &format!("{down}_count")), 2.0);
+        assert_eq!(
+            value(&text, &format!("{down}_bucket{{le=\"0.00025\"}}")),
+            0.0
+        );
+        assert_eq!(
+            value(&text, &format!("{down}_bucket{{le=\"0.0005\"}}")),
+            2.0
+        );
+        let b = BARGE_IN_LATENCY;
+        assert_eq!(value(&text, &format!("{b}_count")), 1.0);
+        assert_eq!(value(&text, &format!("{b}_bucket{{le=\"0.00005\"}}")), 0.0);
+        assert_eq!(value(&text, &format!("{b}_bucket{{le=\"0.0001\"}}")), 1.0);
+        let audio_end = value(&text, &format!("{TRUNCATION_AUDIO_END}_sum"));
+        assert!((audio_end - 1.2).abs() < 1e-9);
+        assert_eq!(
+            value(&text, &format!("{CALLS}{{outcome=\"twilio_stop\"}}")),
+            1.0
+        );
+        // Counts reach the shared counters at the flush: not yet.
+        assert_eq!(value(&text, &format!("{FRAMES}{{direction=\"up\"}}")), 0.0);
+
+        meter.tick(ms(999_000), 4);
+        meter.tick(ms(1_001_000), 4);
+        let text = render.render();
+        assert_eq!(value(&text, &format!("{FRAMES}{{direction=\"up\"}}")), 6.0);
+        assert_eq!(
+            value(&text, &format!("{FRAMES}{{direction=\"down\"}}")),
+            2.0
+        );
+        assert_eq!(
+            value(
+                &text,
+                &format!("{BYTES}{{leg=\"twilio\",direction=\"rx\"}}")
+            ),
+            400.0
+        );
+        assert_eq!(
+            value(
+                &text,
+                &format!("{BYTES}{{leg=\"openai\",direction=\"tx\"}}")
+            ),
+            2_420.0
+        );
+        assert_eq!(value(&text, MARKS_OUTSTANDING), 4.0);
+
+        drop(meter);
+        let text = render.render();
+        assert_eq!(value(&text, ACTIVE_CALLS), 0.0);
+        assert_eq!(value(&text, MARKS_OUTSTANDING), 0.0);
+        assert_eq!(
+            value(
+                &text,
+                &format!("{BYTES}{{leg=\"twilio\",direction=\"tx\"}}")
+            ),
+            1_560.0
+        );
     }
 
     #[test]
