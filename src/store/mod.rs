@@ -280,7 +280,7 @@ impl Store {
                 dir: dir.to_owned(),
                 tx,
                 writer: Mutex::new(None),
-                queue_full: metrics::counter!("callbridge_store_queue_full_total"),
+                queue_full: metrics::counter!(crate::metrics::STORE_QUEUE_FULL),
                 agents: RwLock::new(HashMap::new()),
                 numbers: RwLock::new(HashMap::new()),
                 config_agent: opts.config_agent,

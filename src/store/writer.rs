@@ -148,9 +148,9 @@ pub(crate) struct WriterMetrics {
 impl WriterMetrics {
     pub(crate) fn new() -> Self {
         WriterMetrics {
-            depth: metrics::gauge!("callbridge_store_queue_depth"),
-            written: metrics::counter!("callbridge_store_items_written_total"),
-            write_seconds: metrics::histogram!("callbridge_store_write_seconds"),
+            depth: metrics::gauge!(crate::metrics::STORE_QUEUE_DEPTH),
+            written: metrics::counter!(crate::metrics::STORE_ITEMS_WRITTEN),
+            write_seconds: metrics::histogram!(crate::metrics::STORE_WRITE),
         }
     }
 }
