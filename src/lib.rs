@@ -20,6 +20,7 @@
 //! - [`openai`]: Realtime GA events, `session.update`, the client connection, the mock server.
 //! - [`bridge`]: the per-call state machine and its playout ledger (barge-in accounting).
 //! - [`runtime`]: the IO driver (tokio, epoll).
+//! - [`limits`]: process limits raised at start (open files).
 //! - [`sim`]: a simulated Twilio caller, used by the demo, the tests and the load test.
 #![warn(missing_docs, unreachable_pub)]
 
@@ -27,6 +28,7 @@ pub mod bridge;
 pub mod config;
 pub mod demo;
 pub mod front;
+pub mod limits;
 pub mod openai;
 pub mod runtime;
 pub mod sim;

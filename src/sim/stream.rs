@@ -23,6 +23,7 @@ use base64::Engine;
 use serde_json::Value;
 
 use super::playout::{mark_item_id, ChunkId, ItemPlayout, Playout, BYTES_PER_MS};
+use super::probe::StreamProbe;
 use super::script::{tag_frame, Script, FRAME_BYTES, FRAME_MS};
 
 /// Characters of an offending message kept in a [`Violation`], enough to see what it was.
@@ -249,6 +250,10 @@ pub struct StreamSession {
     dtmf_sent: u32,
     /// Protocol violations.
     violations: Vec<Violation>,
+    /// Optional observer ([`StreamSession::set_probe`]).
+    probe: Option<std::sync::Arc<dyn StreamProbe>>,
+    /// Whether each received payload is kept for the report ([`StreamSession::set_keep_payloads`]).
+    keep_payloads: bool,
 }
 
 impl StreamSession {
@@ -268,7 +273,21 @@ impl StreamSession {
             echoed: Vec::new(),
             dtmf_sent: 0,
             violations: Vec::new(),
+            probe: None,
+            keep_payloads: true,
         }
+    }
+
+    /// Installs an observer of frames sent and media/clears received.
+    pub fn set_probe(&mut self, probe: Option<std::sync::Arc<dyn StreamProbe>>) {
+        self.probe = probe;
+    }
+
+    /// Whether to keep every received payload in the report (default: yes). The load test says
+    /// no: long calls would otherwise hold every byte of assistant audio in memory
+    /// ([`ReceivedMedia::payload_b64`] is then empty).
+    pub fn set_keep_payloads(&mut self, keep: bool) {
+        self.keep_payloads = keep;
     }
 
     /// Appends `connected` and `start` (protocol.md 4.1), the first two messages.
@@ -335,6 +354,9 @@ impl StreamSession {
         self.cfg.script.fill_frame(n, &mut frame);
         if let Some(call_no) = self.cfg.frame_tag {
             tag_frame(call_no, n, &mut frame);
+        }
+        if let Some(probe) = &self.probe {
+            probe.frame_sent(now, n);
         }
         let seq = self.next_seq();
         out.push(format!(
@@ -482,10 +504,17 @@ impl StreamSession {
         if self.stop_sent {
             return;
         }
+        if let Some(probe) = &self.probe {
+            probe.media_received(now, &bytes);
+        }
         let chunk = self.playout.push_media(now, bytes.len());
         self.media.push(MediaIn {
             at: now,
-            payload_b64: payload.to_owned(),
+            payload_b64: if self.keep_payloads {
+                payload.to_owned()
+            } else {
+                String::new()
+            },
             bytes: bytes.len(),
             chunk,
         });
@@ -526,6 +555,9 @@ impl StreamSession {
     fn on_clear(&mut self, now: Instant, out: &mut Vec<String>) {
         if self.stop_sent {
             return;
+        }
+        if let Some(probe) = &self.probe {
+            probe.clear_received(now);
         }
         self.echo_due(now, out);
         let was_playing = self.playout.is_playing();

@@ -47,6 +47,7 @@ mod rejection;
 mod response;
 pub mod server;
 mod session_config;
+pub mod tap;
 #[cfg(test)]
 mod tests;
 
@@ -135,6 +136,12 @@ pub struct MockConfig {
     pub max_session_ms: Option<u64>,
     /// The validation hook every client event passes first.
     pub validate_client: ClientValidator,
+    /// Keep per-frame records in [`MockStats`] (every append and delta string, every client
+    /// event type). On by default for tests; the load test turns it off, since these grow by
+    /// ~11 KB per call-second and would be what it measures.
+    pub keep_records: bool,
+    /// Observation hooks (the load test's tags and clocks); `None` in normal use.
+    pub tap: Option<tap::MockTapFactory>,
 }
 
 impl std::fmt::Debug for MockConfig {
@@ -178,6 +185,8 @@ impl Default for MockConfig {
             function_call: None,
             max_session_ms: None,
             validate_client: Arc::new(basic_client_check),
+            keep_records: true,
+            tap: None,
         }
     }
 }
@@ -404,6 +413,8 @@ pub struct MockSession {
     text_input_tokens: u64,
     /// What happened.
     stats: MockStats,
+    /// This session's observer ([`MockConfig::tap`]).
+    tap: Option<Box<dyn tap::SessionTap>>,
 }
 
 impl MockSession {
@@ -415,6 +426,7 @@ impl MockSession {
             counters: HashMap::new(),
         };
         let session = session_config::default_session(&ids.session(), &config.model);
+        let session_tap = config.tap.as_ref().map(|make| make());
         let close_at = config
             .max_session_ms
             .map(|ms| now + Duration::from_millis(ms));
@@ -440,6 +452,7 @@ impl MockSession {
             assistant_line: 0,
             text_input_tokens: 0,
             stats: MockStats::default(),
+            tap: session_tap,
         };
         let created = json!({"type": "session.created", "session": mock.session.clone()});
         mock.push_event(created);
@@ -472,7 +485,9 @@ impl MockSession {
             self.reject(event_id, None, rejection);
             return;
         };
-        self.stats.client_event_types.push(kind.clone());
+        if self.config.keep_records {
+            self.stats.client_event_types.push(kind.clone());
+        }
         if let Err(rejection) = self.dispatch(now, &kind, &event) {
             self.reject(event_id, Some(kind), rejection);
         }
@@ -593,7 +608,9 @@ impl MockSession {
     /// VAD.
     fn on_append(&mut self, now: Instant, event: &Value) -> Result<(), MockRejection> {
         let audio = required_str(event, "audio")?;
-        self.stats.appends.push(audio.to_owned());
+        if self.config.keep_records {
+            self.stats.appends.push(audio.to_owned());
+        }
         if audio.len() > MAX_APPEND_AUDIO_CHARS {
             return Err(MockRejection::InvalidAudio(format!(
                 "more than {MAX_APPEND_AUDIO_CHARS} characters"
@@ -615,6 +632,9 @@ impl MockSession {
         }
         self.input_bytes += bytes.len() as u64;
         self.stats.input_audio_bytes += bytes.len() as u64;
+        if let Some(tap) = &mut self.tap {
+            tap.input_audio(now, &bytes);
+        }
         self.run_vad(now, &bytes);
         Ok(())
     }
@@ -641,6 +661,9 @@ impl MockSession {
         for event in events {
             match event {
                 VadEvent::SpeechStarted { audio_start_ms } => {
+                    if let Some(tap) = &mut self.tap {
+                        tap.speech_started(now);
+                    }
                     self.on_speech_started(audio_start_ms, td.interrupt_response);
                 }
                 VadEvent::SpeechStopped { audio_end_ms } => {
@@ -921,6 +944,9 @@ impl MockSession {
             accepted: verdict.is_ok(),
         });
         let end_ms = verdict?;
+        if let Some(tap) = &mut self.tap {
+            tap.truncated(&item_id, end_ms);
+        }
         if let Some(Item {
             kind: ItemKind::AssistantAudio { limit_ms, .. },
             ..

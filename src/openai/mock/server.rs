@@ -37,6 +37,9 @@ pub struct MockServerConfig {
     pub self_check: bool,
     /// Delay added before each frame the mock sends and to the handshake (simulated network).
     pub latency: Duration,
+    /// Keep every non-delta event sent in [`SessionRecord::sent_events`] (on by default; the
+    /// load test turns it off so long runs do not grow the generator's memory).
+    pub keep_sent_events: bool,
 }
 
 impl Default for MockServerConfig {
@@ -49,6 +52,7 @@ impl Default for MockServerConfig {
             session,
             self_check: false,
             latency: Duration::ZERO,
+            keep_sent_events: true,
         }
     }
 }
@@ -256,7 +260,9 @@ async fn connection(
     let reason = loop {
         // Send what the session has, then see whether it wants to close.
         while let Some(text) = session.poll_send() {
-            observe_sent(&record, &text, cfg.self_check);
+            if cfg.self_check || cfg.keep_sent_events {
+                observe_sent(&record, &text, cfg.self_check);
+            }
             if !cfg.latency.is_zero() {
                 tokio::time::sleep(cfg.latency).await;
             }
