@@ -233,7 +233,7 @@ async fn async_main(cli: Cli) -> anyhow::Result<bool> {
         bail!("calls must be between 1 and {MAX_CALLS}");
     }
     let slot: SharedSlot = Arc::new(Mutex::new(Arc::new(Shared::default())));
-    let (mut target, proxy) = setup(c, &slot, max_calls).await?;
+    let (mut target, mut proxy) = setup(c, &slot, max_calls).await?;
     let progress = (!c.progress.is_zero()).then_some(c.progress);
     let json = c.json;
     match cli.command {
@@ -251,6 +251,11 @@ async fn async_main(cli: Cli) -> anyhow::Result<bool> {
             );
             let mut report = run::run(&mut target, &spec).await?;
             report.judge(a.fail_p99_ms);
+            if let Some(p) = proxy.as_mut() {
+                if !p.is_running() {
+                    report.problems.push("the server exited during the run".to_owned());
+                }
+            }
             if let (false, Some(p)) = (report.passed(), &proxy) {
                 let tail = p.log_tail();
                 if !tail.is_empty() {
@@ -318,8 +323,8 @@ async fn setup(
             auth_token: None,
             next_call_no: 1,
             mode: "direct",
+            _facade: Some(facade),
         };
-        std::mem::forget(facade); // serves until the process exits
         return Ok((target, None));
     }
     let mock = MockServer::start(mock_listen, mock_cfg)
@@ -370,6 +375,7 @@ async fn setup(
         auth_token: c.auth_token.clone(),
         next_call_no: 1,
         mode: "proxy",
+        _facade: None,
     };
     Ok((target, Some(proxy)))
 }

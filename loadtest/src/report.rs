@@ -21,6 +21,8 @@ pub struct LatencyStats {
     pub p99_ms: f64,
     /// Largest.
     pub max_ms: f64,
+    /// Mean.
+    pub mean_ms: f64,
 }
 
 impl LatencyStats {
@@ -33,6 +35,7 @@ impl LatencyStats {
             p90_ms: ms(s.quantile_ns(0.90)),
             p99_ms: ms(s.quantile_ns(0.99)),
             max_ms: ms(s.max_ns()),
+            mean_ms: ms(s.mean_ns()),
         }
     }
 }

@@ -48,6 +48,8 @@ pub struct Target {
     pub next_call_no: u32,
     /// `proxy` or `direct`.
     pub mode: &'static str,
+    /// The direct-mode facade (kept alive for the run).
+    pub _facade: Option<crate::direct::Facade>,
 }
 
 /// One run's parameters.

@@ -171,7 +171,7 @@ impl UplinkExpect {
     /// Checks one append's audio (whole frames); returns the valid sequence numbers in order and
     /// counts into `seq`.
     pub fn check(&self, audio: &[u8], seq: &mut SeqChecker, valid: &mut Vec<u32>) {
-        if audio.is_empty() || audio.len() % FRAME_BYTES != 0 {
+        if audio.is_empty() || !audio.len().is_multiple_of(FRAME_BYTES) {
             seq.corrupt();
             return;
         }
