@@ -160,7 +160,15 @@ async fn run_stream(
     let mut mock_open = true;
     loop {
         let now = Instant::now();
-        pump(&mut call, &mut mock, &mut mock_open, &mut enc, &mut out, &mut scratch, now);
+        pump(
+            &mut call,
+            &mut mock,
+            &mut mock_open,
+            &mut enc,
+            &mut out,
+            &mut scratch,
+            now,
+        );
         while call.poll_event().is_some() {}
         if !out.is_empty() {
             if wr.write_all(&out).await.is_err() {
@@ -227,7 +235,15 @@ async fn run_stream(
         }
     }
     let now = Instant::now();
-    pump(&mut call, &mut mock, &mut mock_open, &mut enc, &mut out, &mut scratch, now);
+    pump(
+        &mut call,
+        &mut mock,
+        &mut mock_open,
+        &mut enc,
+        &mut out,
+        &mut scratch,
+        now,
+    );
     if caller_open {
         enc.close(&mut out, 1000, "call ended");
     }

@@ -76,6 +76,10 @@ struct RunArgs {
     /// Fail if the uplink or downlink p99 exceeds this many ms.
     #[arg(long)]
     fail_p99_ms: Option<f64>,
+    /// Self-test: inject one fault (after the first 50 frames of a call) to show the checkers
+    /// catch it; the run must then fail.
+    #[arg(long, value_enum)]
+    inject_fault: Option<crate::probe::Fault>,
     #[command(flatten)]
     common: Common,
 }
@@ -244,6 +248,7 @@ async fn async_main(cli: Cli) -> anyhow::Result<bool> {
                 duration: a.duration,
                 ramp_up: ramp_up(a.ramp_up, a.duration)?,
                 progress,
+                fault: a.inject_fault,
             };
             eprintln!(
                 "running {} calls for {:?} (ramp-up {:?}) against {} ({} mode)",
@@ -253,7 +258,9 @@ async fn async_main(cli: Cli) -> anyhow::Result<bool> {
             report.judge(a.fail_p99_ms);
             if let Some(p) = proxy.as_mut() {
                 if !p.is_running() {
-                    report.problems.push("the server exited during the run".to_owned());
+                    report
+                        .problems
+                        .push("the server exited during the run".to_owned());
                 }
             }
             if let (false, Some(p)) = (report.passed(), &proxy) {
@@ -402,6 +409,7 @@ async fn ramp(
             duration: a.step_duration,
             ramp_up: ramp_up(a.ramp_up, a.step_duration)?,
             progress,
+            fault: None,
         };
         eprintln!("ramp step: {n} calls for {:?}", spec.duration);
         let mut r = run::run(target, &spec).await?;

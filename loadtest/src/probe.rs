@@ -132,9 +132,31 @@ impl CallState {
     }
 }
 
+/// A fault the mock's tap injects once per run, to prove the checkers catch it end to end.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Fault {
+    /// The mock ignores one caller frame (as if the proxy lost it).
+    DropUplink,
+    /// One caller frame arrives with a flipped bit.
+    CorruptUplink,
+    /// One assistant block number is skipped (a gap: lost).
+    DropDownlink,
+    /// One assistant block goes out with a flipped bit.
+    CorruptDownlink,
+    /// One assistant block number is sent twice.
+    DuplicateDownlink,
+}
+
+/// Frames to let through before injecting (past the session setup).
+const FAULT_AFTER_FRAMES: u32 = 50;
+
 /// Everything the hooks write into, for one run (or one ramp step).
 #[derive(Debug, Default)]
 pub struct Shared {
+    /// The fault to inject (once), if any.
+    pub fault: Option<Fault>,
+    /// Whether it was injected.
+    pub fault_done: std::sync::atomic::AtomicBool,
     /// Calls by number.
     pub calls: Mutex<HashMap<u32, Arc<CallState>>>,
     /// Latencies.
@@ -144,6 +166,11 @@ pub struct Shared {
 }
 
 impl Shared {
+    /// Whether to inject `f` now (true once per run).
+    fn inject(&self, f: Fault) -> bool {
+        self.fault == Some(f) && !self.fault_done.swap(true, Ordering::Relaxed)
+    }
+
     /// Registers a call before it starts.
     pub fn add_call(&self, call: Arc<CallState>) {
         lock(&self.calls).insert(call.expect.call_no, call);
@@ -196,6 +223,17 @@ impl SessionTap for Tap {
         }
         let Some(call) = &self.call else { return };
         self.valid.clear();
+        let late = read_tag(audio).is_some_and(|(_, n)| n >= FAULT_AFTER_FRAMES);
+        if late && self.shared.inject(Fault::DropUplink) {
+            return;
+        }
+        let mut copy;
+        let mut audio = audio;
+        if late && self.shared.inject(Fault::CorruptUplink) {
+            copy = audio.to_vec();
+            copy[FRAME_BYTES / 2] ^= 0x01;
+            audio = &copy;
+        }
         call.expect
             .check(audio, &mut lock(&call.up_check), &mut self.valid);
         let c = &self.shared.counters;
@@ -227,9 +265,18 @@ impl SessionTap for Tap {
         let mut sent = lock(&call.down_sent);
         let mut blocks = 0;
         for block in audio.chunks_exact_mut(FRAME_BYTES) {
+            let late = self.next_block >= FAULT_AFTER_FRAMES;
+            if late && self.shared.inject(Fault::DropDownlink) {
+                self.next_block += 1;
+            }
             block.copy_from_slice(&downlink_block(call_no, self.next_block));
+            if late && self.shared.inject(Fault::CorruptDownlink) {
+                block[FRAME_BYTES / 2] ^= 0x01;
+            }
             sent.put(self.next_block, now);
-            self.next_block += 1;
+            if !(late && self.shared.inject(Fault::DuplicateDownlink)) {
+                self.next_block += 1;
+            }
             blocks += 1;
         }
         call.blocks_sent.fetch_add(blocks, Ordering::Relaxed);

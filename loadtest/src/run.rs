@@ -63,6 +63,8 @@ pub struct RunSpec {
     pub ramp_up: Duration,
     /// Print a progress line this often (`None`: never).
     pub progress: Option<Duration>,
+    /// A fault to inject once (self-test of the checkers).
+    pub fault: Option<crate::probe::Fault>,
 }
 
 /// How one call went.
@@ -73,7 +75,10 @@ struct CallDone {
 
 /// Runs `spec` against `target` and reports.
 pub async fn run(target: &mut Target, spec: &RunSpec) -> anyhow::Result<Report> {
-    let shared = Arc::new(Shared::default());
+    let shared = Arc::new(Shared {
+        fault: spec.fault,
+        ..Shared::default()
+    });
     *lock(&target.slot) = Arc::clone(&shared);
     let proxy_pid = target.proxy_pid.map(|p| p.to_string());
     let proxy0 = proxy_pid.as_deref().map(procstat::sample).transpose()?;
