@@ -13,6 +13,12 @@ use anyhow::{bail, Context as _};
 
 use crate::probe::lock;
 
+/// Servers spawned by this process (names their scratch directories).
+static SPAWNED: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+
+/// How long a spawned server may take to stop after SIGTERM before it is killed.
+const STOP_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// How long a spawned server may take to print its address.
 const START_TIMEOUT: Duration = Duration::from_secs(15);
 
@@ -44,6 +50,8 @@ pub struct Proxy {
     pub pid: u32,
     child: Option<Child>,
     log: Arc<Mutex<VecDeque<String>>>,
+    /// The spawned server's `DATA_DIR`, removed when it has stopped.
+    data_dir: Option<PathBuf>,
 }
 
 /// Refuses anything but a loopback address: the load test never sends traffic off the machine.
@@ -81,6 +89,11 @@ impl Proxy {
                 spec.bin.display()
             );
         }
+        let data_dir = std::env::temp_dir().join(format!(
+            "callbridge-loadtest-{}-{}",
+            std::process::id(),
+            SPAWNED.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        ));
         let mut cmd = match &spec.cpus {
             Some(cpus) => {
                 let mut c = Command::new("taskset");
@@ -98,7 +111,9 @@ impl Proxy {
             .env("LOG_LEVEL", "warn")
             .env("NO_COLOR", "1")
             .env("MAX_CALLS", spec.max_calls.to_string())
-            .env("STREAM_SECRET", "loadtest-stream-secret-0123456789");
+            .env("STREAM_SECRET", "loadtest-stream-secret-0123456789")
+            // The store (when present) writes into a scratch directory removed afterwards.
+            .env("DATA_DIR", &data_dir);
         if let Some(token) = &spec.auth_token {
             cmd.env("TWILIO_AUTH_TOKEN", token);
         }
@@ -141,6 +156,7 @@ impl Proxy {
             pid,
             child: Some(child),
             log,
+            data_dir: Some(data_dir),
         };
         let addr = match rx.recv_timeout(START_TIMEOUT) {
             Ok(a) => a,
@@ -167,6 +183,7 @@ impl Proxy {
             pid,
             child: None,
             log: Arc::default(),
+            data_dir: None,
         })
     }
 
@@ -189,10 +206,21 @@ impl Proxy {
 }
 
 impl Drop for Proxy {
+    /// A spawned server gets SIGTERM (a clean shutdown), then SIGKILL after [`STOP_TIMEOUT`].
     fn drop(&mut self) {
         if let Some(mut c) = self.child.take() {
+            let _ = Command::new("kill")
+                .args(["-TERM", &c.id().to_string()])
+                .status();
+            let deadline = std::time::Instant::now() + STOP_TIMEOUT;
+            while matches!(c.try_wait(), Ok(None)) && std::time::Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(20));
+            }
             let _ = c.kill();
             let _ = c.wait();
+        }
+        if let Some(dir) = self.data_dir.take() {
+            let _ = std::fs::remove_dir_all(dir);
         }
     }
 }

@@ -149,6 +149,9 @@ pub struct Report {
     pub mock_errors: u64,
     /// Mock sessions whose caller audio named no known call.
     pub unattributed_sessions: u64,
+    /// Mock sessions the proxy had not closed when the report was made (their last frames
+    /// may be missing from the counts).
+    pub mock_sessions_open_at_end: u64,
     /// Latencies.
     pub latency: LatencyReport,
     /// Frames.
@@ -180,8 +183,8 @@ impl Report {
         ] {
             if c.any_error() {
                 p.push(format!(
-                    "{dir} frames: {} lost, {} duplicated, {} reordered, {} corrupt",
-                    c.lost, c.duplicated, c.reordered, c.corrupt
+                    "{dir} frames: {} lost ({} of them at the end of a call), {} duplicated, {} reordered, {} corrupt",
+                    c.lost, c.lost_at_end, c.duplicated, c.reordered, c.corrupt
                 ));
             }
         }
@@ -302,11 +305,13 @@ impl Report {
             "generator (callers + mock): {:.2} CPU s ({:.0}% of a core)",
             self.generator.cpu_s, self.generator.cpu_pct
         );
-        if self.mock_errors + self.unattributed_sessions > 0 || !self.violations.is_empty() {
+        if self.mock_errors + self.unattributed_sessions + self.mock_sessions_open_at_end > 0
+            || !self.violations.is_empty()
+        {
             let _ = writeln!(
                 s,
-                "mock errors {}, unattributed sessions {}, violations {:?}",
-                self.mock_errors, self.unattributed_sessions, self.violations
+                "mock errors {}, unattributed sessions {}, mock sessions still open {}, violations {:?}",
+                self.mock_errors, self.unattributed_sessions, self.mock_sessions_open_at_end, self.violations
             );
         }
         if self.problems.is_empty() {

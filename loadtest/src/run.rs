@@ -156,7 +156,7 @@ pub async fn run(target: &mut Target, spec: &RunSpec) -> anyhow::Result<Report> 
     let wall = t0.elapsed();
 
     // Let the mock's sessions see the proxy close, so every uplink frame is counted.
-    let mut mock_errors = 0;
+    let (mut mock_errors, mut mock_open) = (0, 0);
     if let Some(mock) = &target.mock {
         let deadline = Instant::now() + MOCK_DRAIN_TIMEOUT;
         loop {
@@ -164,6 +164,7 @@ pub async fn run(target: &mut Target, spec: &RunSpec) -> anyhow::Result<Report> 
             let ours = &sessions[mock_sessions_before.min(sessions.len())..];
             if ours.iter().all(|s| s.closed_at.is_some()) || Instant::now() >= deadline {
                 mock_errors = ours.iter().map(|s| s.stats.errors.len() as u64).sum();
+                mock_open = ours.iter().filter(|s| s.closed_at.is_none()).count() as u64;
                 break;
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
@@ -179,6 +180,7 @@ pub async fn run(target: &mut Target, spec: &RunSpec) -> anyhow::Result<Report> 
         ramp_up_s: spec.ramp_up.as_secs_f64(),
         wall_s: wall.as_secs_f64(),
         mock_errors,
+        mock_sessions_open_at_end: mock_open,
         unattributed_sessions: shared
             .counters
             .unattributed_sessions

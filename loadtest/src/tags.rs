@@ -30,8 +30,10 @@ const MAX_TRACKED_GAPS: usize = 4096;
 pub struct FrameCounts {
     /// Frames received that verified (first arrival of each sequence number).
     pub ok: u64,
-    /// Sequence numbers never received (gaps at the end of the run).
+    /// Sequence numbers never received (gaps, and frames sent but never received at the end).
     pub lost: u64,
+    /// Of `lost`, those after the last frame received (the tail of a call).
+    pub lost_at_end: u64,
     /// Sequence numbers received more than once (each extra copy).
     pub duplicated: u64,
     /// Frames that arrived after a later one (they filled a gap).
@@ -45,6 +47,7 @@ impl FrameCounts {
     pub fn add(&mut self, o: &FrameCounts) {
         self.ok += o.ok;
         self.lost += o.lost;
+        self.lost_at_end += o.lost_at_end;
         self.duplicated += o.duplicated;
         self.reordered += o.reordered;
         self.corrupt += o.corrupt;
@@ -119,7 +122,8 @@ impl SeqChecker {
         let mut c = self.counts;
         c.lost = self.gaps.len() as u64 + self.untracked_gaps;
         if let Some(total) = expected_total {
-            c.lost += u64::from(total.saturating_sub(self.next));
+            c.lost_at_end = u64::from(total.saturating_sub(self.next));
+            c.lost += c.lost_at_end;
         }
         c
     }
@@ -284,6 +288,7 @@ mod tests {
         assert_eq!((c.ok, c.lost), (4, 1));
         let c = counts(&[0, 1, 2], Some(5));
         assert_eq!(c.lost, 2, "frames sent but never received at the end");
+        assert_eq!(c.lost_at_end, 2);
     }
 
     #[test]
