@@ -1022,4 +1022,53 @@ mod tests {
         ];
         assert_eq!(dedup_last_wins(&params), vec![("a", "3"), ("b", "2")]);
     }
+
+    #[derive(Debug, Default)]
+    struct Seen {
+        frames: Vec<u32>,
+        media_bytes: Vec<usize>,
+        clears: usize,
+    }
+
+    #[derive(Debug, Default)]
+    struct TestProbe(std::sync::Mutex<Seen>);
+
+    impl StreamProbe for TestProbe {
+        fn frame_sent(&self, _now: Instant, index: u32) {
+            self.0.lock().unwrap().frames.push(index);
+        }
+        fn media_received(&self, _now: Instant, audio: &[u8]) {
+            self.0.lock().unwrap().media_bytes.push(audio.len());
+        }
+        fn clear_received(&self, _now: Instant) {
+            self.0.lock().unwrap().clears += 1;
+        }
+    }
+
+    #[test]
+    fn a_probe_sees_frames_media_and_clears_and_payloads_can_be_dropped() {
+        let script = Script::new(vec![Segment::Silence { ms: 100 }]).unwrap();
+        let (mut s, t0, _) = session(script);
+        let probe = std::sync::Arc::new(TestProbe::default());
+        s.set_probe(Some(probe.clone()));
+        s.set_keep_payloads(false);
+        let mut out = Vec::new();
+        s.send_next_frame(t0, &mut out);
+        s.send_next_frame(t0 + ms(20), &mut out);
+        s.handle_text(t0 + ms(25), media_msg(800).as_bytes(), &mut out);
+        s.handle_text(
+            t0 + ms(26),
+            mark_msg("e=0;i=item_A;ms=100").as_bytes(),
+            &mut out,
+        );
+        s.handle_text(t0 + ms(30), clear_msg().as_bytes(), &mut out);
+        let seen = probe.0.lock().unwrap();
+        assert_eq!(seen.frames, [0, 1]);
+        assert_eq!(seen.media_bytes, [800]);
+        assert_eq!(seen.clears, 1);
+        let report = s.report(t0 + ms(40));
+        assert_eq!(report.media.len(), 1);
+        assert_eq!(report.media[0].bytes, 800);
+        assert!(report.media[0].payload_b64.is_empty(), "payloads not kept");
+    }
 }
