@@ -162,8 +162,29 @@ pub struct Report {
     pub proxy: Option<ProxyReport>,
     /// The generator.
     pub generator: GeneratorReport,
+    /// The first calls with frame errors or a failure (at most [`MAX_CALL_DETAILS`]), to start
+    /// an investigation from.
+    pub bad_calls: Vec<CallDetail>,
     /// Why the run fails (empty: it passes).
     pub problems: Vec<String>,
+}
+
+/// Calls listed in [`Report::bad_calls`] at most.
+pub const MAX_CALL_DETAILS: usize = 10;
+
+/// One call with something wrong.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct CallDetail {
+    /// Its `CallSid`.
+    pub call_sid: String,
+    /// Caller frames sent.
+    pub uplink_sent: u64,
+    /// Its uplink check.
+    pub uplink: FrameCounts,
+    /// Its downlink check.
+    pub downlink: FrameCounts,
+    /// The failure, if the call failed.
+    pub failure: Option<String>,
 }
 
 impl Report {

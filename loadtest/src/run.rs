@@ -16,8 +16,8 @@ use crate::hist::Histogram;
 use crate::probe::{lock, CallState, Probe, Shared, SharedSlot};
 use crate::procstat::{self, ProcSample};
 use crate::report::{
-    truncation_stats, FrameReport, GeneratorReport, LatencyReport, LatencyStats, ProxyReport,
-    Report,
+    truncation_stats, CallDetail, FrameReport, GeneratorReport, LatencyReport, LatencyStats,
+    ProxyReport, Report, MAX_CALL_DETAILS,
 };
 use crate::scenario;
 use crate::tags::{FrameCounts, UplinkExpect};
@@ -200,12 +200,16 @@ pub async fn run(target: &mut Target, spec: &RunSpec) -> anyhow::Result<Report> 
         frames.downlink_sent += blocks_sent;
         frames.downlink_in_flight_at_hangup +=
             blocks_sent.saturating_sub(u64::from(down.seq.next()));
-        frames.downlink.add(&down.seq.counts(None));
+        let down_counts = down.seq.counts(None);
+        drop(down);
+        frames.downlink.add(&down_counts);
         let cr = match &d.result {
             Ok(r) => r,
             Err(why) => {
                 *report.failures.entry(why.clone()).or_default() += 1;
-                frames.uplink.add(&lock(&d.call.up_check).counts(None));
+                let up = lock(&d.call.up_check).counts(None);
+                frames.uplink.add(&up);
+                note_bad_call(&mut report, d, 0, up, down_counts, Some(why.clone()));
                 continue;
             }
         };
@@ -216,9 +220,8 @@ pub async fn run(target: &mut Target, spec: &RunSpec) -> anyhow::Result<Report> 
         let stream = cr.stream.as_ref();
         let sent = stream.map_or(0, |s| s.frames_sent);
         frames.uplink_sent += u64::from(sent);
-        frames
-            .uplink
-            .add(&lock(&d.call.up_check).counts(Some(sent)));
+        let up = lock(&d.call.up_check).counts(Some(sent));
+        frames.uplink.add(&up);
         if let Some(s) = stream {
             for v in &s.violations {
                 *report_entry(&mut report.violations, format!("{:?}", v.kind)) += 1;
@@ -235,7 +238,11 @@ pub async fn run(target: &mut Target, spec: &RunSpec) -> anyhow::Result<Report> 
                 }
             }
         }
-        match failure(cr) {
+        let failed = failure(cr);
+        if failed.is_some() || up.any_error() || down_counts.any_error() {
+            note_bad_call(&mut report, d, sent, up, down_counts, failed.clone());
+        }
+        match failed {
             None => report.calls_completed += 1,
             Some(why) => *report.failures.entry(why).or_default() += 1,
         }
@@ -279,6 +286,26 @@ pub async fn run(target: &mut Target, spec: &RunSpec) -> anyhow::Result<Report> 
     };
     report.frames = frames;
     Ok(report)
+}
+
+/// Lists a call in [`Report::bad_calls`] (the first few only).
+fn note_bad_call(
+    report: &mut Report,
+    d: &CallDone,
+    sent: u32,
+    uplink: FrameCounts,
+    downlink: FrameCounts,
+    failure: Option<String>,
+) {
+    if report.bad_calls.len() < MAX_CALL_DETAILS {
+        report.bad_calls.push(CallDetail {
+            call_sid: callbridge::sim::webhook::sid("CA", u128::from(d.call.expect.call_no)),
+            uplink_sent: u64::from(sent),
+            uplink,
+            downlink,
+            failure,
+        });
+    }
 }
 
 fn report_entry(map: &mut BTreeMap<String, u32>, key: String) -> &mut u32 {
