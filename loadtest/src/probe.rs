@@ -69,6 +69,10 @@ pub struct Counters {
     pub downlink_ok: AtomicU64,
     /// Frames delivered whose send time had left the ring (no latency sample).
     pub unmatched_latency: AtomicU64,
+    /// Uplink frames produced before the call's first audio reached the mock: held by the proxy
+    /// while the OpenAI session was set up, their wait is the setup time (not in the uplink
+    /// latency).
+    pub uplink_held_at_setup: AtomicU64,
     /// Mock sessions whose first caller audio carried no tag of a known call.
     pub unattributed_sessions: AtomicU64,
     /// Calls currently in their stream.
@@ -108,6 +112,8 @@ pub struct CallState {
     speech_at: Mutex<Option<Instant>>,
     /// When the first frame was produced.
     first_frame_at: Mutex<Option<Instant>>,
+    /// When the first caller audio reached the mock.
+    first_audio_at: Mutex<Option<Instant>>,
     /// Accepted truncates: `(item_id, audio_end_ms)`.
     pub truncates: Mutex<Vec<(String, u64)>>,
     /// Downlink blocks the mock tagged for this call.
@@ -126,6 +132,7 @@ impl CallState {
             down_check: Mutex::new(BlockStream::new(call_no)),
             speech_at: Mutex::new(None),
             first_frame_at: Mutex::new(None),
+            first_audio_at: Mutex::new(None),
             truncates: Mutex::new(Vec::new()),
             blocks_sent: AtomicU64::new(0),
         }
@@ -245,8 +252,12 @@ impl SessionTap for Tap {
                 self.shared.lat.first_audio.record(now - first);
             }
         }
+        let first_audio = *lock(&call.first_audio_at).get_or_insert(now);
         for &n in &self.valid {
             match sent.get(n) {
+                Some(t) if t < first_audio => {
+                    c.uplink_held_at_setup.fetch_add(1, Ordering::Relaxed);
+                }
                 Some(t) => self
                     .shared
                     .lat

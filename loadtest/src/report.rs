@@ -75,6 +75,9 @@ pub struct FrameReport {
     pub downlink_media_messages: u64,
     /// Frames delivered so late their send time was forgotten (no latency sample).
     pub unmatched_latency: u64,
+    /// Uplink frames produced before their call's first audio reached the mock (held by the
+    /// proxy during session setup; not in the uplink latency, see `setup_first_audio`).
+    pub uplink_held_at_setup: u64,
 }
 
 /// Barge-in truncation against what the caller really played.
@@ -304,8 +307,8 @@ impl Report {
         }
         let _ = writeln!(
             s,
-            "(downlink: 20 ms blocks in {} media messages; {} in flight at hang-up; {} without a latency sample)",
-            f.downlink_media_messages, f.downlink_in_flight_at_hangup, f.unmatched_latency
+            "(downlink: 20 ms blocks in {} media messages, {} in flight at hang-up; uplink: {} held during session setup; {} frames without a latency sample)",
+            f.downlink_media_messages, f.downlink_in_flight_at_hangup, f.uplink_held_at_setup, f.unmatched_latency
         );
         let t = &self.truncation;
         let _ = writeln!(

@@ -190,6 +190,7 @@ pub async fn run(target: &mut Target, spec: &RunSpec) -> anyhow::Result<Report> 
     let mut frames = FrameReport {
         downlink_media_messages: shared.counters.media_received.load(Ordering::Relaxed),
         unmatched_latency: shared.counters.unmatched_latency.load(Ordering::Relaxed),
+        uplink_held_at_setup: shared.counters.uplink_held_at_setup.load(Ordering::Relaxed),
         ..FrameReport::default()
     };
     let (mut clears, mut trunc_errors) = (0u64, Vec::new());
