@@ -83,7 +83,9 @@ pub async fn run(target: &mut Target, spec: &RunSpec) -> anyhow::Result<Report> 
     let proxy_pid = target.proxy_pid.map(|p| p.to_string());
     let proxy0 = proxy_pid.as_deref().map(procstat::sample).transpose()?;
     let gen0 = procstat::sample("self")?;
-    let mock_sessions_before = target.mock.as_ref().map_or(0, |m| m.sessions().len());
+    if let Some(mock) = &target.mock {
+        mock.take_closed_sessions(); // a previous step's records
+    }
 
     let t0 = Instant::now() + Duration::from_millis(50);
     let end_at = t0 + spec.duration;
@@ -159,16 +161,15 @@ pub async fn run(target: &mut Target, spec: &RunSpec) -> anyhow::Result<Report> 
     let (mut mock_errors, mut mock_open) = (0, 0);
     if let Some(mock) = &target.mock {
         let deadline = Instant::now() + MOCK_DRAIN_TIMEOUT;
-        loop {
-            let sessions = mock.sessions();
-            let ours = &sessions[mock_sessions_before.min(sessions.len())..];
-            if ours.iter().all(|s| s.closed_at.is_some()) || Instant::now() >= deadline {
-                mock_errors = ours.iter().map(|s| s.stats.errors.len() as u64).sum();
-                mock_open = ours.iter().filter(|s| s.closed_at.is_none()).count() as u64;
-                break;
-            }
+        while mock.open_sessions() > 0 && Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+        mock_open = mock.open_sessions() as u64;
+        mock_errors = mock
+            .take_closed_sessions()
+            .iter()
+            .map(|s| s.stats.errors.len() as u64)
+            .sum();
     }
     let proxy1 = proxy_pid.as_deref().map(procstat::sample).transpose()?;
     let gen1 = procstat::sample("self")?;

@@ -144,6 +144,36 @@ impl MockServer {
             .collect()
     }
 
+    /// How many sessions have not ended yet.
+    pub fn open_sessions(&self) -> usize {
+        let recs = self.records.lock().unwrap_or_else(|e| e.into_inner());
+        recs.iter()
+            .filter(|r| {
+                r.lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .closed_at
+                    .is_none()
+            })
+            .count()
+    }
+
+    /// Removes the records of the sessions that have ended and returns them, so a long load
+    /// test (thousands of sessions per step) does not accumulate them.
+    pub fn take_closed_sessions(&self) -> Vec<SessionRecord> {
+        let mut recs = self.records.lock().unwrap_or_else(|e| e.into_inner());
+        let mut closed = Vec::new();
+        recs.retain(|r| {
+            let rec = r.lock().unwrap_or_else(|e| e.into_inner());
+            if rec.closed_at.is_some() {
+                closed.push(rec.clone());
+                false
+            } else {
+                true
+            }
+        });
+        closed
+    }
+
     /// Stops accepting.
     pub fn stop(&self) {
         let _ = self.shutdown.send(true);
