@@ -20,7 +20,9 @@ use crate::bridge::{Call, CallConfig, CallEvent, EndReason, Leg};
 use crate::front::http::{self, Limits, Parsed};
 use crate::front::routes::{App, Response, Routed, UpgradeGrant};
 use crate::front::ws::{self, Decoder, Encoder, Message, Role};
+use crate::metrics::{self, CallMeter};
 use crate::openai::client::{Conn, Connector};
+use crate::store::sink::CallRecorder;
 
 /// Largest Twilio message: a `start` with parameters is under 2 KiB and media frames are ~400
 /// bytes; 64 KiB leaves room for unusually large frames and refuses abuse (close 1009).
@@ -99,6 +101,7 @@ async fn connection(
             Ok(None) => return,
             Err(resp) => {
                 tracing::warn!(%peer, status = resp.status, "bad request: {}", String::from_utf8_lossy(&resp.body).trim_end());
+                metrics::http_request("", resp.status);
                 write_response(&mut out, &resp, false);
                 let _ = tokio::time::timeout(CLOSE_TIMEOUT, stream.write_all(&out)).await;
                 return;
@@ -108,12 +111,14 @@ async fn connection(
         match app.route(&request, unix_now()) {
             Routed::Respond(resp) => {
                 tracing::debug!(%peer, method = %request.method, path = %request.path, status = resp.status, "http");
+                metrics::http_request(&request.path, resp.status);
                 write_response(&mut out, &resp, keep_alive);
                 if stream.write_all(&out).await.is_err() || !keep_alive {
                     return;
                 }
             }
             Routed::Upgrade(grant) => {
+                metrics::http_request(&request.path, 101);
                 out.clear();
                 ws::write_upgrade_response(&mut out, &grant.accept);
                 if stream.write_all(&out).await.is_err() {
@@ -391,7 +396,11 @@ async fn run_call(
     call_cfg.session_timeout = cfg.openai_session_timeout;
     call_cfg.twilio_idle_timeout = cfg.twilio_idle_timeout;
     call_cfg.log_event_types = Arc::clone(&cfg.log_event_types);
+    // The store records the call and hands it its agent at `start`.
+    let mut recorder = CallRecorder::new(app.store(), &grant.call_sid);
+    call_cfg.wait_for_agent = recorder.resolves_agent();
     let mut call = Call::new(call_cfg, started);
+    let mut meter = CallMeter::new(started);
     tracing::info!(call_sid = %grant.call_sid, "media stream accepted");
 
     let (tw_rd, tw_wr) = stream.into_split();
@@ -412,6 +421,7 @@ async fn run_call(
 
     // Bytes that arrived with the upgrade request.
     if !tw.input.is_empty() {
+        meter.on_read(Leg::Twilio, tw.input.len(), started);
         if let LegInput::Closed(why) = decode_input(&mut tw, Leg::Twilio, &mut call, Instant::now())
         {
             tracing::info!(call_sid = %grant.call_sid, "twilio closed: {why}");
@@ -422,13 +432,25 @@ async fn run_call(
 
     loop {
         pump_transmits(&mut call, &mut scratch, &mut tw, oa.as_mut());
+        meter.on_queued(
+            call.stats(),
+            tw.output.len(),
+            oa.as_ref().map_or(0, |o| o.output.len()),
+        );
         while let Some(ev) = call.poll_event() {
+            meter.on_event(&ev);
+            recorder.on_event(&mut call, &ev);
             on_call_event(&app, &grant, ev);
+        }
+        if call.has_pending_transmit() {
+            // The agent handed over at `start` releases session.update.
+            pump_transmits(&mut call, &mut scratch, &mut tw, oa.as_mut());
         }
         if call.is_ended() {
             break;
         }
         let now = Instant::now();
+        meter.tick(now, call.outstanding_marks());
         if tw.stalled(now) || oa.as_ref().is_some_and(|o| o.stalled(now)) {
             let leg = if tw.stalled(now) { "twilio" } else { "openai" };
             call.hang_up(
@@ -474,7 +496,8 @@ async fn run_call(
                         tw_open = false;
                         call.handle_twilio_closed(now);
                     }
-                    Ok(_) => {
+                    Ok(n) => {
+                        meter.on_read(Leg::Twilio, n, now);
                         if let LegInput::Closed(why) = decode_input(&mut tw, Leg::Twilio, &mut call, now) {
                             tracing::info!(call_sid = %grant.call_sid, "twilio closed: {why}");
                             tw_open = false;
@@ -492,7 +515,8 @@ async fn run_call(
                         let why = match r { Err(e) => format!("io error: {e}"), _ => "connection closed without a close frame".to_owned() };
                         call.handle_openai_closed(now, &why);
                     }
-                    Ok(_) => {
+                    Ok(n) => {
+                        meter.on_read(Leg::OpenAi, n, now);
                         if let LegInput::Closed(why) = decode_input(oa_leg, Leg::OpenAi, &mut call, now) {
                             oa_open = false;
                             call.handle_openai_closed(now, &why);
@@ -504,6 +528,7 @@ async fn run_call(
                 Ok(Progress::Wrote(n)) => {
                     tw.output.drain(..n);
                     tw.last_progress = Instant::now();
+                    meter.on_written(Leg::Twilio, n, tw.last_progress);
                 }
                 Ok(Progress::Flushed) => {}
                 Err(_) => {
@@ -518,6 +543,7 @@ async fn run_call(
                     Ok(Progress::Wrote(n)) => {
                         oa_leg.output.drain(..n);
                         oa_leg.last_progress = Instant::now();
+                        meter.on_written(Leg::OpenAi, n, oa_leg.last_progress);
                         oa_leg.needs_flush = true;
                     }
                     Ok(Progress::Flushed) => oa_leg.needs_flush = false,
@@ -531,6 +557,7 @@ async fn run_call(
             r = &mut connect, if connecting => {
                 connecting = false;
                 let now = Instant::now();
+                meter.on_openai_connect(now.duration_since(started), r.is_ok());
                 match r {
                     Ok((conn, rest)) => {
                         tracing::debug!(call_sid = %grant.call_sid, ms = now.duration_since(started).as_millis() as u64, "openai connected");
@@ -538,6 +565,7 @@ async fn run_call(
                         let mut leg = LegIo::new(rd, wr, rest, Role::Client, MAX_OPENAI_MESSAGE_BYTES);
                         oa_open = true;
                         if !leg.input.is_empty() {
+                            meter.on_read(Leg::OpenAi, leg.input.len(), now);
                             if let LegInput::Closed(why) = decode_input(&mut leg, Leg::OpenAi, &mut call, now) {
                                 oa_open = false;
                                 call.handle_openai_closed(now, &why);
@@ -557,6 +585,8 @@ async fn run_call(
     // The call is over: say goodbye on both legs and flush, bounded in time.
     pump_transmits(&mut call, &mut scratch, &mut tw, oa.as_mut());
     while let Some(ev) = call.poll_event() {
+        meter.on_event(&ev);
+        recorder.on_event(&mut call, &ev);
         on_call_event(&app, &grant, ev);
     }
     if let Some(o) = oa.as_mut() {
