@@ -123,9 +123,13 @@ impl Proxy {
         cmd.stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
-        let mut child = cmd
-            .spawn()
-            .with_context(|| format!("starting {}", spec.bin.display()))?;
+        let mut child = cmd.spawn().with_context(|| match &spec.cpus {
+            Some(cpus) => format!(
+                "starting taskset -c {cpus} {} (taskset is in util-linux)",
+                spec.bin.display()
+            ),
+            None => format!("starting {}", spec.bin.display()),
+        })?;
         let pid = child.id();
         let log = Arc::new(Mutex::new(VecDeque::new()));
         let stderr = child.stderr.take().context("server stderr")?;
@@ -158,12 +162,28 @@ impl Proxy {
             log,
             data_dir: Some(data_dir),
         };
-        let addr = match rx.recv_timeout(START_TIMEOUT) {
-            Ok(a) => a,
-            Err(_) => bail!(
-                "the server did not print its address within {START_TIMEOUT:?}; its log:\n{}",
-                proxy.log_tail()
-            ),
+        let deadline = std::time::Instant::now() + START_TIMEOUT;
+        let addr = loop {
+            if let Ok(a) = rx.recv_timeout(Duration::from_millis(100)) {
+                break a;
+            }
+            let exited = proxy
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten());
+            if let Some(status) = exited {
+                std::thread::sleep(Duration::from_millis(100)); // let the log reader catch up
+                bail!(
+                    "the server exited at start ({status}); its log:\n{}",
+                    proxy.log_tail()
+                );
+            }
+            if std::time::Instant::now() >= deadline {
+                bail!(
+                    "the server did not print its address within {START_TIMEOUT:?}; its log:\n{}",
+                    proxy.log_tail()
+                );
+            }
         };
         proxy.addr = addr
             .parse()
