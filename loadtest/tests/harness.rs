@@ -207,4 +207,11 @@ fn non_loopback_targets_and_bad_arguments_are_refused() {
     ]);
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("not found"));
+    let out = loadtest(&["run", "--calls", "1", "--server-env", "MAX_CALLS=0"]);
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("exited at start") && stderr.contains("MAX_CALLS"),
+        "{stderr}"
+    );
 }
