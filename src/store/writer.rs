@@ -163,8 +163,8 @@ pub(crate) fn run(trees: Trees, rx: Receiver<Op>, flush_every: Duration, m: Writ
         dirty: HashSet::new(),
         counted: HashSet::new(),
         touched: HashMap::new(),
-        records: sled::Batch::default(),
-        index: sled::Batch::default(),
+        records: Vec::new(),
+        index: Vec::new(),
         appended: 0,
     };
     let mut pending: Vec<Op> = Vec::with_capacity(MAX_BATCH);
@@ -239,8 +239,16 @@ struct Writer {
     counted: HashSet<Arc<str>>,
     /// Records changed in this batch that are not open (ringing, ended): written at commit.
     touched: HashMap<Arc<str>, CallRecord>,
-    records: sled::Batch,
-    index: sled::Batch,
+    /// Records to write at commit, in order (a later write of a key wins).
+    ///
+    /// Plain inserts, not `sled::Batch`: sled 0.34's `apply_batch` pins the log for atomicity,
+    /// which rolls the io buffer twice and writes it out with a `sync_file_range` even for an
+    /// empty batch, so two batches per writer wake-up cost four small disk writes and wake
+    /// every sled io thread (profiled: ~18% of the proxy's CPU under 300 calls). Nothing needs
+    /// the atomicity: each record is independent, and the flush makes them durable together.
+    records: Vec<(Vec<u8>, Vec<u8>)>,
+    /// `calls_by_time` keys to insert at commit.
+    index: Vec<Vec<u8>>,
     appended: u64,
 }
 
@@ -278,7 +286,7 @@ impl Writer {
             Ok(None) => {}
             Err(e) => tracing::error!(call_sid = sid, "reading call record: {e}"),
         }
-        self.index.insert(time_key(at_ms, sid), &[][..]);
+        self.index.push(time_key(at_ms, sid));
         CallRecord::new(sid, CallStatus::Ringing, at_ms)
     }
 
@@ -511,19 +519,19 @@ impl Writer {
         for (_, r) in self.touched.drain() {
             put_record(&mut self.records, &r);
         }
-        self.trees
-            .calls
-            .apply_batch(std::mem::take(&mut self.records))?;
-        self.trees
-            .by_time
-            .apply_batch(std::mem::take(&mut self.index))?;
+        for (key, value) in self.records.drain(..) {
+            self.trees.calls.insert(key, value)?;
+        }
+        for key in self.index.drain(..) {
+            self.trees.by_time.insert(key, &[][..])?;
+        }
         Ok(())
     }
 }
 
-fn put_record(batch: &mut sled::Batch, r: &CallRecord) {
+fn put_record(records: &mut Vec<(Vec<u8>, Vec<u8>)>, r: &CallRecord) {
     match serde_json::to_vec(r) {
-        Ok(bytes) => batch.insert(r.call_sid.as_bytes(), bytes),
+        Ok(bytes) => records.push((r.call_sid.as_bytes().to_vec(), bytes)),
         Err(e) => tracing::error!(call_sid = %r.call_sid, "serializing a record: {e}"),
     }
 }
