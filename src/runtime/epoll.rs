@@ -44,8 +44,28 @@ pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long the closing handshake and the last flush may take when a call ends.
 pub const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// Bytes read per socket read.
-const READ_CHUNK: usize = 16 * 1024;
+/// Initial capacity of a leg's input and output buffers, and what a read asks room for when the
+/// input has less than [`MIN_READ_SPACE`] free. Twilio frames are ~400 bytes and deltas a few
+/// KiB, so 4 KiB reads lose nothing, while 16 KiB chunks grew every buffer to 32 KiB (a reserve
+/// of 16 KiB on a 16 KiB buffer holding a few bytes doubles it) and cost ~100 KiB of RSS per
+/// call. A buffer still grows to hold a whole message (amortised doubling) and shrinks back
+/// above [`SHRINK_ABOVE`] once empty.
+const READ_CHUNK: usize = 4 * 1024;
+
+/// Free input space below which a read first reserves [`READ_CHUNK`] more.
+const MIN_READ_SPACE: usize = 1024;
+
+/// An empty input or output buffer with more capacity than this (a burst, a big message, a slow
+/// peer up to [`HIGH_WATER_BYTES`]) is shrunk back to [`READ_CHUNK`], so a call's memory returns to
+/// its resting size. Above every regular frame size, so the hot path never reallocates.
+const SHRINK_ABOVE: usize = 64 * 1024;
+
+/// Shrinks an emptied buffer that grew past [`SHRINK_ABOVE`].
+fn shrink_if_idle(buf: &mut Vec<u8>) {
+    if buf.is_empty() && buf.capacity() > SHRINK_ABOVE {
+        buf.shrink_to(READ_CHUNK);
+    }
+}
 
 /// Accepts connections until `shutdown` turns true.
 pub async fn serve(
@@ -259,7 +279,9 @@ async fn read_some<R: AsyncRead + Unpin>(
 ) -> io::Result<usize> {
     match rd {
         Some(rd) => {
-            buf.reserve(READ_CHUNK);
+            if buf.capacity() - buf.len() < MIN_READ_SPACE {
+                buf.reserve(READ_CHUNK);
+            }
             rd.read_buf(buf).await
         }
         None => std::future::pending().await,
@@ -353,6 +375,7 @@ fn decode_input<R, W>(
         start += consumed;
     };
     leg.input.drain(..start);
+    shrink_if_idle(&mut leg.input);
     result
 }
 
@@ -527,6 +550,7 @@ async fn run_call(
             r = write_leg(Some(&mut tw.wr), &tw.output, false) => match r {
                 Ok(Progress::Wrote(n)) => {
                     tw.output.drain(..n);
+                    shrink_if_idle(&mut tw.output);
                     tw.last_progress = Instant::now();
                     meter.on_written(Leg::Twilio, n, tw.last_progress);
                 }
@@ -542,6 +566,7 @@ async fn run_call(
                 match r {
                     Ok(Progress::Wrote(n)) => {
                         oa_leg.output.drain(..n);
+                        shrink_if_idle(&mut oa_leg.output);
                         oa_leg.last_progress = Instant::now();
                         meter.on_written(Leg::OpenAi, n, oa_leg.last_progress);
                         oa_leg.needs_flush = true;
