@@ -288,6 +288,14 @@ async fn read_some<R: AsyncRead + Unpin>(
     }
 }
 
+/// Awaits the pending OpenAI connect, if any; never resolves once it is gone.
+async fn connect_some<F: std::future::Future + Unpin>(connect: &mut Option<F>) -> F::Output {
+    match connect.as_mut() {
+        Some(f) => f.await,
+        None => std::future::pending().await,
+    }
+}
+
 /// What a write future achieved.
 enum Progress {
     /// Bytes taken from the output buffer.
@@ -435,9 +443,9 @@ async fn run_call(
         MAX_TWILIO_MESSAGE_BYTES,
     );
     let mut oa: Option<LegIo<tokio::io::ReadHalf<Conn>, tokio::io::WriteHalf<Conn>>> = None;
-    let connect = connector.connect();
-    tokio::pin!(connect);
-    let mut connecting = true;
+    // Boxed, and dropped once it resolves: inline, the connect future (TCP connect, TLS
+    // handshake state, its timeout) stayed in the call's task for the whole call.
+    let mut connect = Some(Box::pin(connector.connect()));
     let mut scratch: Vec<u8> = Vec::with_capacity(READ_CHUNK);
     let mut tw_open = true;
     let mut oa_open = false;
@@ -591,8 +599,8 @@ async fn run_call(
                     }
                 }
             }
-            r = &mut connect, if connecting => {
-                connecting = false;
+            r = connect_some(&mut connect) => {
+                connect = None;
                 let now = Instant::now();
                 meter.on_openai_connect(now.duration_since(started), r.is_ok());
                 match r {
