@@ -4,7 +4,7 @@
 //! | route | method | answer |
 //! | --- | --- | --- |
 //! | `/api/twilio/voice` | POST | TwiML: `<Connect><Stream>` (or the legacy conference) |
-//! | `/api/twilio/after-stream` | POST | TwiML after the stream: `<Hangup/>`, or the conference when the AI leg failed |
+//! | `/api/twilio/after-stream[/{callId}]` | POST | TwiML after the stream: `<Hangup/>`, or the conference when the AI leg failed |
 //! | `/api/twilio/status` | POST | 204 (status callbacks) |
 //! | `/api/twilio/media-stream/{callId}` | GET | WebSocket upgrade for a signed, unexpired `callId`; 403 otherwise |
 //! | `/healthz` | GET | 200 with the active call count |
@@ -25,6 +25,10 @@ use crate::twilio::{signature, twiml};
 
 /// Path prefix of the media stream WebSocket.
 pub const MEDIA_STREAM_PREFIX: &str = "/api/twilio/media-stream/";
+
+/// Path prefix of `after-stream` with a per-call suffix (`/api/twilio/after-stream/{callId}`,
+/// the form of protocol.md 2.1); answered like `/api/twilio/after-stream`.
+pub const AFTER_STREAM_PREFIX: &str = "/api/twilio/after-stream/";
 
 /// Calls whose outcome is remembered for `after-stream` (a few minutes of heavy traffic).
 const MAX_REMEMBERED_OUTCOMES: usize = 8192;
@@ -187,6 +191,8 @@ impl App {
             "/metrics" => metrics_page(req),
             "/api/twilio/voice" => self.voice(req, now_unix),
             "/api/twilio/after-stream" => self.after_stream(req),
+            // protocol.md 2.1: the <Redirect> target may carry the callId in the path.
+            _ if path.starts_with(AFTER_STREAM_PREFIX) => self.after_stream(req),
             "/api/twilio/status" => self.status_callback(req),
             _ if path.starts_with(super::admin::PREFIX) => {
                 super::admin::route(self.store.as_ref(), self.cfg.admin_token.as_deref(), req)
