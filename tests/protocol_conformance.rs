@@ -577,3 +577,78 @@ fn base64_of(n: usize) -> String {
     use base64::Engine as _;
     base64::engine::general_purpose::STANDARD.encode(vec![0xffu8; n])
 }
+
+#[tokio::test]
+async fn greeting_and_tool_call_follow_section_5_3() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let tools = common::temp_data_dir("tools");
+    std::fs::write(
+        &tools,
+        r#"[{"type": "function", "name": "lookup_order", "description": "注文番号から注文状況を調べる",
+            "parameters": {"type": "object", "properties": {"order_id": {"type": "string", "description": "注文番号"}}, "required": ["order_id"]}}]"#,
+    )
+    .unwrap();
+    let url = format!(
+        "ws://{}/v1/realtime?model={{model}}",
+        listener.local_addr().unwrap()
+    );
+    let proxy = Proxy::spawn(&[
+        ("OPENAI_REALTIME_URL", url.as_str()),
+        ("OPENAI_REALTIME_API_KEY", "sk-test"),
+        ("TWILIO_AUTH_TOKEN", common::AUTH_TOKEN),
+        ("AGENT_GREETING", "お電話ありがとうございます。"),
+        ("AGENT_TOOLS_FILE", tools.to_str().unwrap()),
+    ]);
+    let mut twilio = RawStream::open(proxy.addr, 2).await;
+    twilio.start().await;
+    let mut oa = FakeOpenAi::accept(&listener).await;
+    oa.send(SESSION_CREATED).await;
+    let update = oa.expect("session.update").await;
+    assert_eq!(update["session"]["tools"][0]["name"], "lookup_order");
+    assert_eq!(update["session"]["tool_choice"], "auto");
+    oa.send(SESSION_UPDATED).await;
+    // The greeting: a response.create (with instructions) right after session.updated.
+    let create = oa.expect("response.create").await;
+    assert!(create["event_id"].is_string());
+    assert!(create["response"]["instructions"]
+        .as_str()
+        .unwrap()
+        .contains("お電話ありがとうございます。"));
+    // protocol.md 5.4: a tool call, verbatim; the answer is function_call_output + response.create.
+    oa.send(r#"{"type": "response.function_call_arguments.done", "event_id": "event_C8", "response_id": "resp_R1", "item_id": "item_F3", "output_index": 1, "call_id": "call_Q2f8", "name": "lookup_order", "arguments": "{\"order_id\":\"12345\"}"}"#).await;
+    let item = oa.expect("conversation.item.create").await;
+    assert_eq!(item["item"]["type"], "function_call_output");
+    assert_eq!(item["item"]["call_id"], "call_Q2f8");
+    let output: Value = serde_json::from_str(item["item"]["output"].as_str().unwrap())
+        .expect("output is JSON text");
+    assert!(output.is_object());
+    let create = oa.expect("response.create").await;
+    assert!(create["event_id"].is_string());
+    assert_ne!(create["event_id"], item["event_id"], "event ids are unique");
+    twilio.stop().await;
+    let _ = std::fs::remove_file(&tools);
+    assert_no_protocol_errors(&proxy);
+}
+
+#[tokio::test]
+async fn an_error_during_setup_ends_the_call_and_twilio_gets_the_fallback() {
+    // protocol.md 5.4: `error` is fatal only before session.updated. The stream closes normally
+    // (1000) and after-stream sends the caller to the humans instead of hanging up.
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let proxy = proxy_for(&listener);
+    let mut twilio = RawStream::open(proxy.addr, 3).await;
+    twilio.start().await;
+    let mut oa = FakeOpenAi::accept(&listener).await;
+    oa.send(SESSION_CREATED).await;
+    let update = oa.expect("session.update").await;
+    let error = format!(
+        r#"{{"type": "error", "event_id": "event_A9", "error": {{"type": "invalid_request_error", "code": "invalid_value", "message": "Invalid value: 'nova'.", "param": "session.audio.output.voice", "event_id": {}}}}}"#,
+        update["event_id"]
+    );
+    oa.send(&error).await;
+    assert_eq!(twilio.until_closed(T).await, Some(1000));
+    let resp = common::after_stream(proxy.addr, 3).await;
+    assert_eq!(resp.status, 200);
+    let body = std::str::from_utf8(&resp.body).unwrap();
+    assert!(body.contains("<Dial><Conference>"), "{body}");
+}
