@@ -652,3 +652,36 @@ async fn an_error_during_setup_ends_the_call_and_twilio_gets_the_fallback() {
     let body = std::str::from_utf8(&resp.body).unwrap();
     assert!(body.contains("<Dial><Conference>"), "{body}");
 }
+
+#[tokio::test]
+async fn a_long_sip_from_does_not_break_the_parameter_limit() {
+    // protocol.md 1.1: `From` may be a SIP URI; 2.1: a <Parameter>'s name and value together
+    // stay under 500 characters, or Twilio refuses the TwiML and the caller hears an error.
+    let proxy = Proxy::spawn(&[
+        ("TWILIO_AUTH_TOKEN", common::AUTH_TOKEN),
+        ("OPENAI_REALTIME_URL", "ws://127.0.0.1:9/v1/realtime"),
+    ]);
+    let from = format!("sip:{}@pbx.example.com;transport=tls", "x".repeat(700));
+    let params: Vec<(String, String)> = [
+        ("AccountSid", "AC00000000000000000000000000000001"),
+        ("CallSid", "CA00000000000000000000000000000009"),
+        ("CallStatus", "ringing"),
+        ("Direction", "inbound"),
+        ("From", from.as_str()),
+        ("To", "+81501234567"),
+    ]
+    .iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect();
+    let resp = common::signed_post(proxy.addr, "/api/twilio/voice", &params).await;
+    assert_eq!(resp.status, 200);
+    let twiml = Twiml::parse(std::str::from_utf8(&resp.body).unwrap()).expect("twiml");
+    let stream = twiml.stream().expect("<Connect><Stream>");
+    for (name, value) in &stream.parameters {
+        assert!(
+            name.chars().count() + value.chars().count() < 500,
+            "{name}: {} characters",
+            value.chars().count()
+        );
+    }
+}
