@@ -685,3 +685,50 @@ async fn a_long_sip_from_does_not_break_the_parameter_limit() {
         );
     }
 }
+
+#[tokio::test]
+async fn a_final_status_callback_closes_a_call_whose_stream_never_started() {
+    // protocol.md 1.3: the status callback closes the CallRecord if the stream never started.
+    let proxy = Proxy::spawn(&[
+        ("TWILIO_AUTH_TOKEN", common::AUTH_TOKEN),
+        ("OPENAI_REALTIME_URL", "ws://127.0.0.1:9/v1/realtime"),
+        ("ADMIN_TOKEN", common::store::ADMIN_TOKEN),
+    ]);
+    assert_eq!(common::webhook(proxy.addr, 11).await.status, 200);
+    let sid = callbridge::sim::webhook::sid("CA", 11);
+    common::store::wait_for_call(proxy.addr, &sid, T, |v| v["status"] == "ringing").await;
+    let params: Vec<(String, String)> = [
+        ("AccountSid", "AC00000000000000000000000000000001"),
+        ("CallSid", sid.as_str()),
+        ("CallStatus", "no-answer"),
+        ("CallDuration", "0"),
+        ("Timestamp", "Mon, 30 Nov 2026 09:00:00 +0000"),
+        ("SequenceNumber", "0"),
+    ]
+    .iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect();
+    let resp = common::signed_post(proxy.addr, "/api/twilio/status", &params).await;
+    assert_eq!(resp.status, 204);
+    let call =
+        common::store::wait_for_call(proxy.addr, &sid, T, |v| v["status"] != "ringing").await;
+    assert_eq!(call["status"], "failed", "{call}");
+    // A callback for a call this instance never saw creates nothing.
+    let mut other = params.clone();
+    other[1].1 = callbridge::sim::webhook::sid("CA", 12);
+    assert_eq!(
+        common::signed_post(proxy.addr, "/api/twilio/status", &other)
+            .await
+            .status,
+        204
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (status, _) = common::store::admin(
+        proxy.addr,
+        "GET",
+        &format!("/api/admin/calls/{}", other[1].1),
+        "",
+    )
+    .await;
+    assert_eq!(status, 404);
+}

@@ -360,12 +360,15 @@ impl App {
 
     fn status_callback(&self, req: &Request) -> Response {
         match self.signed_form(req) {
-            Ok(_) => Response {
-                status: 204,
-                content_type: "text/plain",
-                body: vec![],
-                headers: vec![],
-            },
+            Ok(params) => {
+                record_final_status(self, &params);
+                Response {
+                    status: 204,
+                    content_type: "text/plain",
+                    body: vec![],
+                    headers: vec![],
+                }
+            }
             Err(resp) => resp,
         }
     }
@@ -454,4 +457,23 @@ fn is_host_safe(host: &str) -> bool {
 /// Whether a CallSid looks like one (letters and digits, 1–64 characters).
 fn is_sid_like(s: &str) -> bool {
     !s.is_empty() && s.len() <= 64 && s.bytes().all(|b| b.is_ascii_alphanumeric())
+}
+
+/// Final `CallStatus` values of a status callback (protocol.md 1.3).
+const FINAL_CALL_STATUSES: &[&str] = &["completed", "busy", "failed", "no-answer", "canceled"];
+
+/// Records a status callback's final `CallStatus`, which closes a record whose stream never
+/// started (protocol.md 1.3).
+fn record_final_status(app: &App, params: &[(String, String)]) {
+    let get = |k: &str| params.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
+    if let (Some(call_sid), Some(status)) = (get("CallSid"), get("CallStatus")) {
+        if is_sid_like(call_sid) && FINAL_CALL_STATUSES.contains(&status) {
+            app.record(
+                call_sid,
+                RecordChange::StatusCallback {
+                    call_status: status.to_owned(),
+                },
+            );
+        }
+    }
 }
