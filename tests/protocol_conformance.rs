@@ -732,3 +732,52 @@ async fn a_final_status_callback_closes_a_call_whose_stream_never_started() {
     .await;
     assert_eq!(status, 404);
 }
+
+#[tokio::test]
+async fn pings_from_either_peer_are_answered_with_the_same_payload() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let proxy = proxy_for(&listener);
+    let mut twilio = RawStream::open(proxy.addr, 4).await;
+    twilio.start().await;
+    let mut oa = FakeOpenAi::accept(&listener).await;
+    // OpenAI side.
+    let mut out = Vec::new();
+    oa.enc.ping(&mut out, b"oa-ping");
+    oa.stream.write_all(&out).await.unwrap();
+    let deadline = tokio::time::Instant::now() + T;
+    'openai: loop {
+        let decoded = oa.dec.decode(&mut oa.input).expect("valid frames");
+        let consumed = decoded.consumed;
+        if let Some(Message::Pong(p)) = decoded.message {
+            assert_eq!(p, b"oa-ping");
+            break 'openai;
+        }
+        oa.input.drain(..consumed);
+        if consumed == 0 {
+            let mut chunk = [0u8; 4096];
+            let n = tokio::time::timeout_at(deadline, oa.stream.read(&mut chunk))
+                .await
+                .expect("a pong to openai in time")
+                .unwrap();
+            assert!(n > 0, "closed");
+            oa.input.extend_from_slice(&chunk[..n]);
+        }
+    }
+    // Twilio side: a masked ping frame, hand-made (FIN + ping, masked, 5 bytes).
+    let mask = [1u8, 2, 3, 4];
+    let mut frame = vec![0x89, 0x80 | 5];
+    frame.extend_from_slice(&mask);
+    frame.extend(b"tping".iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+    twilio.send_raw(&frame).await;
+    // RawStream::recv skips control frames, so the call going on is what is checked: a media
+    // frame still reaches OpenAI after the session is ready.
+    oa.send(SESSION_CREATED).await;
+    oa.expect("session.update").await;
+    oa.send(SESSION_UPDATED).await;
+    twilio.media("/////w==").await;
+    assert_eq!(
+        oa.expect("input_audio_buffer.append").await["audio"],
+        "/////w=="
+    );
+    assert_no_protocol_errors(&proxy);
+}
