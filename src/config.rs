@@ -377,7 +377,7 @@ impl ServeArgs {
                 "OPENAI_SESSION_TIMEOUT_SECS",
                 self.openai_session_timeout_secs,
             )?,
-            public_host: self.public_host.clone().filter(|h| !h.is_empty()),
+            public_host: public_host(self.public_host.as_deref())?,
             twilio_auth_token: self.twilio_auth_token.clone().filter(|t| !t.is_empty()),
             stream_secret,
             stream_ttl: Duration::from_secs(self.stream_ttl_secs.max(1)),
@@ -440,10 +440,72 @@ impl ServeArgs {
     }
 }
 
+/// `PUBLIC_HOST` as the bare `host[:port]` the stream URLs and signature checks are built from.
+///
+/// A leading `https://` or `wss://` and a trailing `/` are tolerated and removed (a common way to
+/// write it); anything else that cannot be a host (a path, a query, spaces, another scheme) is
+/// refused at start: it would otherwise make every webhook fail (protocol.md 3.1).
+fn public_host(value: Option<&str>) -> Result<Option<String>, ConfigError> {
+    let Some(raw) = value.map(str::trim).filter(|h| !h.is_empty()) else {
+        return Ok(None);
+    };
+    let host = raw
+        .strip_prefix("https://")
+        .or_else(|| raw.strip_prefix("wss://"))
+        .unwrap_or(raw);
+    let host = host.strip_suffix('/').unwrap_or(host);
+    let ok = !host.is_empty()
+        && host.len() <= 255
+        && host.bytes().all(|b| {
+            b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b':' | b'[' | b']' | b'_')
+        });
+    if !ok {
+        return Err(ConfigError::Invalid {
+            name: "PUBLIC_HOST",
+            why: format!("{raw:?} is not a host name (write it as bridge.example.com[:port])"),
+        });
+    }
+    Ok(Some(host.to_owned()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use clap::Parser;
+
+    #[test]
+    fn public_host_tolerates_a_scheme_and_a_slash_and_refuses_paths() {
+        assert_eq!(public_host(None).unwrap(), None);
+        assert_eq!(public_host(Some(" ")).unwrap(), None);
+        for ok in [
+            "bridge.example.com",
+            "https://bridge.example.com",
+            "wss://bridge.example.com/",
+            "bridge.example.com/",
+        ] {
+            assert_eq!(
+                public_host(Some(ok)).unwrap().as_deref(),
+                Some("bridge.example.com"),
+                "{ok}"
+            );
+        }
+        assert_eq!(
+            public_host(Some("bridge.example.com:8443"))
+                .unwrap()
+                .as_deref(),
+            Some("bridge.example.com:8443")
+        );
+        for bad in [
+            "http://bridge.example.com",
+            "bridge.example.com/api",
+            "bridge.example.com?x=1",
+            "bridge example.com",
+            "https://",
+        ] {
+            let err = public_host(Some(bad)).unwrap_err();
+            assert!(err.to_string().starts_with("PUBLIC_HOST: "), "{bad}: {err}");
+        }
+    }
 
     #[derive(Parser)]
     struct Cli {

@@ -781,3 +781,27 @@ async fn pings_from_either_peer_are_answered_with_the_same_payload() {
     );
     assert_no_protocol_errors(&proxy);
 }
+
+#[tokio::test]
+async fn a_public_host_written_as_a_url_still_validates_twilio_signatures() {
+    // PUBLIC_HOST=https://bridge.example.com/ used to make every webhook answer 400 "no host"
+    // (Twilio then plays its application error): the scheme and slash are now removed at start.
+    let proxy = Proxy::spawn(&[
+        ("TWILIO_AUTH_TOKEN", TOKEN),
+        ("PUBLIC_HOST", "https://bridge.example.com/"),
+        ("OPENAI_REALTIME_URL", "ws://127.0.0.1:9/v1/realtime"),
+    ]);
+    let resp = post(
+        proxy.addr,
+        "/api/twilio/voice",
+        EXAMPLE_2_BODY,
+        "DBGkIL/deAPzeQrqy7FeC/dD7II=",
+    )
+    .await;
+    assert_eq!(resp.status, 200, "{}", String::from_utf8_lossy(&resp.body));
+    let body = std::str::from_utf8(&resp.body).unwrap();
+    assert!(
+        body.contains(r#"<Stream url="wss://bridge.example.com/api/twilio/media-stream/"#),
+        "{body}"
+    );
+}
