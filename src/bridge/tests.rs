@@ -835,3 +835,45 @@ fn worked_example_c_gives_30() {
     );
     assert_eq!(s.truncates(), vec![("item_X".to_owned(), 30)]);
 }
+
+#[test]
+fn late_deltas_of_a_response_cancelled_while_nothing_played_are_dropped() {
+    // The first delta was heard completely (its mark echoed), the model is still generating;
+    // the caller speaks, the server cancels the response (interrupt_response), and a delta it
+    // had already emitted arrives after speech_started: it must not play (protocol.md 6.1
+    // flaw 6, 7 common mistake 7).
+    let mut s = Sim::ready();
+    s.openai(json!({"type": "response.created", "event_id": "e", "response": {"id": "resp_1", "object": "realtime.response", "status": "in_progress", "output": []}}));
+    s.at(0).delta("resp_1", "item_X", 400);
+    s.at(60).echo("e=0;i=item_X;ms=50");
+    s.twilio_out.clear();
+    s.at(100).speech_started();
+    assert!(s.twilio_out.is_empty(), "nothing playing: no clear");
+    assert!(s.truncates().is_empty(), "heard completely: no truncate");
+    s.at(110).delta("resp_1", "item_X", 800);
+    assert!(
+        s.twilio_out.is_empty(),
+        "late delta forwarded: {:?}",
+        s.twilio_out
+    );
+    assert_eq!(s.call.stats().late_deltas_dropped, 1);
+    s.openai(json!({"type": "response.done", "event_id": "e", "response": {"id": "resp_1", "object": "realtime.response", "status": "cancelled", "status_details": {"type": "cancelled", "reason": "turn_detected"}, "output": []}}));
+    // The next response plays normally.
+    s.openai(json!({"type": "response.created", "event_id": "e", "response": {"id": "resp_2", "object": "realtime.response", "status": "in_progress", "output": []}}));
+    s.at(900).delta("resp_2", "item_Y", 400);
+    assert_eq!(s.twilio_out.len(), 2, "media and mark of the new response");
+}
+
+#[test]
+fn speech_after_a_finished_response_does_not_drop_the_next_one() {
+    let mut s = Sim::ready();
+    s.openai(json!({"type": "response.created", "event_id": "e", "response": {"id": "resp_1", "object": "realtime.response", "status": "in_progress", "output": []}}));
+    s.at(0).delta("resp_1", "item_X", 400);
+    s.openai(json!({"type": "response.done", "event_id": "e", "response": {"id": "resp_1", "object": "realtime.response", "status": "completed", "output": []}}));
+    s.at(60).echo("e=0;i=item_X;ms=50");
+    s.at(100).speech_started();
+    s.twilio_out.clear();
+    s.at(900).delta("resp_2", "item_Y", 400);
+    assert_eq!(s.twilio_out.len(), 2);
+    assert_eq!(s.call.stats().late_deltas_dropped, 0);
+}
