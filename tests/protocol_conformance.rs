@@ -805,3 +805,32 @@ async fn a_public_host_written_as_a_url_still_validates_twilio_signatures() {
         "{body}"
     );
 }
+
+#[tokio::test]
+async fn an_upgrade_offering_compression_and_a_subprotocol_gets_neither() {
+    // Whatever else the upgrade carries (lower-case header names, an offered extension or
+    // subprotocol), the 101 must not choose anything: Media Streams frames are plain JSON text.
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let proxy = proxy_for(&listener);
+    let resp = common::webhook(proxy.addr, 5).await;
+    let twiml = Twiml::parse(std::str::from_utf8(&resp.body).unwrap()).unwrap();
+    let url = twiml.stream().unwrap().url.clone();
+    let (_, path) = callbridge::sim::twiml::split_wss_url(&url).unwrap();
+    let sig = callbridge::sim::webhook::signature(common::AUTH_TOKEN, &url, &[]);
+    let raw = RawStream::connect(
+        proxy.addr,
+        path,
+        &[
+            ("x-twilio-signature", &sig),
+            ("user-agent", "Twilio.TmeWs/1.0"),
+            (
+                "sec-websocket-extensions",
+                "permessage-deflate; client_max_window_bits",
+            ),
+            ("sec-websocket-protocol", "audio"),
+        ],
+    )
+    .await;
+    // `connect` refuses a 101 that picks an extension or subprotocol we did not expect.
+    assert!(raw.is_ok(), "upgrade refused: {:?}", raw.err());
+}
