@@ -464,7 +464,7 @@ impl Writer {
                         CallStatus::Failed
                     };
                     r.end_reason = Some(format!(
-                        "status callback CallStatus={call_status} before any stream"
+                        "status callback CallStatus={call_status}, no stream on this instance"
                     ));
                     r.ended_at_ms = Some(at_ms);
                 }
