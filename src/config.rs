@@ -121,6 +121,25 @@ pub struct ServeArgs {
     /// JSON file with a list of OpenAI function tool definitions.
     #[arg(long, env = "AGENT_TOOLS_FILE")]
     pub agent_tools_file: Option<PathBuf>,
+    /// IO driver: `uring` (io_uring, thread per core), `epoll` (tokio), or `auto` (io_uring when
+    /// this machine allows it, else epoll; the log says which and why).
+    #[arg(long, env = "RUNTIME", value_enum, default_value_t = RuntimeChoice::Auto)]
+    pub runtime: RuntimeChoice,
+    /// Worker threads of the io_uring driver, each with its own ring and listening socket
+    /// (default: the number of cores).
+    #[arg(long, env = "WORKERS")]
+    pub workers: Option<usize>,
+}
+
+/// Which IO driver serves (`RUNTIME`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum RuntimeChoice {
+    /// io_uring (tokio-uring), one thread and ring per core; refuses to start without io_uring.
+    Uring,
+    /// tokio's multi-threaded runtime (epoll).
+    Epoll,
+    /// io_uring if a probe at start succeeds, else epoll.
+    Auto,
 }
 
 /// Why the configuration was refused.
@@ -286,6 +305,10 @@ pub struct Config {
     pub twilio_idle_timeout: Duration,
     /// The agent (until the store provides agents).
     pub agent: Arc<AgentSettings>,
+    /// IO driver choice.
+    pub runtime: RuntimeChoice,
+    /// io_uring worker threads (at least 1).
+    pub workers: usize,
 }
 
 impl ServeArgs {
@@ -342,6 +365,22 @@ impl ServeArgs {
                 key
             }
         };
+        let workers = match self.workers {
+            Some(0) => {
+                return Err(ConfigError::Invalid {
+                    name: "WORKERS",
+                    why: "must be at least 1".into(),
+                })
+            }
+            Some(n) if n > 1024 => {
+                return Err(ConfigError::Invalid {
+                    name: "WORKERS",
+                    why: format!("{n} threads is more than 1024"),
+                })
+            }
+            Some(n) => n,
+            None => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        };
         let log_event_types: Vec<String> = self
             .log_event_types
             .split(',')
@@ -383,6 +422,8 @@ impl ServeArgs {
             http_read_timeout: secs("HTTP_READ_TIMEOUT_SECS", self.http_read_timeout_secs)?,
             twilio_idle_timeout: secs("TWILIO_IDLE_TIMEOUT_SECS", self.twilio_idle_timeout_secs)?,
             agent: Arc::new(agent),
+            runtime: self.runtime,
+            workers,
         })
     }
 
@@ -501,7 +542,9 @@ mod tests {
     #[test]
     fn bad_values_are_refused_by_name() {
         let base = ["--openai-url", "ws://127.0.0.1:9/"];
-        let cases: [(&[&str], &str); 4] = [
+        let cases: [(&[&str], &str); 6] = [
+            (&["--workers", "0"], "WORKERS"),
+            (&["--workers", "5000"], "WORKERS"),
             (&["--max-calls", "0"], "MAX_CALLS"),
             (&["--stream-secret", "short"], "STREAM_SECRET"),
             (
@@ -516,6 +559,25 @@ mod tests {
             let err = parse(&args).unwrap_err().to_string();
             assert!(err.contains(name), "{err}");
         }
+    }
+
+    #[test]
+    fn runtime_and_workers_parse_and_default_to_auto_and_the_core_count() {
+        let cfg = parse(&["--openai-url", "ws://127.0.0.1:9/"]).unwrap();
+        assert_eq!(cfg.runtime, RuntimeChoice::Auto);
+        assert!(cfg.workers >= 1);
+        let cfg = parse(&[
+            "--openai-url",
+            "ws://127.0.0.1:9/",
+            "--runtime",
+            "uring",
+            "--workers",
+            "3",
+        ])
+        .unwrap();
+        assert_eq!((cfg.runtime, cfg.workers), (RuntimeChoice::Uring, 3));
+        let cli = Cli::try_parse_from(["callbridge", "--runtime", "kqueue"]);
+        assert!(cli.is_err(), "an unknown driver is refused");
     }
 
     #[test]

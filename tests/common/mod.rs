@@ -36,7 +36,11 @@ impl Proxy {
             .env_clear()
             .env("LISTEN", "127.0.0.1:0")
             .env("LOG_LEVEL", "info")
-            .env("NO_COLOR", "1");
+            .env("NO_COLOR", "1")
+            .env("RUNTIME", runtime());
+        if let Ok(workers) = std::env::var("WORKERS") {
+            cmd.env("WORKERS", workers);
+        }
         for (k, v) in env {
             cmd.env(k, v);
         }
@@ -101,6 +105,12 @@ impl Drop for Proxy {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// The IO driver the proxy under test runs on: `RUNTIME` from the test's environment
+/// (`RUNTIME=uring cargo test --test '*'` runs the whole suite on io_uring), else `epoll`.
+pub fn runtime() -> String {
+    std::env::var("RUNTIME").unwrap_or_else(|_| "epoll".to_owned())
 }
 
 /// Starts the strict mock (schema self-check on) with `tweak` applied.
