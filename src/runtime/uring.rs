@@ -276,3 +276,29 @@ impl Dial for UringDial {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn failures_are_explained_by_errno() {
+        let enosys = explain(&io::Error::from_raw_os_error(38));
+        assert!(enosys.contains("no io_uring (ENOSYS)"), "{enosys}");
+        let eperm = explain(&io::Error::from_raw_os_error(1));
+        assert!(
+            eperm.contains("EPERM") && (eperm.contains("sysctl") || eperm.contains("seccomp")),
+            "{eperm}"
+        );
+        let enomem = explain(&io::Error::from_raw_os_error(12));
+        assert!(enomem.contains("RLIMIT_MEMLOCK"), "{enomem}");
+    }
+
+    #[test]
+    fn workers_share_one_port() {
+        let a = reuseport_listener("127.0.0.1:0".parse().unwrap()).unwrap();
+        let addr = a.local_addr().unwrap();
+        let b = reuseport_listener(addr).expect("a second SO_REUSEPORT listener on the same port");
+        assert_eq!(b.local_addr().unwrap(), addr);
+    }
+}
