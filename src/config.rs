@@ -129,6 +129,13 @@ pub struct ServeArgs {
     /// (default: the number of cores).
     #[arg(long, env = "WORKERS")]
     pub workers: Option<usize>,
+    /// Most pre-warmed OpenAI connections kept per worker (0: no pool, every call connects).
+    #[arg(long, env = "OPENAI_POOL_MAX", default_value_t = 0)]
+    pub openai_pool_max: usize,
+    /// Seconds a pre-warmed connection may sit idle before it is closed (keep it under the
+    /// server's own idle and session limits).
+    #[arg(long, env = "OPENAI_POOL_MAX_IDLE_SECS", default_value_t = 300.0)]
+    pub openai_pool_max_idle_secs: f64,
 }
 
 /// Which IO driver serves (`RUNTIME`).
@@ -309,6 +316,10 @@ pub struct Config {
     pub runtime: RuntimeChoice,
     /// io_uring worker threads (at least 1).
     pub workers: usize,
+    /// Pre-warmed OpenAI connections per worker (0: off).
+    pub openai_pool_max: usize,
+    /// Idle age after which a pre-warmed connection is closed.
+    pub openai_pool_max_idle: Duration,
 }
 
 impl ServeArgs {
@@ -424,6 +435,21 @@ impl ServeArgs {
             agent: Arc::new(agent),
             runtime: self.runtime,
             workers,
+            openai_pool_max: if self.openai_pool_max > 1024 {
+                return Err(ConfigError::Invalid {
+                    name: "OPENAI_POOL_MAX",
+                    why: format!(
+                        "{} connections per worker is more than 1024",
+                        self.openai_pool_max
+                    ),
+                });
+            } else {
+                self.openai_pool_max
+            },
+            openai_pool_max_idle: secs(
+                "OPENAI_POOL_MAX_IDLE_SECS",
+                self.openai_pool_max_idle_secs,
+            )?,
         })
     }
 
@@ -542,7 +568,12 @@ mod tests {
     #[test]
     fn bad_values_are_refused_by_name() {
         let base = ["--openai-url", "ws://127.0.0.1:9/"];
-        let cases: [(&[&str], &str); 6] = [
+        let cases: [(&[&str], &str); 8] = [
+            (&["--openai-pool-max", "5000"], "OPENAI_POOL_MAX"),
+            (
+                &["--openai-pool-max-idle-secs", "0"],
+                "OPENAI_POOL_MAX_IDLE_SECS",
+            ),
             (&["--workers", "0"], "WORKERS"),
             (&["--workers", "5000"], "WORKERS"),
             (&["--max-calls", "0"], "MAX_CALLS"),

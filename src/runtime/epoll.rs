@@ -26,6 +26,7 @@ use crate::front::http::{self, Limits, Parsed};
 use crate::front::routes::{App, Response, Routed, UpgradeGrant};
 use crate::front::ws::{self, Decoder, Encoder, Message, Role};
 use crate::openai::client::Connector;
+use crate::openai::pool::{maintain, PoolConfig, PooledDial, SharedPool};
 use crate::runtime::io::{Dial, Transport};
 use crate::runtime::Phase;
 
@@ -64,13 +65,24 @@ pub async fn serve(
 ) {
     let mut listener = Some(listener);
     let mut tasks = JoinSet::new();
+    let pool = PoolConfig::from_config(app.config()).map(SharedPool::new);
+    let connector = Arc::new(connector);
+    if let (Some(pool), Some(pc)) = (&pool, PoolConfig::from_config(app.config())) {
+        tokio::spawn(maintain(
+            Arc::clone(pool),
+            Arc::clone(&connector),
+            pc.warm_timeout,
+            phase.clone(),
+        ));
+    }
+    let dial = PooledDial::new(connector, pool);
     loop {
         tokio::select! {
             accepted = async { listener.as_ref().expect("guarded").accept().await }, if listener.is_some() => match accepted {
                 Ok((stream, peer)) => {
                     let _ = stream.set_nodelay(true);
-                    let (app, connector) = (Arc::clone(&app), Arc::clone(&connector));
-                    tasks.spawn(async move { connection(stream, peer, app, connector).await });
+                    let (app, dial) = (Arc::clone(&app), dial.clone());
+                    tasks.spawn(async move { connection(stream, peer, app, dial).await });
                 }
                 Err(e) => {
                     // EMFILE and friends: back off instead of spinning.

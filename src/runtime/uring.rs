@@ -31,6 +31,7 @@ use super::uring_stream::UringStream;
 use super::Phase;
 use crate::front::routes::App;
 use crate::openai::client::{ConnectError, Connector, WsConn};
+use crate::openai::pool::{maintain, PoolConfig, PooledDial, SharedPool};
 
 /// Entries of each worker's submission queue (the completion queue is twice as large).
 const RING_ENTRIES: u32 = 1024;
@@ -195,6 +196,17 @@ async fn serve(
     let listener = Rc::new(tokio_uring::net::TcpListener::from_std(listener));
     let mut accepting: Option<AcceptFuture> = Some(accept(&listener));
     let mut tasks = JoinSet::new();
+    let dialer = Arc::new(UringDial::new(connector));
+    let pool = PoolConfig::from_config(app.config()).map(SharedPool::new);
+    if let (Some(pool), Some(pc)) = (&pool, PoolConfig::from_config(app.config())) {
+        tokio_uring::spawn(maintain(
+            Arc::clone(pool),
+            Arc::clone(&dialer),
+            pc.warm_timeout,
+            phase.clone(),
+        ));
+    }
+    let dial = PooledDial::new(dialer, pool);
     loop {
         tokio::select! {
             accepted = async { accepting.as_mut().expect("guarded").await }, if accepting.is_some() => {
@@ -203,8 +215,7 @@ async fn serve(
                     Ok((sock, peer)) => {
                         let _ = sock.set_nodelay(true);
                         let stream = UringStream::new(sock);
-                        let dial = UringDial { connector: Arc::clone(&connector) };
-                        tasks.spawn_local(epoll::connection(stream, peer, Arc::clone(&app), dial));
+                        tasks.spawn_local(epoll::connection(stream, peer, Arc::clone(&app), dial.clone()));
                     }
                     Err(e) => {
                         // EMFILE and friends: back off instead of spinning.

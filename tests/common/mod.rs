@@ -234,6 +234,8 @@ impl RawStream {
         headers: &[(&str, &str)],
     ) -> Result<RawStream, u16> {
         let mut stream = TcpStream::connect(addr).await.expect("connect");
+        // Like Twilio's frames, each of ours leaves at once (no Nagle wait for an ACK).
+        stream.set_nodelay(true).expect("nodelay");
         let key = ws::new_client_key();
         let mut req = Vec::new();
         ws::write_client_handshake(&mut req, &addr.to_string(), path, &key, headers);

@@ -37,6 +37,9 @@ pub struct MockServerConfig {
     pub self_check: bool,
     /// Delay added before each frame the mock sends and to the handshake (simulated network).
     pub latency: Duration,
+    /// `(n, ms)`: the first `n` connections end after `ms` milliseconds (as a server closing
+    /// idle sessions does), whatever the session's script says. For pool tests.
+    pub short_sessions: Option<(u64, u64)>,
 }
 
 impl Default for MockServerConfig {
@@ -49,6 +52,7 @@ impl Default for MockServerConfig {
             session,
             self_check: false,
             latency: Duration::ZERO,
+            short_sessions: None,
         }
     }
 }
@@ -114,6 +118,11 @@ impl MockServer {
                         let (cfg, recs) = (Arc::clone(&cfg), Arc::clone(&recs));
                         let mut session_cfg = cfg.session.clone();
                         session_cfg.id_prefix = format!("{}{conn_no}x", session_cfg.id_prefix);
+                        if let Some((n, ms)) = cfg.short_sessions {
+                            if conn_no <= n {
+                                session_cfg.max_session_ms = Some(ms);
+                            }
+                        }
                         tokio::spawn(async move { connection(stream, conn_no, cfg, session_cfg, recs).await });
                     }
                     _ = rx.changed() => return,
