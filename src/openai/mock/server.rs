@@ -35,7 +35,9 @@ pub struct MockServerConfig {
     pub session: MockConfig,
     /// Validate every sent event against the server schema (costly; on in tests).
     pub self_check: bool,
-    /// Delay added before each frame the mock sends and to the handshake (simulated network).
+    /// Simulated one-way network delay: the handshake answer waits this long, and each frame the
+    /// mock sends leaves this long after the session produced it (frames keep their spacing; a
+    /// burst is delayed, not spread out).
     pub latency: Duration,
     /// `(n, ms)`: the first `n` connections end after `ms` milliseconds (as a server closing
     /// idle sessions does), whatever the session's script says. For pool tests.
@@ -262,16 +264,30 @@ async fn connection(
     let mut session = MockSession::new(session_cfg, Instant::now());
     let mut decoder = Decoder::new(Role::Server, MAX_CLIENT_MESSAGE_BYTES);
     let mut encoder = Encoder::new(Role::Server);
+    // Frames held back by the simulated network: each leaves `latency` after the session
+    // produced it (a pipe, not a queue of sleeps: a burst is delayed, not spread out).
+    let mut in_flight: std::collections::VecDeque<(tokio::time::Instant, Vec<u8>)> =
+        std::collections::VecDeque::new();
     let reason = loop {
         // Send what the session has, then see whether it wants to close.
         while let Some(text) = session.poll_send() {
             observe_sent(&record, &text, cfg.self_check);
-            if !cfg.latency.is_zero() {
-                tokio::time::sleep(cfg.latency).await;
+            if cfg.latency.is_zero() {
+                encoder.text(&mut out, text.as_bytes());
+            } else {
+                let mut frame = Vec::with_capacity(text.len() + 10);
+                encoder.text(&mut frame, text.as_bytes());
+                in_flight.push_back((tokio::time::Instant::now() + cfg.latency, frame));
             }
-            encoder.text(&mut out, text.as_bytes());
         }
-        if let Some((code, why)) = session.should_close() {
+        let now = tokio::time::Instant::now();
+        while in_flight.front().is_some_and(|(due, _)| *due <= now) {
+            if let Some((_, frame)) = in_flight.pop_front() {
+                out.extend_from_slice(&frame);
+            }
+        }
+        let close = session.should_close().filter(|_| in_flight.is_empty());
+        if let Some((code, why)) = close {
             encoder.close(&mut out, code, &why);
             let _ = stream.write_all(&out).await;
             break format!("mock closed: {code} {why}");
@@ -283,6 +299,7 @@ async fn connection(
             out.clear();
         }
         let deadline = session.poll_timeout().map(tokio::time::Instant::from_std);
+        let next_due = in_flight.front().map(|(due, _)| *due);
         input.reserve(16 * 1024);
         tokio::select! {
             r = stream.read_buf(&mut input) => {
@@ -301,6 +318,7 @@ async fn connection(
             _ = async { match deadline { Some(d) => tokio::time::sleep_until(d).await, None => std::future::pending().await } } => {
                 session.handle_timeout(Instant::now());
             }
+            _ = async { match next_due { Some(d) => tokio::time::sleep_until(d).await, None => std::future::pending().await } } => {}
         }
     };
     let mut rec = record.lock().unwrap_or_else(|e| e.into_inner());
