@@ -94,6 +94,11 @@ impl Proxy {
         self.log.lock().unwrap().clone()
     }
 
+    /// The process id (for CPU accounting in measurements).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Whether the process is still running.
     pub fn is_running(&mut self) -> bool {
         self.child.try_wait().expect("try_wait").is_none()
