@@ -19,7 +19,7 @@
 //! - [`twilio`]: Media Streams events, TwiML, request signatures, signed stream ids.
 //! - [`openai`]: Realtime GA events, `session.update`, the client connection, the mock server.
 //! - [`bridge`]: the per-call state machine and its playout ledger (barge-in accounting).
-//! - [`runtime`]: the IO driver (tokio, epoll).
+//! - [`runtime`]: the IO drivers (tokio/epoll, and io_uring thread per core), sharing one call loop.
 //! - [`sim`]: a simulated Twilio caller, used by the demo, the tests and the load test.
 #![warn(missing_docs, unreachable_pub)]
 
