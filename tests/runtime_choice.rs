@@ -130,9 +130,24 @@ async fn stop_closes_a_live_call(runtime: &str) {
     assert_eq!(server.app.active_calls(), 1);
     let app = std::sync::Arc::clone(&server.app);
     let started = Instant::now();
-    server.stop(Duration::ZERO).await;
+    let stopping = tokio::spawn(server.stop(Duration::from_secs(1)));
+    // While draining: no new connections (on any worker), the live call goes on.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    for _ in 0..10 {
+        assert!(
+            tokio::net::TcpStream::connect(addr).await.is_err(),
+            "a draining server accepts no connection"
+        );
+    }
+    assert_eq!(
+        app.active_calls(),
+        1,
+        "the call goes on during the grace period"
+    );
+    raw.media(&silence).await;
+    stopping.await.unwrap();
     assert!(
-        started.elapsed() < Duration::from_secs(3),
+        started.elapsed() < Duration::from_secs(4),
         "stop took {:?}",
         started.elapsed()
     );

@@ -193,6 +193,10 @@ async fn serve(
     connector: Arc<Connector>,
     mut phase: watch::Receiver<Phase>,
 ) {
+    // A second descriptor of the listening socket, to shut it at drain: that ends an accept in
+    // flight (tokio-uring does not cancel it in the kernel, so it would accept and leak one more
+    // connection) and sends new connections to the other workers' listeners, or refuses them.
+    let mut stop_handle = listener.try_clone().ok();
     let listener = Rc::new(tokio_uring::net::TcpListener::from_std(listener));
     let mut accepting: Option<AcceptFuture> = Some(accept(&listener));
     let mut tasks = JoinSet::new();
@@ -235,6 +239,7 @@ async fn serve(
                     Phase::Running => {}
                     Phase::Draining => {
                         accepting = None;
+                        stop_listening(&mut stop_handle);
                         if tasks.is_empty() {
                             break;
                         }
@@ -245,7 +250,16 @@ async fn serve(
         }
     }
     drop(accepting);
+    stop_listening(&mut stop_handle);
     tasks.shutdown().await;
+}
+
+/// Shuts the listening socket (every descriptor of it): no more connections are queued on it, and
+/// an accept in flight completes with an error.
+fn stop_listening(handle: &mut Option<std::net::TcpListener>) {
+    if let Some(h) = handle.take() {
+        let _ = socket2::SockRef::from(&h).shutdown(std::net::Shutdown::Both);
+    }
 }
 
 /// Opens a call's OpenAI leg on the current worker: TCP through this worker's ring, then TLS and
