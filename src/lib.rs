@@ -19,6 +19,7 @@
 //! - [`twilio`]: Media Streams events, TwiML, request signatures, signed stream ids.
 //! - [`openai`]: Realtime GA events, `session.update`, the client connection, the mock server.
 //! - [`bridge`]: the per-call state machine and its playout ledger (barge-in accounting).
+//! - [`metrics`]: the Prometheus recorder, metric names, and the per-call meter drivers feed.
 //! - [`runtime`]: the IO drivers (tokio/epoll, and io_uring thread per core), sharing one call loop.
 //! - [`sim`]: a simulated Twilio caller, used by the demo, the tests and the load test.
 #![warn(missing_docs, unreachable_pub)]
@@ -27,6 +28,7 @@ pub mod bridge;
 pub mod config;
 pub mod demo;
 pub mod front;
+pub mod metrics;
 pub mod openai;
 pub mod runtime;
 pub mod sim;

@@ -367,3 +367,48 @@ fn the_counter_counts_allocations_of_this_thread() {
     });
     assert_eq!(n, 1);
 }
+
+/// Histogram samples per block of the exporter's lock-free sample buffer (metrics-util's
+/// `AtomicBucket`, 64 on 64-bit targets): recording allocates one block per this many samples,
+/// until upkeep drains them.
+const SAMPLES_PER_BLOCK: u64 = 64;
+
+#[test]
+fn metric_work_per_frame_allocates_only_the_exporters_sample_blocks() {
+    use callbridge::bridge::CallStats;
+    use callbridge::metrics::{self, CallMeter};
+
+    metrics::install().expect("recorder installs");
+    let t0 = Instant::now();
+    let mut meter = CallMeter::new(t0);
+    let mut stats = CallStats::default();
+    let mut frame = 0u64;
+    let mut step = |meter: &mut CallMeter, frames: u64| {
+        for _ in 0..frames {
+            frame += 1;
+            let at = t0 + Duration::from_millis(20 * frame);
+            // Uplink: a Twilio read, its append queued, the loop's tick, the write to OpenAI.
+            meter.on_read(Leg::Twilio, 400, at);
+            stats.audio_frames_up += 1;
+            meter.on_queued(&stats, 0, 420);
+            meter.tick(at, 2);
+            meter.on_written(Leg::OpenAi, 420, at + Duration::from_micros(40));
+            // Downlink: an OpenAI read, media + mark queued, the write to Twilio.
+            meter.on_read(Leg::OpenAi, 1200, at);
+            stats.audio_frames_down += 1;
+            meter.on_queued(&stats, 1300, 0);
+            meter.tick(at, 3);
+            meter.on_written(Leg::Twilio, 1300, at + Duration::from_micros(40));
+        }
+    };
+    step(&mut meter, 1_000);
+    let n = allocations_in(|| step(&mut meter, FRAMES as u64));
+    // One latency sample per frame and direction; the counters and gauges allocate nothing.
+    let samples = 2 * FRAMES as u64;
+    assert!(
+        n <= samples / SAMPLES_PER_BLOCK + 2,
+        "{n} allocations for {samples} frames of metric work (sample blocks alone: {})",
+        samples / SAMPLES_PER_BLOCK
+    );
+    eprintln!("{n} allocations for {samples} latency samples");
+}

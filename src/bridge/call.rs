@@ -482,6 +482,11 @@ impl Call {
         self.ended.is_some()
     }
 
+    /// Marks sent to Twilio and not yet echoed (assistant audio queued at Twilio), for metrics.
+    pub fn outstanding_marks(&self) -> usize {
+        self.ledger.outstanding_marks()
+    }
+
     /// Whether the session is ready (caller audio is forwarded).
     pub fn is_ready(&self) -> bool {
         self.openai == OpenAiPhase::Ready

@@ -8,6 +8,7 @@
 //! | `/api/twilio/status` | POST | 204 (status callbacks) |
 //! | `/api/twilio/media-stream/{callId}` | GET | WebSocket upgrade for a signed, unexpired `callId`; 403 otherwise |
 //! | `/healthz` | GET | 200 with the active call count |
+//! | `/metrics` | GET | Prometheus text format ([`crate::metrics::render`]) |
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -156,6 +157,7 @@ impl App {
         let path = req.path.as_str();
         let resp = match path {
             "/healthz" => self.healthz(req),
+            "/metrics" => metrics_page(req),
             "/api/twilio/voice" => self.voice(req, now_unix),
             "/api/twilio/after-stream" => self.after_stream(req),
             "/api/twilio/status" => self.status_callback(req),
@@ -262,6 +264,7 @@ impl App {
             ("token", token.as_str()),
         ];
         tracing::info!(call_sid, from, to, "incoming call: streaming to the agent");
+        crate::metrics::webhook_streamed(call_sid, std::time::Instant::now());
         Response::twiml(twiml::connect_stream(&stream_url, &parameters, &redirect))
     }
 
@@ -273,6 +276,12 @@ impl App {
             .as_ref()
             .map(|(lang, text)| (lang.as_str(), text.as_str()));
         tracing::info!(call_sid, ?reason, %room, "fallback to the legacy conference");
+        match reason {
+            FallbackReason::RealtimeOff => crate::metrics::call_fallback("realtime_off"),
+            FallbackReason::Overloaded => crate::metrics::call_fallback("overloaded"),
+            // Counted when the call ended (its end reason).
+            FallbackReason::AiFailed => {}
+        }
         Response::twiml(twiml::conference(say, &room))
     }
 
@@ -357,6 +366,19 @@ pub struct ActiveCallGuard {
 impl Drop for ActiveCallGuard {
     fn drop(&mut self) {
         self.app.active_calls.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// `GET /metrics`: the Prometheus scrape.
+fn metrics_page(req: &Request) -> Response {
+    if req.method != "GET" && req.method != "HEAD" {
+        return method_not_allowed("GET");
+    }
+    Response {
+        status: 200,
+        content_type: crate::metrics::CONTENT_TYPE,
+        body: crate::metrics::render().into_bytes(),
+        headers: vec![],
     }
 }
 

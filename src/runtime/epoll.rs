@@ -25,6 +25,7 @@ use crate::bridge::{Call, CallConfig, CallEvent, EndReason, Leg};
 use crate::front::http::{self, Limits, Parsed};
 use crate::front::routes::{App, Response, Routed, UpgradeGrant};
 use crate::front::ws::{self, Decoder, Encoder, Message, Role};
+use crate::metrics::{self, CallMeter};
 use crate::openai::client::Connector;
 use crate::openai::pool::{maintain, PoolConfig, PooledDial, SharedPool};
 use crate::runtime::io::{Dial, Transport};
@@ -138,6 +139,7 @@ pub(crate) async fn connection<S: Transport, D: Dial>(
             Ok(None) => return,
             Err(resp) => {
                 tracing::warn!(%peer, status = resp.status, "bad request: {}", String::from_utf8_lossy(&resp.body).trim_end());
+                metrics::http_request("", resp.status);
                 write_response(&mut out, &resp, false);
                 let _ = tokio::time::timeout(CLOSE_TIMEOUT, stream.write_all(&out)).await;
                 return;
@@ -147,12 +149,14 @@ pub(crate) async fn connection<S: Transport, D: Dial>(
         match app.route(&request, unix_now()) {
             Routed::Respond(resp) => {
                 tracing::debug!(%peer, method = %request.method, path = %request.path, status = resp.status, "http");
+                metrics::http_request(&request.path, resp.status);
                 write_response(&mut out, &resp, keep_alive);
                 if stream.write_all(&out).await.is_err() || !keep_alive {
                     return;
                 }
             }
             Routed::Upgrade(grant) => {
+                metrics::http_request(&request.path, 101);
                 out.clear();
                 ws::write_upgrade_response(&mut out, &grant.accept);
                 if stream.write_all(&out).await.is_err() {
@@ -426,6 +430,7 @@ async fn run_call<S: Transport, D: Dial>(
     call_cfg.twilio_idle_timeout = cfg.twilio_idle_timeout;
     call_cfg.log_event_types = Arc::clone(&cfg.log_event_types);
     let mut call = Call::new(call_cfg, started);
+    let mut meter = CallMeter::new(started);
     tracing::info!(call_sid = %grant.call_sid, "media stream accepted");
 
     let (tw_rd, tw_wr) = stream.into_halves();
@@ -446,6 +451,7 @@ async fn run_call<S: Transport, D: Dial>(
 
     // Bytes that arrived with the upgrade request.
     if !tw.input.is_empty() {
+        meter.on_read(Leg::Twilio, tw.input.len(), started);
         if let LegInput::Closed(why) = decode_input(&mut tw, Leg::Twilio, &mut call, Instant::now())
         {
             tracing::info!(call_sid = %grant.call_sid, "twilio closed: {why}");
@@ -456,13 +462,20 @@ async fn run_call<S: Transport, D: Dial>(
 
     loop {
         pump_transmits(&mut call, &mut scratch, &mut tw, oa.as_mut());
+        meter.on_queued(
+            call.stats(),
+            tw.output.len(),
+            oa.as_ref().map_or(0, |o| o.output.len()),
+        );
         while let Some(ev) = call.poll_event() {
+            meter.on_event(&ev);
             on_call_event(&app, &grant, ev);
         }
         if call.is_ended() {
             break;
         }
         let now = Instant::now();
+        meter.tick(now, call.outstanding_marks());
         if tw.stalled(now) || oa.as_ref().is_some_and(|o| o.stalled(now)) {
             let leg = if tw.stalled(now) { "twilio" } else { "openai" };
             call.hang_up(
@@ -508,7 +521,8 @@ async fn run_call<S: Transport, D: Dial>(
                         tw_open = false;
                         call.handle_twilio_closed(now);
                     }
-                    Ok(_) => {
+                    Ok(n) => {
+                        meter.on_read(Leg::Twilio, n, now);
                         if let LegInput::Closed(why) = decode_input(&mut tw, Leg::Twilio, &mut call, now) {
                             tracing::info!(call_sid = %grant.call_sid, "twilio closed: {why}");
                             tw_open = false;
@@ -526,7 +540,8 @@ async fn run_call<S: Transport, D: Dial>(
                         let why = match r { Err(e) => format!("io error: {e}"), _ => "connection closed without a close frame".to_owned() };
                         call.handle_openai_closed(now, &why);
                     }
-                    Ok(_) => {
+                    Ok(n) => {
+                        meter.on_read(Leg::OpenAi, n, now);
                         if let LegInput::Closed(why) = decode_input(oa_leg, Leg::OpenAi, &mut call, now) {
                             oa_open = false;
                             call.handle_openai_closed(now, &why);
@@ -538,6 +553,7 @@ async fn run_call<S: Transport, D: Dial>(
                 Ok(Progress::Wrote(n)) => {
                     tw.output.drain(..n);
                     tw.last_progress = Instant::now();
+                    meter.on_written(Leg::Twilio, n, tw.last_progress);
                 }
                 Ok(Progress::Flushed) => {}
                 Err(_) => {
@@ -552,6 +568,7 @@ async fn run_call<S: Transport, D: Dial>(
                     Ok(Progress::Wrote(n)) => {
                         oa_leg.output.drain(..n);
                         oa_leg.last_progress = Instant::now();
+                        meter.on_written(Leg::OpenAi, n, oa_leg.last_progress);
                         oa_leg.needs_flush = true;
                     }
                     Ok(Progress::Flushed) => oa_leg.needs_flush = false,
@@ -565,6 +582,7 @@ async fn run_call<S: Transport, D: Dial>(
             r = &mut connect, if connecting => {
                 connecting = false;
                 let now = Instant::now();
+                meter.on_openai_connect(now.duration_since(started), r.is_ok());
                 match r {
                     Ok((conn, rest)) => {
                         tracing::debug!(call_sid = %grant.call_sid, ms = now.duration_since(started).as_millis() as u64, "openai connected");
@@ -572,6 +590,7 @@ async fn run_call<S: Transport, D: Dial>(
                         let mut leg = LegIo::new(rd, wr, rest, Role::Client, MAX_OPENAI_MESSAGE_BYTES);
                         oa_open = true;
                         if !leg.input.is_empty() {
+                            meter.on_read(Leg::OpenAi, leg.input.len(), now);
                             if let LegInput::Closed(why) = decode_input(&mut leg, Leg::OpenAi, &mut call, now) {
                                 oa_open = false;
                                 call.handle_openai_closed(now, &why);
@@ -591,6 +610,7 @@ async fn run_call<S: Transport, D: Dial>(
     // The call is over: say goodbye on both legs and flush, bounded in time.
     pump_transmits(&mut call, &mut scratch, &mut tw, oa.as_mut());
     while let Some(ev) = call.poll_event() {
+        meter.on_event(&ev);
         on_call_event(&app, &grant, ev);
     }
     if let Some(o) = oa.as_mut() {

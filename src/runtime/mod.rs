@@ -99,6 +99,10 @@ impl Server {
     /// Picks the driver (`cfg.runtime`), binds `cfg.listen` and starts accepting. Must be called
     /// inside a tokio runtime.
     pub async fn start(cfg: Config) -> anyhow::Result<Server> {
+        // Before any call: handles taken before the recorder exists would record nothing.
+        if let Err(e) = crate::metrics::install() {
+            tracing::warn!("metrics disabled: {e}");
+        }
         let extra_ca = match &cfg.openai_extra_ca_file {
             Some(path) => Some(
                 std::fs::read(path)
