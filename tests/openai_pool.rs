@@ -161,3 +161,28 @@ async fn the_pool_cuts_setup_time_against_a_50_ms_network() {
         "{with:?} vs {without:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_connections_are_retired_politely_and_replaced() {
+    let mock = mock(|_| {}).await;
+    let _proxy = Proxy::with_mock(
+        &mock,
+        &[
+            ("OPENAI_POOL_MAX", "1"),
+            ("OPENAI_POOL_MAX_IDLE_SECS", "0.3"),
+            ("WORKERS", "1"),
+        ],
+    );
+    // Warmed at ~0 s, retired at the 1 s tick, replaced, retired again at 2 s…
+    connections(&mock, 3).await;
+    let closed = closed_sessions(&mock, 2, Duration::from_secs(3)).await;
+    assert!(closed.len() >= 2);
+    for s in &closed {
+        assert!(
+            s.close_reason.contains("client closed (1000)"),
+            "retired with a close frame: {}",
+            s.close_reason
+        );
+        assert!(s.stats.session_updates.is_empty(), "no call used it");
+    }
+}

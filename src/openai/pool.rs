@@ -27,10 +27,10 @@ use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
 use futures_util::stream::{FuturesUnordered, StreamExt};
-use tokio::io::{AsyncRead, AsyncReadExt, ReadBuf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::sync::{watch, Notify};
 
-use crate::front::ws::{Decoder, Message, Role};
+use crate::front::ws::{Decoder, Encoder, Message, Role};
 use crate::openai::client::ConnectError;
 use crate::openai::events::{ServerEvent, ServerEventParser};
 use crate::runtime::io::Dial;
@@ -217,6 +217,17 @@ fn still_alive<C: AsyncRead + Unpin>(w: &mut Warm<C>) -> bool {
     !holds_close(&w.rest)
 }
 
+/// Closes a retired connection the polite way: a close frame (1000), then FIN, within 1 s.
+async fn close_politely<C: AsyncWrite + Unpin>(mut w: Warm<C>) {
+    let mut out = Vec::with_capacity(16);
+    Encoder::new(Role::Client).close(&mut out, 1000, "idle");
+    let _ = tokio::time::timeout(Duration::from_secs(1), async {
+        w.conn.write_all(&out).await?;
+        w.conn.shutdown().await
+    })
+    .await;
+}
+
 /// The sans-IO pool: idle connections (oldest first), recent arrivals, connections warming.
 pub struct Pool<C> {
     cfg: PoolConfig,
@@ -394,13 +405,16 @@ pub async fn maintain<D: Dial>(
             }
             _ = pool.doorbell.notified() => {}
             _ = tick.tick() => {
-                let now = Instant::now();
-                let mut p = pool.lock();
-                let old = p.retire(now);
-                let dead = p.discard_dead(still_alive);
-                drop(p);
+                let (old, dead) = {
+                    let mut p = pool.lock();
+                    let old = p.retire(Instant::now());
+                    (old, p.discard_dead(still_alive))
+                };
                 if !old.is_empty() {
                     tracing::debug!(retired = old.len(), "openai pool: retired idle connections");
+                }
+                for w in old {
+                    close_politely(w).await;
                 }
                 if dead > 0 {
                     tracing::info!(dead, "openai pool: discarded connection(s) that died while idle");
@@ -413,10 +427,10 @@ pub async fn maintain<D: Dial>(
             }
         }
     }
-    let mut p = pool.lock();
-    let n = p.idle.len();
-    p.idle.clear();
-    drop(p);
+    let idle: Vec<Warm<D::Conn>> = pool.lock().idle.drain(..).collect();
+    let n = idle.len();
+    let mut closing: FuturesUnordered<_> = idle.into_iter().map(close_politely).collect();
+    while closing.next().await.is_some() {}
     tracing::debug!(closed = n, "openai pool: stopped");
 }
 
