@@ -11,6 +11,26 @@ use callbridge::sim::caller::{run_call, CallOutcome, CallerConfig};
 use callbridge::sim::script::Script;
 use common::{closed_sessions, mock, Proxy, RawStream, AUTH_TOKEN};
 
+/// Waits until the mock has sent `session.created` on its first connection (the pool is warm
+/// about then; the first schema check of a debug-build mock can take most of a second), plus a
+/// margin for the proxy to read it.
+async fn pool_warm(mock: &callbridge::openai::mock::server::MockServer) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let created = mock.sessions().first().is_some_and(|s| {
+            s.sent_events
+                .iter()
+                .any(|e| e.contains("\"session.created\""))
+        });
+        if created {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the pool did not warm");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+}
+
 /// Waits until the mock has seen `n` connections (at most 5 s).
 async fn connections(mock: &callbridge::openai::mock::server::MockServer, n: usize) {
     let deadline = Instant::now() + Duration::from_secs(5);
@@ -29,8 +49,7 @@ async fn a_call_takes_a_pre_warmed_connection() {
     let mock = mock(|_| {}).await;
     // One worker, so the call lands where the pool is.
     let proxy = Proxy::with_mock(&mock, &[("OPENAI_POOL_MAX", "2"), ("WORKERS", "1")]);
-    connections(&mock, 1).await;
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    pool_warm(&mock).await;
     let call_started = Instant::now();
     let mut caller = CallerConfig::new(proxy.addr, 3, Script::hello_then_hang_up(2_000));
     caller.auth_token = Some(AUTH_TOKEN.into());
@@ -103,7 +122,11 @@ async fn setup_ms(pool: &str, n: u32) -> Vec<u64> {
             ("LOG_LEVEL", "info,callbridge::runtime=debug"),
         ],
     );
-    tokio::time::sleep(Duration::from_millis(600)).await;
+    if pool == "0" {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    } else {
+        pool_warm(&mock).await;
+    }
     let mut out = Vec::new();
     for i in 0..n {
         let mut raw = RawStream::open(proxy.addr, 100 + i).await;
