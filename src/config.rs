@@ -81,6 +81,13 @@ pub struct ServeArgs {
     /// Directory of the embedded store.
     #[arg(long, env = "DATA_DIR", default_value = "./data")]
     pub data_dir: PathBuf,
+    /// How often the store writer makes buffered writes durable, ms (1–200): the most a crash
+    /// can lose (README "Storage").
+    #[arg(long, env = "STORE_FLUSH_MS", default_value_t = crate::store::DEFAULT_FLUSH_MS)]
+    pub store_flush_ms: u64,
+    /// Bearer token of the admin API (`/api/admin/…`); unset: the admin API answers 404.
+    #[arg(long, env = "ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: Option<String>,
     /// Seconds without any frame from Twilio after which a stream is taken for dead.
     #[arg(long, env = "TWILIO_IDLE_TIMEOUT_SECS", default_value_t = 10.0)]
     pub twilio_idle_timeout_secs: f64,
@@ -307,6 +314,10 @@ pub struct Config {
     pub log_event_types: Arc<[String]>,
     /// Store directory.
     pub data_dir: PathBuf,
+    /// Store flush interval (`STORE_FLUSH_MS`).
+    pub store_flush: Duration,
+    /// Admin API token (`ADMIN_TOKEN`); `None` disables the admin API.
+    pub admin_token: Option<String>,
     /// HTTP read timeout.
     pub http_read_timeout: Duration,
     /// A started Twilio stream silent for this long is dead.
@@ -431,6 +442,13 @@ impl ServeArgs {
             }),
             log_event_types: Arc::from(log_event_types),
             data_dir: self.data_dir.clone(),
+            store_flush: crate::store::flush_interval(self.store_flush_ms).map_err(|why| {
+                ConfigError::Invalid {
+                    name: "STORE_FLUSH_MS",
+                    why,
+                }
+            })?,
+            admin_token: self.admin_token.clone().filter(|t| !t.is_empty()),
             http_read_timeout: secs("HTTP_READ_TIMEOUT_SECS", self.http_read_timeout_secs)?,
             twilio_idle_timeout: secs("TWILIO_IDLE_TIMEOUT_SECS", self.twilio_idle_timeout_secs)?,
             agent: Arc::new(agent),

@@ -78,6 +78,13 @@ pub async fn run() -> anyhow::Result<DemoOutcome> {
     let mock = MockServer::start(SocketAddr::from(([127, 0, 0, 1], 0)), mock_cfg)
         .await
         .context("starting the mock OpenAI server")?;
+    // The demo's store lives in a fresh temporary directory, removed at the end.
+    let data_dir = std::env::temp_dir().join(format!(
+        "callbridge-demo-{}-{}",
+        std::process::id(),
+        crate::store::unix_ms()
+    ));
+    let data_dir_arg = data_dir.display().to_string();
     let args = DemoServeArgs::try_parse_from([
         "demo",
         "--listen",
@@ -90,6 +97,8 @@ pub async fn run() -> anyhow::Result<DemoOutcome> {
         DEMO_AUTH_TOKEN,
         "--use-openai-realtime",
         "true",
+        "--data-dir",
+        &data_dir_arg,
     ])
     .context("demo arguments")?;
     let cfg = args.serve.into_config()?;
@@ -104,6 +113,7 @@ pub async fn run() -> anyhow::Result<DemoOutcome> {
     let session = wait_for_session_end(&mock).await?;
     server.stop(Duration::from_secs(2)).await;
     mock.stop();
+    let _ = std::fs::remove_dir_all(&data_dir);
 
     let problems = check(&report, &session);
     let text = summary(&report, &session, &problems);

@@ -13,6 +13,7 @@
 //! Protocol modules never touch a socket or the clock; `runtime/` moves bytes.
 //!
 //! # Layout
+//! - [`admin_cli`]: `callbridge agents|numbers|calls …` (store directly, or a server's admin API).
 //! - [`config`]: the typed configuration (environment variables and flags).
 //! - [`wire`]: small shared codecs for untrusted bytes: base64 checks, a flat JSON scanner.
 //! - [`front`]: HTTP/1.1 request parsing (httparse), form bodies, the WebSocket codec, routes.
@@ -21,9 +22,11 @@
 //! - [`bridge`]: the per-call state machine and its playout ledger (barge-in accounting).
 //! - [`metrics`]: the Prometheus recorder, metric names, and the per-call meter drivers feed.
 //! - [`runtime`]: the IO drivers (tokio/epoll, and io_uring thread per core), sharing one call loop.
+//! - [`store`]: agents, number routes, call records and conversations in sled (one writer thread).
 //! - [`sim`]: a simulated Twilio caller, used by the demo, the tests and the load test.
 #![warn(missing_docs, unreachable_pub)]
 
+pub mod admin_cli;
 pub mod bridge;
 pub mod config;
 pub mod demo;
@@ -32,5 +35,6 @@ pub mod metrics;
 pub mod openai;
 pub mod runtime;
 pub mod sim;
+pub mod store;
 pub mod twilio;
 pub mod wire;

@@ -28,6 +28,12 @@ enum Command {
     MockOpenai(MockArgs),
     /// Run one whole simulated call through the real proxy against the bundled mock.
     Demo,
+    /// Agents in the store: list, get, put FILE, delete ID.
+    Agents(callbridge::admin_cli::AgentsArgs),
+    /// Number routes: list, put NUMBER AGENT, delete NUMBER.
+    Numbers(callbridge::admin_cli::NumbersArgs),
+    /// Call records: list [filters], show CALLSID [--json].
+    Calls(callbridge::admin_cli::CallsArgs),
 }
 
 /// Settings of `callbridge mock-openai`.
@@ -69,14 +75,24 @@ fn main() -> anyhow::Result<()> {
         (_, log) => log,
     };
     init_logging(log);
+    // The store commands are synchronous and need no runtime.
+    let command = match cli.command {
+        Command::Agents(a) => return callbridge::admin_cli::agents(a),
+        Command::Numbers(a) => return callbridge::admin_cli::numbers(a),
+        Command::Calls(a) => return callbridge::admin_cli::calls(a),
+        other => other,
+    };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .context("starting the tokio runtime")?;
-    match cli.command {
+    match command {
         Command::Serve(args) => runtime.block_on(serve(*args)),
         Command::MockOpenai(args) => runtime.block_on(mock_openai(args)),
         Command::Demo => runtime.block_on(demo()),
+        Command::Agents(_) | Command::Numbers(_) | Command::Calls(_) => {
+            unreachable!("handled above")
+        }
     }
 }
 

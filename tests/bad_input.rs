@@ -58,12 +58,21 @@ fn session_updated(mock: &MockServer) -> bool {
     })
 }
 
+/// Whether callbridge itself has received `session.updated` (it logs the event type at info, as
+/// `LOG_EVENT_TYPES` says by default). Waiting for the mock to have *sent* it is not enough: a
+/// `stop` sent right after could reach callbridge before `session.updated` does.
+fn proxy_saw_session_updated(proxy: &Proxy) -> bool {
+    proxy.log().contains("event=\"session.updated\"")
+}
+
 /// Call `n` with its stream started and the OpenAI session confirmed: audio flows.
 async fn established(mock: &MockServer, proxy: &Proxy, n: u32) -> RawStream {
     let mut raw = RawStream::open(proxy.addr, n).await;
     raw.start().await;
     assert!(
-        eventually(Duration::from_secs(3), || session_updated(mock)).await,
+        eventually(Duration::from_secs(3), || session_updated(mock)
+            && proxy_saw_session_updated(proxy))
+        .await,
         "no session.updated; log:\n{}",
         proxy.log()
     );
@@ -240,7 +249,11 @@ async fn media_before_start_is_dropped_with_a_media_before_start_warning_and_sta
     let sid = raw.stream_sid.clone();
     raw.send(media(&sid, 1, &frame(n, 99))).await;
     raw.start().await;
-    assert!(eventually(Duration::from_secs(3), || session_updated(&mock)).await);
+    assert!(
+        eventually(Duration::from_secs(3), || session_updated(&mock)
+            && proxy_saw_session_updated(&proxy))
+        .await
+    );
     raw.media(&frame(n, 0)).await;
     raw.media(&frame(n, 1)).await;
     let session = hang_up(&mut raw, &mock, &proxy).await;

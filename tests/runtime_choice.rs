@@ -99,8 +99,11 @@ struct Cli {
 async fn stop_closes_a_live_call(runtime: &str) {
     let mock = mock(|_| {}).await;
     let url = mock.url();
+    let data_dir = common::temp_data_dir("stop");
     let cfg = Cli::try_parse_from([
         "callbridge",
+        "--data-dir",
+        data_dir.to_str().expect("utf-8 temp path"),
         "--listen",
         "127.0.0.1:0",
         "--openai-url",
@@ -161,6 +164,7 @@ async fn stop_closes_a_live_call(runtime: &str) {
         tokio::net::TcpStream::connect(addr).await.is_err(),
         "the listener is closed"
     );
+    let _ = std::fs::remove_dir_all(&data_dir);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -105,6 +105,10 @@ pub struct CallConfig {
     pub twilio_idle_timeout: Duration,
     /// OpenAI event types logged at info (`LOG_EVENT_TYPES`).
     pub log_event_types: Arc<[String]>,
+    /// The driver resolves the agent from the `start` parameters (the store's `agentId`) and
+    /// hands it over with [`Call::set_agent`]; `session.update` waits for it. `false`: `agent`
+    /// is used as is.
+    pub wait_for_agent: bool,
 }
 
 impl CallConfig {
@@ -120,6 +124,7 @@ impl CallConfig {
             max_presession_audio_ms: DEFAULT_MAX_PRESESSION_AUDIO_MS,
             twilio_idle_timeout: DEFAULT_TWILIO_IDLE_TIMEOUT,
             log_event_types: Arc::from(Vec::new()),
+            wait_for_agent: false,
         }
     }
 }
@@ -422,6 +427,9 @@ pub struct Call {
     /// Reused buffer for mark names.
     mark_name: String,
     ended: Option<EndReason>,
+    /// `start` arrived and the driver has not handed the agent over yet
+    /// ([`CallConfig::wait_for_agent`]).
+    agent_pending: bool,
 }
 
 impl Call {
@@ -449,6 +457,7 @@ impl Call {
             next_event_id: 1,
             mark_name: String::with_capacity(64),
             ended: None,
+            agent_pending: false,
         }
     }
 
@@ -788,6 +797,11 @@ impl Call {
                 .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
                 .collect(),
         });
+        if self.cfg.wait_for_agent {
+            // The driver resolves the agent from these parameters and calls `set_agent`.
+            self.agent_pending = true;
+            return;
+        }
         if self.session_id.is_some() && self.openai == OpenAiPhase::AwaitingCreated {
             self.send_session_update();
         }
@@ -915,7 +929,7 @@ impl Call {
             return;
         }
         self.session_id = Some(session_id.unwrap_or("").to_owned());
-        if self.stream_sid.is_some() {
+        if self.stream_sid.is_some() && !self.agent_pending {
             self.send_session_update();
         }
     }
@@ -1113,6 +1127,28 @@ impl Call {
         self.outbox.push(Leg::OpenAi, |out| {
             oa::encode_response_create(out, id.as_str(), None)
         });
+    }
+
+    /// The agent for this call, resolved by the driver after `start` (see
+    /// [`CallConfig::wait_for_agent`]); sends `session.update` if OpenAI is already waiting for
+    /// it. Too late once `session.update` went out: then ignored (the voice cannot change after
+    /// the first audio anyway).
+    pub fn set_agent(&mut self, agent: Arc<AgentSettings>) {
+        if self.openai != OpenAiPhase::AwaitingCreated {
+            tracing::debug!(call_sid = %self.cfg.expected_call_sid, "agent handed over after session.update: ignored");
+            return;
+        }
+        self.cfg.agent = agent;
+        self.cfg.wait_for_agent = false;
+        let was_pending = std::mem::replace(&mut self.agent_pending, false);
+        if was_pending && self.session_id.is_some() && self.ended.is_none() {
+            self.send_session_update();
+        }
+    }
+
+    /// The agent of this call.
+    pub fn agent(&self) -> &Arc<AgentSettings> {
+        &self.cfg.agent
     }
 
     /// Whether outbound frames are waiting.

@@ -711,3 +711,53 @@ fn transcripts_dtmf_usage_and_tool_calls_become_events() {
     );
     assert_eq!(s.openai_out[0]["item"]["call_id"], "call_1");
 }
+
+#[test]
+fn session_update_waits_for_the_agent_the_driver_hands_over() {
+    let mut s = Sim::with(|c| c.wait_for_agent = true);
+    s.openai(json!({"type": "session.created", "event_id": "e1", "session": {"id": "sess_1", "type": "realtime"}}));
+    s.start();
+    assert!(
+        s.openai_out.is_empty(),
+        "no session.update before the agent is known: {:?}",
+        s.openai_out
+    );
+    let agent = AgentSettings {
+        id: "sales-ja".into(),
+        voice: "cedar".into(),
+        instructions: "丁寧に".into(),
+        ..AgentSettings::default()
+    };
+    s.call.set_agent(Arc::new(agent));
+    s.drain();
+    assert_eq!(s.openai_out.len(), 1);
+    assert_eq!(s.openai_out[0]["type"], "session.update");
+    assert_eq!(
+        s.openai_out[0]["session"]["audio"]["output"]["voice"],
+        "cedar"
+    );
+    assert_eq!(s.openai_out[0]["session"]["instructions"], "丁寧に");
+    // A second hand-over after session.update changes nothing.
+    s.call.set_agent(Arc::new(AgentSettings::default()));
+    s.drain();
+    assert_eq!(s.openai_out.len(), 1);
+}
+
+#[test]
+fn an_agent_handed_over_before_session_created_is_used_when_it_arrives() {
+    let mut s = Sim::with(|c| c.wait_for_agent = true);
+    s.start();
+    let agent = AgentSettings {
+        voice: "ash".into(),
+        ..AgentSettings::default()
+    };
+    s.call.set_agent(Arc::new(agent));
+    s.drain();
+    assert!(s.openai_out.is_empty());
+    s.openai(json!({"type": "session.created", "event_id": "e1", "session": {"id": "sess_1", "type": "realtime"}}));
+    assert_eq!(s.openai_out.len(), 1);
+    assert_eq!(
+        s.openai_out[0]["session"]["audio"]["output"]["voice"],
+        "ash"
+    );
+}

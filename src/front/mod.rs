@@ -5,6 +5,7 @@
 //! - [`routes`]: the routes (webhook, after-stream, media-stream upgrade, health), sans-IO.
 //! - [`ws`]: the sans-IO WebSocket codec (server side for Twilio, client side for OpenAI) and
 //!   the opening handshakes.
+pub mod admin;
 pub mod form;
 pub mod http;
 pub mod routes;

@@ -8,6 +8,7 @@
 //! | `/api/twilio/status` | POST | 204 (status callbacks) |
 //! | `/api/twilio/media-stream/{callId}` | GET | WebSocket upgrade for a signed, unexpired `callId`; 403 otherwise |
 //! | `/healthz` | GET | 200 with the active call count |
+//! | `/api/admin/…` | * | the admin API ([`super::admin`]) |
 //! | `/metrics` | GET | Prometheus text format ([`crate::metrics::render`]) |
 
 use std::collections::VecDeque;
@@ -18,6 +19,7 @@ use crate::config::Config;
 use crate::front::form::parse_form;
 use crate::front::http::Request;
 use crate::front::ws;
+use crate::store::{RecordChange, Store};
 use crate::twilio::stream_id::{StreamKey, StreamKeyError};
 use crate::twilio::{signature, twiml};
 
@@ -105,6 +107,8 @@ pub struct App {
     active_calls: AtomicUsize,
     /// Recent calls whose AI leg failed (callSid), for `after-stream`.
     ai_failures: Mutex<VecDeque<String>>,
+    /// Agents, routes and call records; `None`: nothing is recorded (library use, tests).
+    store: Option<Store>,
 }
 
 impl App {
@@ -116,7 +120,30 @@ impl App {
             stream_key,
             active_calls: AtomicUsize::new(0),
             ai_failures: Mutex::new(VecDeque::new()),
+            store: None,
         })
+    }
+
+    /// The same app, recording into `store` and picking agents from it.
+    pub fn with_store(mut self, store: Store) -> Self {
+        self.store = Some(store);
+        self
+    }
+
+    /// The store, if the server has one.
+    pub fn store(&self) -> Option<&Store> {
+        self.store.as_ref()
+    }
+
+    /// Enqueues a change of `call_sid`'s record (never waits; a full queue drops it, counted).
+    fn record(&self, call_sid: &str, change: RecordChange) {
+        if let Some(store) = &self.store {
+            store.enqueue(crate::store::Op::Record {
+                call_sid: Arc::from(call_sid),
+                at_ms: crate::store::unix_ms(),
+                change,
+            });
+        }
     }
 
     /// The configuration.
@@ -161,6 +188,9 @@ impl App {
             "/api/twilio/voice" => self.voice(req, now_unix),
             "/api/twilio/after-stream" => self.after_stream(req),
             "/api/twilio/status" => self.status_callback(req),
+            _ if path.starts_with(super::admin::PREFIX) => {
+                super::admin::route(self.store.as_ref(), self.cfg.admin_token.as_deref(), req)
+            }
             _ if path.starts_with(MEDIA_STREAM_PREFIX) => {
                 return self.media_stream(req, &path[MEDIA_STREAM_PREFIX.len()..], now_unix)
             }
@@ -229,8 +259,25 @@ impl App {
         let Some(call_sid) = get("CallSid").filter(|s| is_sid_like(s)) else {
             return Response::text(400, "missing or malformed CallSid");
         };
+        let from = get("From").unwrap_or("");
+        let to = get("To").unwrap_or("");
+        // The agent: the route of the called number, else the default agent.
+        let agent_id = match &self.store {
+            Some(store) => store.agent_for_number(to).id.clone(),
+            None => self.cfg.agent.id.clone(),
+        };
+        let record = |fallback: Option<&str>| RecordChange::Webhook {
+            from: from.to_owned(),
+            to: to.to_owned(),
+            agent_id: Some(agent_id.clone()),
+            fallback: fallback.map(str::to_owned),
+        };
         if !self.cfg.use_openai_realtime {
             tracing::info!(call_sid, "realtime mode off: legacy conference");
+            self.record(
+                call_sid,
+                record(Some("USE_OPENAI_REALTIME=false: legacy conference")),
+            );
             return self.conference(call_sid, FallbackReason::RealtimeOff);
         }
         if self.active_calls() >= self.cfg.max_calls {
@@ -238,6 +285,10 @@ impl App {
                 call_sid,
                 max_calls = self.cfg.max_calls,
                 "overloaded: legacy conference"
+            );
+            self.record(
+                call_sid,
+                record(Some("MAX_CALLS reached: legacy conference")),
             );
             return self.conference(call_sid, FallbackReason::Overloaded);
         }
@@ -254,11 +305,10 @@ impl App {
         let token = self.stream_key.start_token(&call_id);
         let stream_url = format!("wss://{host}{MEDIA_STREAM_PREFIX}{call_id}");
         let redirect = format!("https://{host}/api/twilio/after-stream");
-        let from = get("From").unwrap_or("");
-        let to = get("To").unwrap_or("");
+        self.record(call_sid, record(None));
         let parameters = [
             ("callId", call_id.as_str()),
-            ("agentId", self.cfg.agent.id.as_str()),
+            ("agentId", agent_id.as_str()),
             ("from", from),
             ("to", to),
             ("token", token.as_str()),
@@ -296,6 +346,7 @@ impl App {
             .map(|(_, v)| v.as_str())
             .unwrap_or("");
         if !call_sid.is_empty() && self.ai_failed(call_sid) {
+            self.record(call_sid, RecordChange::FallbackAfterStream);
             return self.conference(call_sid, FallbackReason::AiFailed);
         }
         Response::twiml(twiml::say_hangup(None))

@@ -30,6 +30,7 @@ use crate::openai::client::Connector;
 use crate::openai::pool::{maintain, PoolConfig, PooledDial, SharedPool};
 use crate::runtime::io::{Dial, Transport};
 use crate::runtime::Phase;
+use crate::store::sink::CallRecorder;
 
 /// Largest Twilio message: a `start` with parameters is under 2 KiB and media frames are ~400
 /// bytes; 64 KiB leaves room for unusually large frames and refuses abuse (close 1009).
@@ -429,6 +430,9 @@ async fn run_call<S: Transport, D: Dial>(
     call_cfg.session_timeout = cfg.openai_session_timeout;
     call_cfg.twilio_idle_timeout = cfg.twilio_idle_timeout;
     call_cfg.log_event_types = Arc::clone(&cfg.log_event_types);
+    // The store records the call and hands it its agent at `start`.
+    let mut recorder = CallRecorder::new(app.store(), &grant.call_sid);
+    call_cfg.wait_for_agent = recorder.resolves_agent();
     let mut call = Call::new(call_cfg, started);
     let mut meter = CallMeter::new(started);
     tracing::info!(call_sid = %grant.call_sid, "media stream accepted");
@@ -469,7 +473,12 @@ async fn run_call<S: Transport, D: Dial>(
         );
         while let Some(ev) = call.poll_event() {
             meter.on_event(&ev);
+            recorder.on_event(&mut call, &ev);
             on_call_event(&app, &grant, ev);
+        }
+        if call.has_pending_transmit() {
+            // The agent handed over at `start` releases session.update.
+            pump_transmits(&mut call, &mut scratch, &mut tw, oa.as_mut());
         }
         if call.is_ended() {
             break;
@@ -611,6 +620,7 @@ async fn run_call<S: Transport, D: Dial>(
     pump_transmits(&mut call, &mut scratch, &mut tw, oa.as_mut());
     while let Some(ev) = call.poll_event() {
         meter.on_event(&ev);
+        recorder.on_event(&mut call, &ev);
         on_call_event(&app, &grant, ev);
     }
     if let Some(o) = oa.as_mut() {

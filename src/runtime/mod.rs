@@ -24,6 +24,7 @@ use tokio::sync::watch;
 use crate::config::{Config, RuntimeChoice};
 use crate::front::routes::App;
 use crate::openai::client::Connector;
+use crate::store::{Store, StoreOptions};
 
 /// Where a server is in its life; drivers watch it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -119,7 +120,12 @@ impl Server {
         .context("setting up the OpenAI connector")?;
         let (driver, why) = choose_driver(cfg.runtime)?;
         let (listen, workers) = (cfg.listen, cfg.workers);
-        let app = Arc::new(App::new(Arc::new(cfg)).context("STREAM_SECRET")?);
+        let store = open_store(&cfg)?;
+        let app = Arc::new(
+            App::new(Arc::new(cfg))
+                .context("STREAM_SECRET")?
+                .with_store(store),
+        );
         let (phase, rx) = watch::channel(Phase::Running);
         let connector = Arc::new(connector);
         let (local_addr, running) = match driver {
@@ -174,5 +180,28 @@ impl Server {
                 workers.join();
             }
         }
+        // Everything the calls recorded is written and flushed before the process exits.
+        if let Some(store) = self.app.store().cloned() {
+            let _ = tokio::task::spawn_blocking(move || store.close()).await;
+        }
     }
+}
+
+/// Opens the store in `DATA_DIR` (a second process on the same directory gets a clear
+/// "locked" error) and repairs what a crash of the previous process left.
+fn open_store(cfg: &Config) -> anyhow::Result<Store> {
+    let opts = StoreOptions {
+        flush_every: cfg.store_flush,
+        config_agent: Arc::clone(&cfg.agent),
+    };
+    let store = Store::open(&cfg.data_dir, opts)
+        .with_context(|| format!("opening the store (DATA_DIR={})", cfg.data_dir.display()))?;
+    let fixed = store.recover().context("checking the store")?;
+    if fixed > 0 {
+        tracing::warn!(
+            calls = fixed,
+            "marked calls left in progress by a previous process as failed"
+        );
+    }
+    Ok(store)
 }

@@ -26,6 +26,24 @@ pub struct Proxy {
     /// Where it listens.
     pub addr: SocketAddr,
     log: Arc<Mutex<String>>,
+    /// Its store (`DATA_DIR`).
+    pub data_dir: std::path::PathBuf,
+    /// A temporary store made for it, removed on drop.
+    owned_dir: Option<std::path::PathBuf>,
+}
+
+/// A fresh, unique directory path under the system temp dir (not created).
+pub fn temp_data_dir(tag: &str) -> std::path::PathBuf {
+    static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    std::env::temp_dir().join(format!(
+        "callbridge-test-{tag}-{}-{}-{nanos}",
+        std::process::id(),
+        N.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    ))
 }
 
 impl Proxy {
@@ -44,6 +62,15 @@ impl Proxy {
         for (k, v) in env {
             cmd.env(k, v);
         }
+        // Each server gets its own store unless the test names one (sled allows one process).
+        let (data_dir, owned_dir) = match env.iter().find(|(k, _)| *k == "DATA_DIR") {
+            Some((_, dir)) => (std::path::PathBuf::from(dir), None),
+            None => {
+                let dir = temp_data_dir("proxy");
+                cmd.env("DATA_DIR", &dir);
+                (dir.clone(), Some(dir))
+            }
+        };
         cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
         let mut child = cmd.spawn().expect("spawn callbridge");
         let log = Arc::new(Mutex::new(String::new()));
@@ -74,7 +101,13 @@ impl Proxy {
             let mut sink = String::new();
             let _ = stdout.read_to_string(&mut sink);
         });
-        Proxy { child, addr, log }
+        Proxy {
+            child,
+            addr,
+            log,
+            data_dir,
+            owned_dir,
+        }
     }
 
     /// Spawns callbridge pointed at `mock`, signing checks on, plus `extra` env.
@@ -105,10 +138,37 @@ impl Proxy {
     }
 }
 
+impl Proxy {
+    /// SIGKILL (kill -9) and wait for the process to be gone.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// SIGTERM (a clean shutdown) and wait for the exit, at most `within`.
+    pub fn terminate(&mut self, within: Duration) -> bool {
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status();
+        let deadline = Instant::now() + within;
+        while Instant::now() < deadline {
+            if self.child.try_wait().expect("try_wait").is_some() {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        false
+    }
+}
+
 impl Drop for Proxy {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        if let Some(dir) = &self.owned_dir {
+            let _ = std::fs::remove_dir_all(dir);
+        }
     }
 }
 
@@ -489,3 +549,5 @@ pub async fn after_stream(addr: SocketAddr, n: u32) -> HttpResponse {
     let params = webhook::voice_params(&call, "in-progress");
     signed_post(addr, "/api/twilio/after-stream", &params).await
 }
+
+pub mod store;

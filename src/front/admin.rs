@@ -1,0 +1,319 @@
+//! The admin API: JSON over the same HTTP front end, under [`PREFIX`], for agents, number
+//! routes and call records. Every request needs `Authorization: Bearer $ADMIN_TOKEN`; with no
+//! `ADMIN_TOKEN` configured the whole API answers 404 (disabled), a missing or wrong token 401.
+//!
+//! | route | method | answer |
+//! | --- | --- | --- |
+//! | `/api/admin/agents` | GET | `{"agents": [Agent…]}` |
+//! | `/api/admin/agents/{id}` | GET, PUT, DELETE | the agent; PUT body = an agent (`id` may be omitted): 201 created / 200 replaced; DELETE 204 (409 while a number routes to it) |
+//! | `/api/admin/numbers` | GET | `{"numbers": [{"number", "agentId"}…]}` |
+//! | `/api/admin/numbers/{number}` | PUT, DELETE | PUT body `{"agentId": "…"}` (`number` E.164 or `default`): 201/200, 422 for an unknown agent; DELETE 204 |
+//! | `/api/admin/calls` | GET | `?since=&until=` (unix ms), `&status=`, `&agent=`, `&limit=` (1–1000, default 50), `&cursor=`: `{"calls": […], "nextCursor": …}`, newest first |
+//! | `/api/admin/calls/{callSid}` | GET | the record with `realtimeConversation` |
+//! | `/api/admin/calls.jsonl` | GET | export: one call with its conversation per line, same filters |
+//!
+//! Errors are `{"error": "…"}` with 400 (bad JSON, bad field, bad filter or cursor), 401, 404
+//! (unknown id), 405, 409, 422.
+//!
+//! Agent and number writes are flushed to disk before the answer (they are rare, and a caller
+//! who got 200 must find them after a crash); that fsync, a few ms, runs on the connection's
+//! worker thread. Call-path writes never do this: they go through the store's queue.
+
+use serde_json::json;
+
+use super::form::{parse_form, percent_decode};
+use super::http::Request;
+use super::routes::Response;
+use crate::store::{Agent, CallFilter, CallStatus, Store, StoreError, MAX_PAGE};
+
+/// Path prefix of the admin API.
+pub const PREFIX: &str = "/api/admin/";
+
+/// Calls per page when `limit` is not given.
+pub const DEFAULT_PAGE: usize = 50;
+
+fn json_response(status: u16, body: &serde_json::Value) -> Response {
+    let mut bytes = serde_json::to_vec(body).expect("a json value serializes");
+    bytes.push(b'\n');
+    Response {
+        status,
+        content_type: "application/json",
+        body: bytes,
+        headers: vec![],
+    }
+}
+
+fn error(status: u16, msg: &str) -> Response {
+    json_response(status, &json!({ "error": msg }))
+}
+
+fn no_content() -> Response {
+    Response {
+        status: 204,
+        content_type: "application/json",
+        body: vec![],
+        headers: vec![],
+    }
+}
+
+fn method_not_allowed(allow: &str) -> Response {
+    let mut r = error(405, "method not allowed");
+    r.headers.push(("Allow", allow.to_owned()));
+    r
+}
+
+/// Byte comparison whose time does not depend on where the first difference is.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+fn store_error(e: StoreError) -> Response {
+    let status = match &e {
+        StoreError::Invalid(_) | StoreError::BadCursor(_) => 400,
+        StoreError::UnknownAgent(_) | StoreError::UnknownNumber(_) | StoreError::UnknownCall(_) => {
+            404
+        }
+        StoreError::AgentInUse { .. } => 409,
+        _ => 500,
+    };
+    if status == 500 {
+        tracing::error!("admin api: {e}");
+    }
+    error(status, &e.to_string())
+}
+
+/// Answers one admin request (`req.path` starts with [`PREFIX`]).
+pub fn route(store: Option<&Store>, token: Option<&str>, req: &Request) -> Response {
+    let Some(token) = token else {
+        return error(404, "admin API disabled: set ADMIN_TOKEN");
+    };
+    let presented = req
+        .header("authorization")
+        .and_then(|h| h.strip_prefix("Bearer "))
+        .map(str::trim);
+    match presented {
+        None => {
+            let mut r = error(
+                401,
+                "missing bearer token: send Authorization: Bearer $ADMIN_TOKEN",
+            );
+            r.headers.push(("WWW-Authenticate", "Bearer".to_owned()));
+            return r;
+        }
+        Some(t) if !constant_time_eq(t.as_bytes(), token.as_bytes()) => {
+            let mut r = error(401, "wrong bearer token");
+            r.headers.push(("WWW-Authenticate", "Bearer".to_owned()));
+            return r;
+        }
+        Some(_) => {}
+    }
+    let Some(store) = store else {
+        return error(503, "this server has no store");
+    };
+    let rest = &req.path[PREFIX.len()..];
+    let segments: Vec<&str> = rest.split('/').collect();
+    let decoded: Result<Vec<String>, _> = segments
+        .iter()
+        .map(|s| percent_decode(s.as_bytes(), false))
+        .collect();
+    let Ok(seg) = decoded else {
+        return error(400, "bad percent-encoding in the path");
+    };
+    let seg: Vec<&str> = seg.iter().map(String::as_str).collect();
+    let m = req.method.as_str();
+    match (seg.as_slice(), m) {
+        (["agents"], "GET") => match store.list_agents() {
+            Ok(a) => json_response(200, &json!({ "agents": a })),
+            Err(e) => store_error(e),
+        },
+        (["agents"], _) => method_not_allowed("GET"),
+        (["agents", id], "GET") => match store.get_agent(id) {
+            Ok(a) => json_response(200, &serde_json::to_value(a).expect("agent")),
+            Err(e) => store_error(e),
+        },
+        (["agents", id], "PUT") => put_agent(store, id, &req.body),
+        (["agents", id], "DELETE") => match store.delete_agent(id) {
+            Ok(()) => no_content(),
+            Err(e) => store_error(e),
+        },
+        (["agents", _], _) => method_not_allowed("GET, PUT, DELETE"),
+        (["numbers"], "GET") => match store.list_numbers() {
+            Ok(n) => {
+                let list: Vec<_> = n
+                    .into_iter()
+                    .map(|(number, agent)| json!({"number": number, "agentId": agent}))
+                    .collect();
+                json_response(200, &json!({ "numbers": list }))
+            }
+            Err(e) => store_error(e),
+        },
+        (["numbers"], _) => method_not_allowed("GET"),
+        (["numbers", number], "PUT") => put_number(store, number, &req.body),
+        (["numbers", number], "DELETE") => match store.delete_number(number) {
+            Ok(()) => no_content(),
+            Err(e) => store_error(e),
+        },
+        (["numbers", _], _) => method_not_allowed("PUT, DELETE"),
+        (["calls"], "GET") => list_calls(store, req),
+        (["calls.jsonl"], "GET") => export_calls(store, req),
+        (["calls"] | ["calls.jsonl"], _) => method_not_allowed("GET"),
+        (["calls", sid], "GET") => match store.call_with_conversation(sid) {
+            Ok(c) => json_response(200, &serde_json::to_value(c).expect("call")),
+            Err(e) => store_error(e),
+        },
+        (["calls", _], _) => method_not_allowed("GET"),
+        _ => error(404, "no such admin route (see README \"Storage\")"),
+    }
+}
+
+fn parse_json(body: &[u8]) -> Result<serde_json::Value, Response> {
+    if body.is_empty() {
+        return Err(error(400, "empty body: send a JSON object"));
+    }
+    serde_json::from_slice(body).map_err(|e| error(400, &format!("bad JSON: {e}")))
+}
+
+fn put_agent(store: &Store, id: &str, body: &[u8]) -> Response {
+    let mut v = match parse_json(body) {
+        Ok(v) => v,
+        Err(r) => return r,
+    };
+    let Some(obj) = v.as_object_mut() else {
+        return error(400, "the agent must be a JSON object");
+    };
+    match obj.get("id") {
+        None => {
+            obj.insert("id".into(), json!(id));
+        }
+        Some(serde_json::Value::String(s)) if s == id => {}
+        Some(other) => {
+            return error(
+                400,
+                &format!("id {other} in the body does not match {id:?} in the path"),
+            )
+        }
+    }
+    let agent: Agent = match serde_json::from_value(v) {
+        Ok(a) => a,
+        Err(e) => return error(400, &format!("bad agent: {e}")),
+    };
+    match store.put_agent(&agent) {
+        Ok(created) => json_response(
+            if created { 201 } else { 200 },
+            &serde_json::to_value(agent).expect("agent"),
+        ),
+        Err(e) => store_error(e),
+    }
+}
+
+fn put_number(store: &Store, number: &str, body: &[u8]) -> Response {
+    let v = match parse_json(body) {
+        Ok(v) => v,
+        Err(r) => return r,
+    };
+    let Some(agent_id) = v.get("agentId").and_then(|a| a.as_str()) else {
+        return error(400, "body must be {\"agentId\": \"…\"}");
+    };
+    match store.put_number(number, agent_id) {
+        Ok(created) => json_response(
+            if created { 201 } else { 200 },
+            &json!({"number": number, "agentId": agent_id}),
+        ),
+        // The route's target, not the route itself, is unknown: the request is well-formed but
+        // cannot be applied.
+        Err(StoreError::UnknownAgent(a)) => {
+            error(422, &format!("unknown agent {a:?}: create it first"))
+        }
+        Err(e) => store_error(e),
+    }
+}
+
+/// The filters, cursor and limit of a calls query.
+fn call_query(req: &Request) -> Result<(CallFilter, Option<String>, usize), Response> {
+    let params = parse_form(req.query.as_deref().unwrap_or("").as_bytes())
+        .map_err(|e| error(400, &format!("bad query: {e}")))?;
+    let mut filter = CallFilter::default();
+    let mut cursor = None;
+    let mut limit = DEFAULT_PAGE;
+    for (k, v) in params {
+        let ms = |v: &str| {
+            v.parse::<u64>()
+                .map_err(|_| error(400, &format!("{k}={v:?}: use unix time in milliseconds")))
+        };
+        match k.as_str() {
+            "since" => filter.since_ms = Some(ms(&v)?),
+            "until" => filter.until_ms = Some(ms(&v)?),
+            "status" => {
+                filter.status = Some(CallStatus::parse(&v).ok_or_else(|| {
+                    error(
+                        400,
+                        &format!(
+                            "status={v:?}: use ringing, in-progress, completed, failed or fallback"
+                        ),
+                    )
+                })?)
+            }
+            "agent" => filter.agent_id = Some(v),
+            "cursor" => cursor = Some(v),
+            "limit" => {
+                limit = match v.parse::<usize>() {
+                    Ok(n) if (1..=MAX_PAGE).contains(&n) => n,
+                    _ => return Err(error(400, &format!("limit={v:?}: use 1..={MAX_PAGE}"))),
+                }
+            }
+            other => return Err(error(400, &format!("unknown query parameter {other:?}"))),
+        }
+    }
+    Ok((filter, cursor, limit))
+}
+
+fn list_calls(store: &Store, req: &Request) -> Response {
+    let (filter, cursor, limit) = match call_query(req) {
+        Ok(q) => q,
+        Err(r) => return r,
+    };
+    match store.list_calls(&filter, cursor.as_deref(), limit) {
+        Ok(page) => json_response(200, &serde_json::to_value(page).expect("page")),
+        Err(e) => store_error(e),
+    }
+}
+
+fn export_calls(store: &Store, req: &Request) -> Response {
+    let (filter, cursor, _) = match call_query(req) {
+        Ok(q) => q,
+        Err(r) => return r,
+    };
+    let mut body = Vec::new();
+    let mut cursor = cursor;
+    loop {
+        let page = match store.list_calls(&filter, cursor.as_deref(), MAX_PAGE) {
+            Ok(p) => p,
+            Err(e) => return store_error(e),
+        };
+        for record in page.calls {
+            let items = match store.call_items(&record.call_sid) {
+                Ok(i) => i,
+                Err(e) => return store_error(e),
+            };
+            let line = crate::store::CallWithConversation {
+                record,
+                realtime_conversation: items,
+            };
+            serde_json::to_writer(&mut body, &line).expect("a call serializes");
+            body.push(b'\n');
+        }
+        match page.next_cursor {
+            Some(c) => cursor = Some(c),
+            None => break,
+        }
+    }
+    Response {
+        status: 200,
+        content_type: "application/x-ndjson",
+        body,
+        headers: vec![],
+    }
+}

@@ -1,0 +1,199 @@
+//! `callbridge agents|numbers|calls` in both modes: on the store files when no server holds
+//! them, through the running server's admin API when one does, with clear messages either way.
+
+mod common;
+
+use std::path::Path;
+use std::process::{Command, Output};
+use std::time::Duration;
+
+use callbridge::sim::webhook::sid;
+use common::store::ADMIN_TOKEN;
+use common::{temp_data_dir, webhook, Proxy, AUTH_TOKEN};
+
+fn cli(data_dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_callbridge"));
+    cmd.args(args)
+        .env_clear()
+        .env("DATA_DIR", data_dir)
+        .env("NO_COLOR", "1");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.output().expect("run callbridge")
+}
+
+fn ok(out: &Output) -> String {
+    assert!(
+        out.status.success(),
+        "failed: {}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn fails(out: &Output) -> String {
+    assert!(
+        !out.status.success(),
+        "should fail: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_works_on_the_store_directly_and_through_a_running_server() {
+    let dir = temp_data_dir("cli");
+    let file = dir.with_extension("agent.json");
+    std::fs::write(
+        &file,
+        r#"{"id":"sales-ja","name":"営業","voice":"coral","instructions":"丁寧に。","transcription":{"model":"gpt-4o-transcribe","language":"ja"}}"#,
+    )
+    .unwrap();
+    let bad = dir.with_extension("bad.json");
+    std::fs::write(
+        &bad,
+        r#"{"id":"x","name":"X","voice":"robot","instructions":""}"#,
+    )
+    .unwrap();
+
+    // Direct mode: no server holds the store.
+    let f = file.to_str().unwrap();
+    assert!(ok(&cli(&dir, &["agents", "put", f], &[])).contains("stored agent sales-ja"));
+    let err = fails(&cli(&dir, &["agents", "put", bad.to_str().unwrap()], &[]));
+    assert!(err.contains("unknown voice \"robot\""), "{err}");
+    assert!(ok(&cli(
+        &dir,
+        &["numbers", "put", "+81501234567", "sales-ja"],
+        &[]
+    ))
+    .contains("+81501234567 -> sales-ja"));
+    let err = fails(&cli(
+        &dir,
+        &["numbers", "put", "+81501234567", "nobody"],
+        &[],
+    ));
+    assert!(err.contains("unknown agent \"nobody\""), "{err}");
+    let list = ok(&cli(&dir, &["agents", "list"], &[]));
+    assert!(
+        list.contains("sales-ja") && list.contains("coral") && list.contains("営業"),
+        "{list}"
+    );
+    let got = ok(&cli(&dir, &["agents", "get", "sales-ja"], &[]));
+    assert!(got.contains("\"language\": \"ja\""), "{got}");
+    let err = fails(&cli(&dir, &["calls", "show", "CA404"], &[]));
+    assert!(err.contains("unknown call \"CA404\""), "{err}");
+
+    // A server now holds the store.
+    let dir_s = dir.to_str().unwrap().to_owned();
+    let mut proxy = Proxy::spawn(&[
+        ("USE_OPENAI_REALTIME", "false"),
+        ("TWILIO_AUTH_TOKEN", AUTH_TOKEN),
+        ("ADMIN_TOKEN", ADMIN_TOKEN),
+        ("DATA_DIR", dir_s.as_str()),
+    ]);
+    let err = fails(&cli(&dir, &["agents", "list"], &[]));
+    assert!(
+        err.contains("locked by a running callbridge") && err.contains("--server"),
+        "{err}"
+    );
+    // A second server on the same store refuses to start, saying why.
+    let err = fails(&cli(
+        &dir,
+        &["serve"],
+        &[("LISTEN", "127.0.0.1:0"), ("USE_OPENAI_REALTIME", "false")],
+    ));
+    assert!(
+        err.contains("is locked by another process") && err.contains("DATA_DIR="),
+        "{err}"
+    );
+    let server = format!("http://{}", proxy.addr);
+    let err = fails(&cli(&dir, &["agents", "list", "--server", &server], &[]));
+    assert!(err.contains("ADMIN_TOKEN"), "{err}");
+    let err = fails(&cli(
+        &dir,
+        &[
+            "agents",
+            "list",
+            "--server",
+            &server,
+            "--admin-token",
+            "wrong",
+        ],
+        &[],
+    ));
+    assert!(
+        err.contains("wrong bearer token") && err.contains("401"),
+        "{err}"
+    );
+    let with_token = [("ADMIN_TOKEN", ADMIN_TOKEN)];
+    let list = ok(&cli(
+        &dir,
+        &["agents", "list", "--server", &server],
+        &with_token,
+    ));
+    assert!(list.contains("sales-ja"), "{list}");
+    let numbers = ok(&cli(
+        &dir,
+        &["numbers", "list", "--server", &server],
+        &with_token,
+    ));
+    assert!(
+        numbers.contains("+81501234567") && numbers.contains("sales-ja"),
+        "{numbers}"
+    );
+
+    // A call arrives; the CLI shows it through the server.
+    assert_eq!(webhook(proxy.addr, 77).await.status, 200);
+    let call_sid = sid("CA", 77);
+    let mut listed = String::new();
+    for _ in 0..100 {
+        listed = ok(&cli(
+            &dir,
+            &["calls", "list", "--server", &server],
+            &with_token,
+        ));
+        if listed.contains(&call_sid) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        listed.contains(&call_sid) && listed.contains("fallback"),
+        "{listed}"
+    );
+    let shown = ok(&cli(
+        &dir,
+        &["calls", "show", &call_sid, "--server", &server],
+        &with_token,
+    ));
+    assert!(
+        shown.contains("agent sales-ja") && shown.contains("USE_OPENAI_REALTIME=false"),
+        "{shown}"
+    );
+    let json = ok(&cli(
+        &dir,
+        &["calls", "show", &call_sid, "--json", "--server", &server],
+        &with_token,
+    ));
+    let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(v["agentId"], "sales-ja");
+
+    // A clean shutdown flushes; the store is free again for the direct mode.
+    assert!(
+        proxy.terminate(Duration::from_secs(10)),
+        "server did not stop"
+    );
+    let shown = ok(&cli(&dir, &["calls", "show", &call_sid, "--json"], &[]));
+    let v: serde_json::Value = serde_json::from_str(&shown).unwrap();
+    assert_eq!(v["status"], "fallback");
+    let err = fails(&cli(&dir, &["calls", "list", "--cursor", "zz"], &[]));
+    assert!(err.contains("bad cursor"), "{err}");
+    assert!(ok(&cli(&dir, &["numbers", "delete", "+81501234567"], &[])).contains("deleted"));
+    assert!(ok(&cli(&dir, &["agents", "delete", "sales-ja"], &[])).contains("deleted"));
+    drop(proxy);
+    let _ = std::fs::remove_dir_all(&dir);
+    let _ = std::fs::remove_file(&file);
+    let _ = std::fs::remove_file(&bad);
+}
