@@ -270,14 +270,22 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> LegIo<R, W> {
         !self.output.is_empty() && now.duration_since(self.last_progress) > WRITE_STALL_TIMEOUT
     }
 
-    /// Writes out everything buffered and shuts the write side, within [`CLOSE_TIMEOUT`].
-    async fn finish(&mut self) {
-        let wr = &mut self.wr;
+    /// Writes out everything buffered and shuts the write side, within [`CLOSE_TIMEOUT`]; with
+    /// `drain`, then reads (and discards) until the peer closes, within the same time. The
+    /// draining matters where the last bytes we wrote must arrive: closing a socket with unread
+    /// input makes the kernel answer with a reset, which throws away whatever the peer had not
+    /// taken yet (the load test lost the last caller frames of calls this way when the OpenAI
+    /// side was slow to read).
+    async fn finish(&mut self, drain: bool) {
+        let (wr, rd) = (&mut self.wr, &mut self.rd);
         let out = &self.output;
         let _ = tokio::time::timeout(CLOSE_TIMEOUT, async {
             wr.write_all(out).await?;
             wr.flush().await?;
-            wr.shutdown().await
+            wr.shutdown().await?;
+            let mut sink = [0u8; 4096];
+            while drain && rd.read(&mut sink).await? > 0 {}
+            Ok::<(), io::Error>(())
         })
         .await;
         self.output.clear();
@@ -634,11 +642,12 @@ async fn run_call<S: Transport, D: Dial>(
         tw.encoder.close(&mut tw.output, 1000, "call ended");
         tw.closing = true;
     }
+    // Only the OpenAI leg is drained: the caller's last audio must reach it (see `finish`).
     match oa.as_mut() {
         Some(o) => {
-            tokio::join!(tw.finish(), o.finish());
+            tokio::join!(tw.finish(false), o.finish(true));
         }
-        None => tw.finish().await,
+        None => tw.finish(false).await,
     }
     let stats = call.stats();
     tracing::info!(

@@ -42,6 +42,9 @@ pub struct MockServerConfig {
     /// `(n, ms)`: the first `n` connections end after `ms` milliseconds (as a server closing
     /// idle sessions does), whatever the session's script says. For pool tests.
     pub short_sessions: Option<(u64, u64)>,
+    /// Keep every non-delta event sent in [`SessionRecord::sent_events`] (on by default; the
+    /// load test turns it off so long runs do not grow the generator's memory).
+    pub keep_sent_events: bool,
 }
 
 impl Default for MockServerConfig {
@@ -55,6 +58,7 @@ impl Default for MockServerConfig {
             self_check: false,
             latency: Duration::ZERO,
             short_sessions: None,
+            keep_sent_events: true,
         }
     }
 }
@@ -149,6 +153,36 @@ impl MockServer {
         recs.iter()
             .map(|r| r.lock().unwrap_or_else(|e| e.into_inner()).clone())
             .collect()
+    }
+
+    /// How many sessions have not ended yet.
+    pub fn open_sessions(&self) -> usize {
+        let recs = self.records.lock().unwrap_or_else(|e| e.into_inner());
+        recs.iter()
+            .filter(|r| {
+                r.lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .closed_at
+                    .is_none()
+            })
+            .count()
+    }
+
+    /// Removes the records of the sessions that have ended and returns them, so a long load
+    /// test (thousands of sessions per step) does not accumulate them.
+    pub fn take_closed_sessions(&self) -> Vec<SessionRecord> {
+        let mut recs = self.records.lock().unwrap_or_else(|e| e.into_inner());
+        let mut closed = Vec::new();
+        recs.retain(|r| {
+            let rec = r.lock().unwrap_or_else(|e| e.into_inner());
+            if rec.closed_at.is_some() {
+                closed.push(rec.clone());
+                false
+            } else {
+                true
+            }
+        });
+        closed
     }
 
     /// Stops accepting.
@@ -271,7 +305,9 @@ async fn connection(
     let reason = loop {
         // Send what the session has, then see whether it wants to close.
         while let Some(text) = session.poll_send() {
-            observe_sent(&record, &text, cfg.self_check);
+            if cfg.self_check || cfg.keep_sent_events {
+                observe_sent(&record, &text, cfg.self_check);
+            }
             if cfg.latency.is_zero() {
                 encoder.text(&mut out, text.as_bytes());
             } else {
