@@ -98,6 +98,16 @@ fn main() -> anyhow::Result<()> {
 
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let cfg = args.into_config()?;
+    // Two sockets per call: lift the open-file soft limit to the hard one before accepting.
+    match callbridge::limits::raise_nofile_limit() {
+        Ok(l) => tracing::info!(
+            before = l.before,
+            now = l.now,
+            hard = l.hard,
+            "RLIMIT_NOFILE"
+        ),
+        Err(e) => tracing::warn!("could not raise RLIMIT_NOFILE: {e}"),
+    }
     let realtime = cfg.use_openai_realtime;
     let url = format!(
         "{}://{}:{}{}",

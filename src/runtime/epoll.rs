@@ -2,6 +2,10 @@
 //! and runs each call's loop. It only moves bytes and time: parsing, routing and every protocol
 //! decision live in `front/`, `twilio/`, `openai/` and [`Call`].
 //!
+//! The connection handler ([`connection`]) and the call loop are generic over the transport
+//! ([`Transport`], [`Dial`]): the io_uring driver (`runtime::uring`) runs the very same code over
+//! its owned-buffer stream adapter, so the two drivers differ only in how bytes reach the buffers.
+//!
 //! One task per call owns both of its sockets (Twilio's and OpenAI's), so a call's audio never
 //! crosses a thread or takes a lock. Each leg has an output buffer; a leg whose buffer is above
 //! [`HIGH_WATER_BYTES`] stops the reading of the other leg (backpressure into TCP), and a leg that
@@ -13,15 +17,19 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::sync::watch;
+use tokio::task::JoinSet;
 
 use crate::bridge::{Call, CallConfig, CallEvent, EndReason, Leg};
 use crate::front::http::{self, Limits, Parsed};
 use crate::front::routes::{App, Response, Routed, UpgradeGrant};
 use crate::front::ws::{self, Decoder, Encoder, Message, Role};
 use crate::metrics::{self, CallMeter};
-use crate::openai::client::{Conn, Connector};
+use crate::openai::client::Connector;
+use crate::openai::pool::{maintain, PoolConfig, PooledDial, SharedPool};
+use crate::runtime::io::{Dial, Transport};
+use crate::runtime::Phase;
 use crate::store::sink::CallRecorder;
 
 /// Largest Twilio message: a `start` with parameters is under 2 KiB and media frames are ~400
@@ -47,19 +55,36 @@ pub const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
 /// Bytes read per socket read.
 const READ_CHUNK: usize = 16 * 1024;
 
-/// Accepts connections until `shutdown` turns true.
+/// Accepts connections while `phase` is [`Phase::Running`]; when it turns
+/// [`Phase::Draining`], closes the listener and lets the connections finish; when it turns
+/// [`Phase::Closed`] (or every connection has finished), drops what is left (closing its sockets)
+/// and returns.
 pub async fn serve(
     listener: TcpListener,
     app: Arc<App>,
     connector: Arc<Connector>,
-    mut shutdown: watch::Receiver<bool>,
+    mut phase: watch::Receiver<Phase>,
 ) {
+    let mut listener = Some(listener);
+    let mut tasks = JoinSet::new();
+    let pool = PoolConfig::from_config(app.config()).map(SharedPool::new);
+    let connector = Arc::new(connector);
+    if let (Some(pool), Some(pc)) = (&pool, PoolConfig::from_config(app.config())) {
+        tokio::spawn(maintain(
+            Arc::clone(pool),
+            Arc::clone(&connector),
+            pc.warm_timeout,
+            phase.clone(),
+        ));
+    }
+    let dial = PooledDial::new(connector, pool);
     loop {
         tokio::select! {
-            accepted = listener.accept() => match accepted {
+            accepted = async { listener.as_ref().expect("guarded").accept().await }, if listener.is_some() => match accepted {
                 Ok((stream, peer)) => {
-                    let (app, connector) = (Arc::clone(&app), Arc::clone(&connector));
-                    tokio::spawn(async move { connection(stream, peer, app, connector).await });
+                    let _ = stream.set_nodelay(true);
+                    let (app, dial) = (Arc::clone(&app), dial.clone());
+                    tasks.spawn(async move { connection(stream, peer, app, dial).await });
                 }
                 Err(e) => {
                     // EMFILE and friends: back off instead of spinning.
@@ -67,13 +92,27 @@ pub async fn serve(
                     tokio::time::sleep(Duration::from_millis(50)).await;
                 }
             },
-            _ = shutdown.changed() => {
-                if *shutdown.borrow() {
-                    return;
+            Some(_) = tasks.join_next(), if !tasks.is_empty() => {
+                if listener.is_none() && tasks.is_empty() {
+                    break;
+                }
+            }
+            changed = phase.changed() => {
+                let now = if changed.is_err() { Phase::Closed } else { *phase.borrow() };
+                match now {
+                    Phase::Running => {}
+                    Phase::Draining => {
+                        listener = None;
+                        if tasks.is_empty() {
+                            break;
+                        }
+                    }
+                    Phase::Closed => break,
                 }
             }
         }
     }
+    tasks.shutdown().await;
 }
 
 fn unix_now() -> u64 {
@@ -83,14 +122,14 @@ fn unix_now() -> u64 {
         .unwrap_or(0)
 }
 
-/// One HTTP connection: requests with keep-alive, until an upgrade hands it to a call.
-async fn connection(
-    mut stream: TcpStream,
+/// One HTTP connection: requests with keep-alive, until an upgrade hands it to a call whose
+/// OpenAI leg `dialer` opens. Shared by both drivers.
+pub(crate) async fn connection<S: Transport, D: Dial>(
+    mut stream: S,
     peer: SocketAddr,
     app: Arc<App>,
-    connector: Arc<Connector>,
+    dialer: D,
 ) {
-    let _ = stream.set_nodelay(true);
     let limits = Limits::default();
     let read_timeout = app.config().http_read_timeout;
     let mut buf: Vec<u8> = Vec::with_capacity(4096);
@@ -125,7 +164,7 @@ async fn connection(
                     return;
                 }
                 let leftover = std::mem::take(&mut buf);
-                run_call(stream, leftover, grant, app, connector).await;
+                run_call(stream, leftover, grant, app, dialer).await;
                 return;
             }
         }
@@ -147,8 +186,8 @@ fn write_response(out: &mut Vec<u8>, resp: &Response, keep_alive: bool) {
 
 /// Reads one complete request. `Ok(None)`: the peer closed or idled out between requests.
 /// `Err`: the answer to send before closing (400/408/413/414/431/…).
-async fn read_request(
-    stream: &mut TcpStream,
+async fn read_request<S: AsyncRead + Unpin>(
+    stream: &mut S,
     buf: &mut Vec<u8>,
     limits: &Limits,
     read_timeout: Duration,
@@ -231,14 +270,22 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> LegIo<R, W> {
         !self.output.is_empty() && now.duration_since(self.last_progress) > WRITE_STALL_TIMEOUT
     }
 
-    /// Writes out everything buffered and shuts the write side, within [`CLOSE_TIMEOUT`].
-    async fn finish(&mut self) {
-        let wr = &mut self.wr;
+    /// Writes out everything buffered and shuts the write side, within [`CLOSE_TIMEOUT`]; with
+    /// `drain`, then reads (and discards) until the peer closes, within the same time. The
+    /// draining matters where the last bytes we wrote must arrive: closing a socket with unread
+    /// input makes the kernel answer with a reset, which throws away whatever the peer had not
+    /// taken yet (the load test lost the last caller frames of calls this way when the OpenAI
+    /// side was slow to read).
+    async fn finish(&mut self, drain: bool) {
+        let (wr, rd) = (&mut self.wr, &mut self.rd);
         let out = &self.output;
         let _ = tokio::time::timeout(CLOSE_TIMEOUT, async {
             wr.write_all(out).await?;
             wr.flush().await?;
-            wr.shutdown().await
+            wr.shutdown().await?;
+            let mut sink = [0u8; 4096];
+            while drain && rd.read(&mut sink).await? > 0 {}
+            Ok::<(), io::Error>(())
         })
         .await;
         self.output.clear();
@@ -372,13 +419,16 @@ fn pump_transmits<TR, TW, OR, OW>(
     }
 }
 
+/// The OpenAI leg over a dialer's connection.
+type OpenAiLeg<C> = LegIo<tokio::io::ReadHalf<C>, tokio::io::WriteHalf<C>>;
+
 /// Runs one call: Twilio's socket (already upgraded) and a new OpenAI connection.
-async fn run_call(
-    stream: TcpStream,
+async fn run_call<S: Transport, D: Dial>(
+    stream: S,
     leftover: Vec<u8>,
     grant: UpgradeGrant,
     app: Arc<App>,
-    connector: Arc<Connector>,
+    dialer: D,
 ) {
     let cfg = app.config();
     let _active = app.call_started();
@@ -395,7 +445,7 @@ async fn run_call(
     let mut meter = CallMeter::new(started);
     tracing::info!(call_sid = %grant.call_sid, "media stream accepted");
 
-    let (tw_rd, tw_wr) = stream.into_split();
+    let (tw_rd, tw_wr) = stream.into_halves();
     let mut tw = LegIo::new(
         tw_rd,
         tw_wr,
@@ -403,8 +453,8 @@ async fn run_call(
         Role::Server,
         MAX_TWILIO_MESSAGE_BYTES,
     );
-    let mut oa: Option<LegIo<tokio::io::ReadHalf<Conn>, tokio::io::WriteHalf<Conn>>> = None;
-    let connect = connector.connect();
+    let mut oa: Option<OpenAiLeg<D::Conn>> = None;
+    let connect = dialer.dial();
     tokio::pin!(connect);
     let mut connecting = true;
     let mut scratch: Vec<u8> = Vec::with_capacity(READ_CHUNK);
@@ -592,11 +642,12 @@ async fn run_call(
         tw.encoder.close(&mut tw.output, 1000, "call ended");
         tw.closing = true;
     }
+    // Only the OpenAI leg is drained: the caller's last audio must reach it (see `finish`).
     match oa.as_mut() {
         Some(o) => {
-            tokio::join!(tw.finish(), o.finish());
+            tokio::join!(tw.finish(false), o.finish(true));
         }
-        None => tw.finish().await,
+        None => tw.finish(false).await,
     }
     let stats = call.stats();
     tracing::info!(

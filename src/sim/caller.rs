@@ -76,6 +76,10 @@ pub struct CallerConfig {
     pub script: Script,
     /// `Some(call_no)`: tag frames (see `script::tag_frame`).
     pub frame_tag: Option<u32>,
+    /// Observer of the stream (the load test's clocks and frame checks).
+    pub probe: Option<std::sync::Arc<dyn super::probe::StreamProbe>>,
+    /// Keep every received payload in the report (default); the load test turns it off.
+    pub keep_payloads: bool,
 }
 
 impl CallerConfig {
@@ -94,6 +98,8 @@ impl CallerConfig {
             extra_params: Vec::new(),
             script,
             frame_tag: None,
+            probe: None,
+            keep_payloads: true,
         }
     }
 
@@ -379,8 +385,11 @@ async fn run_stream(cfg: &CallerConfig, stream: &StreamVerb) -> Result<StreamRun
     };
     let upgrade_latency = Some(started.elapsed());
     inbuf.drain(..head_len);
+    let mut session = StreamSession::new(stream_config(cfg, stream), Instant::now().into_std());
+    session.set_probe(cfg.probe.clone());
+    session.set_keep_payloads(cfg.keep_payloads);
     let mut link = Link {
-        session: StreamSession::new(stream_config(cfg, stream), Instant::now().into_std()),
+        session,
         enc: Encoder::new(Role::Client),
         dec: Decoder::new(Role::Client, MAX_WS_MESSAGE),
         inbuf,

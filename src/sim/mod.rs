@@ -10,11 +10,13 @@
 //!         ├─ script.rs   what the caller says, as 20 ms μ-law frames (assets/*.ulaw)
 //!         └─ playout.rs  Twilio's playout buffer on a fake clock: mark echoes, clear, and
 //!                        how many ms of each assistant item really played
+//!  probe.rs  an optional observer of the stream (the load test's clocks and frame checks)
 //! ```
 //!
 //! Everything but `caller.rs` is sans-IO and unit-tested with a fake clock.
 pub mod caller;
 pub mod playout;
+pub mod probe;
 pub mod script;
 pub mod stream;
 pub mod twiml;

@@ -23,6 +23,7 @@ use base64::Engine;
 use serde_json::Value;
 
 use super::playout::{mark_item_id, ChunkId, ItemPlayout, Playout, BYTES_PER_MS};
+use super::probe::StreamProbe;
 use super::script::{tag_frame, Script, FRAME_BYTES, FRAME_MS};
 
 /// Characters of an offending message kept in a [`Violation`], enough to see what it was.
@@ -249,6 +250,10 @@ pub struct StreamSession {
     dtmf_sent: u32,
     /// Protocol violations.
     violations: Vec<Violation>,
+    /// Optional observer ([`StreamSession::set_probe`]).
+    probe: Option<std::sync::Arc<dyn StreamProbe>>,
+    /// Whether each received payload is kept for the report ([`StreamSession::set_keep_payloads`]).
+    keep_payloads: bool,
 }
 
 impl StreamSession {
@@ -268,7 +273,21 @@ impl StreamSession {
             echoed: Vec::new(),
             dtmf_sent: 0,
             violations: Vec::new(),
+            probe: None,
+            keep_payloads: true,
         }
+    }
+
+    /// Installs an observer of frames sent and media/clears received.
+    pub fn set_probe(&mut self, probe: Option<std::sync::Arc<dyn StreamProbe>>) {
+        self.probe = probe;
+    }
+
+    /// Whether to keep every received payload in the report (default: yes). The load test says
+    /// no: long calls would otherwise hold every byte of assistant audio in memory
+    /// ([`ReceivedMedia::payload_b64`] is then empty).
+    pub fn set_keep_payloads(&mut self, keep: bool) {
+        self.keep_payloads = keep;
     }
 
     /// Appends `connected` and `start` (protocol.md 4.1), the first two messages.
@@ -335,6 +354,9 @@ impl StreamSession {
         self.cfg.script.fill_frame(n, &mut frame);
         if let Some(call_no) = self.cfg.frame_tag {
             tag_frame(call_no, n, &mut frame);
+        }
+        if let Some(probe) = &self.probe {
+            probe.frame_sent(now, n);
         }
         let seq = self.next_seq();
         out.push(format!(
@@ -482,10 +504,17 @@ impl StreamSession {
         if self.stop_sent {
             return;
         }
+        if let Some(probe) = &self.probe {
+            probe.media_received(now, &bytes);
+        }
         let chunk = self.playout.push_media(now, bytes.len());
         self.media.push(MediaIn {
             at: now,
-            payload_b64: payload.to_owned(),
+            payload_b64: if self.keep_payloads {
+                payload.to_owned()
+            } else {
+                String::new()
+            },
             bytes: bytes.len(),
             chunk,
         });
@@ -526,6 +555,9 @@ impl StreamSession {
     fn on_clear(&mut self, now: Instant, out: &mut Vec<String>) {
         if self.stop_sent {
             return;
+        }
+        if let Some(probe) = &self.probe {
+            probe.clear_received(now);
         }
         self.echo_due(now, out);
         let was_playing = self.playout.is_playing();
@@ -989,5 +1021,54 @@ mod tests {
             ("a".to_owned(), "3".to_owned()),
         ];
         assert_eq!(dedup_last_wins(&params), vec![("a", "3"), ("b", "2")]);
+    }
+
+    #[derive(Debug, Default)]
+    struct Seen {
+        frames: Vec<u32>,
+        media_bytes: Vec<usize>,
+        clears: usize,
+    }
+
+    #[derive(Debug, Default)]
+    struct TestProbe(std::sync::Mutex<Seen>);
+
+    impl StreamProbe for TestProbe {
+        fn frame_sent(&self, _now: Instant, index: u32) {
+            self.0.lock().unwrap().frames.push(index);
+        }
+        fn media_received(&self, _now: Instant, audio: &[u8]) {
+            self.0.lock().unwrap().media_bytes.push(audio.len());
+        }
+        fn clear_received(&self, _now: Instant) {
+            self.0.lock().unwrap().clears += 1;
+        }
+    }
+
+    #[test]
+    fn a_probe_sees_frames_media_and_clears_and_payloads_can_be_dropped() {
+        let script = Script::new(vec![Segment::Silence { ms: 100 }]).unwrap();
+        let (mut s, t0, _) = session(script);
+        let probe = std::sync::Arc::new(TestProbe::default());
+        s.set_probe(Some(probe.clone()));
+        s.set_keep_payloads(false);
+        let mut out = Vec::new();
+        s.send_next_frame(t0, &mut out);
+        s.send_next_frame(t0 + ms(20), &mut out);
+        s.handle_text(t0 + ms(25), media_msg(800).as_bytes(), &mut out);
+        s.handle_text(
+            t0 + ms(26),
+            mark_msg("e=0;i=item_A;ms=100").as_bytes(),
+            &mut out,
+        );
+        s.handle_text(t0 + ms(30), clear_msg().as_bytes(), &mut out);
+        let seen = probe.0.lock().unwrap();
+        assert_eq!(seen.frames, [0, 1]);
+        assert_eq!(seen.media_bytes, [800]);
+        assert_eq!(seen.clears, 1);
+        let report = s.report(t0 + ms(40));
+        assert_eq!(report.media.len(), 1);
+        assert_eq!(report.media[0].bytes, 800);
+        assert!(report.media[0].payload_b64.is_empty(), "payloads not kept");
     }
 }

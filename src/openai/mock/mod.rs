@@ -47,6 +47,7 @@ mod rejection;
 mod response;
 pub mod server;
 mod session_config;
+pub mod tap;
 #[cfg(test)]
 mod tests;
 
@@ -135,6 +136,12 @@ pub struct MockConfig {
     pub max_session_ms: Option<u64>,
     /// The validation hook every client event passes first.
     pub validate_client: ClientValidator,
+    /// Keep per-frame records in [`MockStats`] (every append and delta string, every client
+    /// event type). On by default for tests; the load test turns it off, since these grow by
+    /// ~11 KB per call-second and would be what it measures.
+    pub keep_records: bool,
+    /// Observation hooks (the load test's tags and clocks); `None` in normal use.
+    pub tap: Option<tap::MockTapFactory>,
 }
 
 impl std::fmt::Debug for MockConfig {
@@ -178,6 +185,8 @@ impl Default for MockConfig {
             function_call: None,
             max_session_ms: None,
             validate_client: Arc::new(basic_client_check),
+            keep_records: true,
+            tap: None,
         }
     }
 }
@@ -404,6 +413,12 @@ pub struct MockSession {
     text_input_tokens: u64,
     /// What happened.
     stats: MockStats,
+    /// This session's observer ([`MockConfig::tap`]).
+    tap: Option<Box<dyn tap::SessionTap>>,
+    /// `audio.input.format.type` and the turn detection of `session`, re-read whenever it
+    /// changes: every append needs both, and reading them from the JSON each time was a tenth of
+    /// the load test's CPU.
+    input: (String, Option<session_config::TurnDetection>),
 }
 
 impl MockSession {
@@ -415,6 +430,7 @@ impl MockSession {
             counters: HashMap::new(),
         };
         let session = session_config::default_session(&ids.session(), &config.model);
+        let session_tap = config.tap.as_ref().map(|make| make());
         let close_at = config
             .max_session_ms
             .map(|ms| now + Duration::from_millis(ms));
@@ -440,7 +456,10 @@ impl MockSession {
             assistant_line: 0,
             text_input_tokens: 0,
             stats: MockStats::default(),
+            tap: session_tap,
+            input: (String::new(), None),
         };
+        mock.refresh_input();
         let created = json!({"type": "session.created", "session": mock.session.clone()});
         mock.push_event(created);
         mock
@@ -472,7 +491,9 @@ impl MockSession {
             self.reject(event_id, None, rejection);
             return;
         };
-        self.stats.client_event_types.push(kind.clone());
+        if self.config.keep_records {
+            self.stats.client_event_types.push(kind.clone());
+        }
         if let Err(rejection) = self.dispatch(now, &kind, &event) {
             self.reject(event_id, Some(kind), rejection);
         }
@@ -515,6 +536,14 @@ impl MockSession {
     /// The effective session configuration (as in the last `session.created`/`updated`).
     pub fn session(&self) -> &Value {
         &self.session
+    }
+
+    /// Re-reads [`MockSession::input`] from the effective session.
+    fn refresh_input(&mut self) {
+        self.input = (
+            session_config::input_format(&self.session).to_owned(),
+            session_config::turn_detection(&self.session),
+        );
     }
 
     /// `now`, never earlier than a `now` seen before.
@@ -581,6 +610,7 @@ impl MockSession {
             .ok_or_else(|| MockRejection::MissingParameter("session".into()))?;
         session_config::check_update(update, &self.session, self.assistant_audio_produced)?;
         session_config::merge(&mut self.session, update);
+        self.refresh_input();
         self.session_updated_sent = true;
         self.stats.session_updates.push(update.clone());
         self.stats.accepted_session = Some(self.session.clone());
@@ -593,7 +623,9 @@ impl MockSession {
     /// VAD.
     fn on_append(&mut self, now: Instant, event: &Value) -> Result<(), MockRejection> {
         let audio = required_str(event, "audio")?;
-        self.stats.appends.push(audio.to_owned());
+        if self.config.keep_records {
+            self.stats.appends.push(audio.to_owned());
+        }
         if audio.len() > MAX_APPEND_AUDIO_CHARS {
             return Err(MockRejection::InvalidAudio(format!(
                 "more than {MAX_APPEND_AUDIO_CHARS} characters"
@@ -606,7 +638,7 @@ impl MockSession {
             self.stats.appends_before_session_updated += 1;
             return Err(MockRejection::AudioBeforeSessionUpdated);
         }
-        let format = session_config::input_format(&self.session);
+        let format = self.input.0.as_str();
         if format != "audio/pcmu" {
             return Err(MockRejection::InvalidValue {
                 param: "audio".into(),
@@ -615,13 +647,16 @@ impl MockSession {
         }
         self.input_bytes += bytes.len() as u64;
         self.stats.input_audio_bytes += bytes.len() as u64;
+        if let Some(tap) = &mut self.tap {
+            tap.input_audio(now, &bytes);
+        }
         self.run_vad(now, &bytes);
         Ok(())
     }
 
     /// Feeds caller audio to the VAD and acts on what it detects.
     fn run_vad(&mut self, now: Instant, bytes: &[u8]) {
-        let detection = session_config::turn_detection(&self.session);
+        let detection = self.input.1.clone();
         let params = detection.as_ref().map(|td| VadParams {
             amplitude_threshold: td.threshold * self.config.vad_amplitude_at_full_threshold,
             prefix_padding_ms: td.prefix_padding_ms,
@@ -641,6 +676,9 @@ impl MockSession {
         for event in events {
             match event {
                 VadEvent::SpeechStarted { audio_start_ms } => {
+                    if let Some(tap) = &mut self.tap {
+                        tap.speech_started(now);
+                    }
                     self.on_speech_started(audio_start_ms, td.interrupt_response);
                 }
                 VadEvent::SpeechStopped { audio_end_ms } => {
@@ -921,6 +959,9 @@ impl MockSession {
             accepted: verdict.is_ok(),
         });
         let end_ms = verdict?;
+        if let Some(tap) = &mut self.tap {
+            tap.truncated(&item_id, end_ms);
+        }
         if let Some(Item {
             kind: ItemKind::AssistantAudio { limit_ms, .. },
             ..

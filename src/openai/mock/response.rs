@@ -228,25 +228,31 @@ impl MockSession {
                 self.finish_response(&response);
                 return;
             }
-            self.send_delta(&mut response);
+            self.send_delta(now, &mut response);
             self.active = Some(response);
         }
     }
 
     /// The next `response.output_audio.delta` (its size from the cycling pattern) and the
     /// transcript text that goes with that much audio.
-    fn send_delta(&mut self, response: &mut AudioResponse) {
+    fn send_delta(&mut self, now: Instant, response: &mut AudioResponse) {
         let pattern = &self.config.delta_sizes_ms;
         let delta_ms = pattern[response.deltas_sent % pattern.len()];
         let remaining = response.total_bytes - response.sent_bytes;
         let len = ((delta_ms * BYTES_PER_MS) as usize).min(remaining);
-        let delta = STANDARD.encode(mock_audio(response.seq, response.sent_bytes, len));
+        let mut audio = mock_audio(response.seq, response.sent_bytes, len);
+        if let Some(tap) = &mut self.tap {
+            tap.output_audio(now, &mut audio);
+        }
+        let delta = STANDARD.encode(audio);
         self.push_event(json!({
             "type": "response.output_audio.delta", "response_id": response.id,
             "item_id": response.item_id, "output_index": 0, "content_index": 0, "delta": delta,
         }));
-        self.stats
-            .record_delta(&response.item_id, &response.id, delta);
+        if self.config.keep_records {
+            self.stats
+                .record_delta(&response.item_id, &response.id, delta);
+        }
         self.assistant_audio_produced = true;
         response.sent_bytes += len;
         response.deltas_sent += 1;

@@ -1004,3 +1004,71 @@ fn deleting_an_item_removes_it_from_the_conversation() {
     let gone = h.send(json!({"type": "conversation.item.retrieve", "item_id": "item_M00001"}));
     assert_eq!(only_error(&gone)["param"], "item_id");
 }
+
+/// What a test tap saw: input bytes, output deltas rewritten to 0x55, speech starts, truncates.
+#[derive(Debug, Default)]
+struct TapLog {
+    input_bytes: usize,
+    outputs: usize,
+    speech_started: usize,
+    truncated: Vec<(String, u64)>,
+}
+
+#[derive(Debug)]
+struct TestTap(std::sync::Arc<std::sync::Mutex<TapLog>>);
+
+impl tap::SessionTap for TestTap {
+    fn input_audio(&mut self, _now: Instant, audio: &[u8]) {
+        self.0.lock().unwrap().input_bytes += audio.len();
+    }
+    fn output_audio(&mut self, _now: Instant, audio: &mut [u8]) {
+        audio.fill(0x55);
+        self.0.lock().unwrap().outputs += 1;
+    }
+    fn speech_started(&mut self, _now: Instant) {
+        self.0.lock().unwrap().speech_started += 1;
+    }
+    fn truncated(&mut self, item_id: &str, audio_end_ms: u64) {
+        self.0
+            .lock()
+            .unwrap()
+            .truncated
+            .push((item_id.to_owned(), audio_end_ms));
+    }
+}
+
+#[test]
+fn a_tap_sees_caller_audio_speech_and_truncates_and_rewrites_deltas_without_records() {
+    let log = std::sync::Arc::new(std::sync::Mutex::new(TapLog::default()));
+    let log2 = std::sync::Arc::clone(&log);
+    let config = MockConfig {
+        keep_records: false,
+        tap: Some(std::sync::Arc::new(move || {
+            Box::new(TestTap(std::sync::Arc::clone(&log2))) as Box<dyn tap::SessionTap>
+        })),
+        ..MockConfig::default()
+    };
+    let (mut h, mut events) = after_first_turn(config);
+    events.extend(h.advance(1000));
+    let deltas = of_type(&events, "response.output_audio.delta");
+    assert!(!deltas.is_empty());
+    for d in &deltas {
+        let bytes = STANDARD.decode(d["delta"].as_str().unwrap()).unwrap();
+        assert!(bytes.iter().all(|&b| b == 0x55), "the tap's bytes are sent");
+    }
+    let item = deltas[0]["item_id"].as_str().unwrap().to_owned();
+    let answer = h.send(
+        json!({"type": "conversation.item.truncate", "item_id": item,
+        "content_index": 0, "audio_end_ms": 100}),
+    );
+    assert_eq!(types(&answer), ["conversation.item.truncated"]);
+    let log = log.lock().unwrap();
+    assert_eq!(log.input_bytes, 2500 * 8, "every accepted append");
+    assert_eq!(log.outputs, deltas.len());
+    assert_eq!(log.speech_started, 1);
+    assert_eq!(log.truncated, [(item, 100)]);
+    let stats = h.mock.stats();
+    assert!(stats.appends.is_empty() && stats.audio_deltas.is_empty());
+    assert!(stats.client_event_types.is_empty());
+    assert_eq!(stats.input_audio_bytes, 2500 * 8, "counters are still kept");
+}
