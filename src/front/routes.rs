@@ -267,9 +267,11 @@ impl App {
         };
         let from = get("From").unwrap_or("");
         let to = get("To").unwrap_or("");
-        // The agent: the route of the called number, else the default agent.
+        // The agent: the route of our number, else the default agent. Our number is `To` on an
+        // inbound call and `From` on one we placed (`outbound-api`, `outbound-dial`).
+        let ours = our_number(get("Direction"), from, to);
         let agent_id = match &self.store {
-            Some(store) => store.agent_for_number(to).id.clone(),
+            Some(store) => store.agent_for_number(ours).id.clone(),
             None => self.cfg.agent.id.clone(),
         };
         let record = |fallback: Option<&str>| RecordChange::Webhook {
@@ -424,6 +426,15 @@ impl App {
     }
 }
 
+/// Which side of a call is our Twilio number: `To` for inbound calls (and when `Direction` is
+/// absent), `From` for calls we placed (`outbound-api`, `outbound-dial`; protocol.md 1.1).
+fn our_number<'a>(direction: Option<&str>, from: &'a str, to: &'a str) -> &'a str {
+    match direction {
+        Some(d) if d.starts_with("outbound") => from,
+        _ => to,
+    }
+}
+
 /// Keeps a call counted as active while alive.
 pub struct ActiveCallGuard {
     app: Arc<App>,
@@ -481,5 +492,18 @@ fn record_final_status(app: &App, params: &[(String, String)]) {
                 },
             );
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::our_number;
+
+    #[test]
+    fn our_number_is_to_on_inbound_calls_and_from_on_calls_we_placed() {
+        assert_eq!(our_number(Some("inbound"), "+8190", "+8150"), "+8150");
+        assert_eq!(our_number(None, "+8190", "+8150"), "+8150");
+        assert_eq!(our_number(Some("outbound-api"), "+8150", "+8190"), "+8150");
+        assert_eq!(our_number(Some("outbound-dial"), "+8150", "+8190"), "+8150");
     }
 }
