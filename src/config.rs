@@ -128,6 +128,33 @@ pub struct ServeArgs {
     /// JSON file with a list of OpenAI function tool definitions.
     #[arg(long, env = "AGENT_TOOLS_FILE")]
     pub agent_tools_file: Option<PathBuf>,
+    /// IO driver: `epoll` (tokio), `uring` (io_uring, thread per core), or `auto` (io_uring when
+    /// this machine allows it, else epoll; the log says which and why). epoll is the default
+    /// while it costs less CPU per frame (README, Runtimes).
+    #[arg(long, env = "RUNTIME", value_enum, default_value_t = RuntimeChoice::Epoll)]
+    pub runtime: RuntimeChoice,
+    /// Worker threads of the io_uring driver, each with its own ring and listening socket
+    /// (default: the number of cores).
+    #[arg(long, env = "WORKERS")]
+    pub workers: Option<usize>,
+    /// Most pre-warmed OpenAI connections kept per worker (0: no pool, every call connects).
+    #[arg(long, env = "OPENAI_POOL_MAX", default_value_t = 0)]
+    pub openai_pool_max: usize,
+    /// Seconds a pre-warmed connection may sit idle before it is closed (keep it under the
+    /// server's own idle and session limits).
+    #[arg(long, env = "OPENAI_POOL_MAX_IDLE_SECS", default_value_t = 300.0)]
+    pub openai_pool_max_idle_secs: f64,
+}
+
+/// Which IO driver serves (`RUNTIME`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum RuntimeChoice {
+    /// io_uring (tokio-uring), one thread and ring per core; refuses to start without io_uring.
+    Uring,
+    /// tokio's multi-threaded runtime (epoll).
+    Epoll,
+    /// io_uring if a probe at start succeeds, else epoll.
+    Auto,
 }
 
 /// Why the configuration was refused.
@@ -297,6 +324,14 @@ pub struct Config {
     pub twilio_idle_timeout: Duration,
     /// The agent (until the store provides agents).
     pub agent: Arc<AgentSettings>,
+    /// IO driver choice.
+    pub runtime: RuntimeChoice,
+    /// io_uring worker threads (at least 1).
+    pub workers: usize,
+    /// Pre-warmed OpenAI connections per worker (0: off).
+    pub openai_pool_max: usize,
+    /// Idle age after which a pre-warmed connection is closed.
+    pub openai_pool_max_idle: Duration,
 }
 
 impl ServeArgs {
@@ -353,6 +388,22 @@ impl ServeArgs {
                 key
             }
         };
+        let workers = match self.workers {
+            Some(0) => {
+                return Err(ConfigError::Invalid {
+                    name: "WORKERS",
+                    why: "must be at least 1".into(),
+                })
+            }
+            Some(n) if n > 1024 => {
+                return Err(ConfigError::Invalid {
+                    name: "WORKERS",
+                    why: format!("{n} threads is more than 1024"),
+                })
+            }
+            Some(n) => n,
+            None => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        };
         let log_event_types: Vec<String> = self
             .log_event_types
             .split(',')
@@ -377,7 +428,7 @@ impl ServeArgs {
                 "OPENAI_SESSION_TIMEOUT_SECS",
                 self.openai_session_timeout_secs,
             )?,
-            public_host: self.public_host.clone().filter(|h| !h.is_empty()),
+            public_host: public_host(self.public_host.as_deref())?,
             twilio_auth_token: self.twilio_auth_token.clone().filter(|t| !t.is_empty()),
             stream_secret,
             stream_ttl: Duration::from_secs(self.stream_ttl_secs.max(1)),
@@ -401,6 +452,23 @@ impl ServeArgs {
             http_read_timeout: secs("HTTP_READ_TIMEOUT_SECS", self.http_read_timeout_secs)?,
             twilio_idle_timeout: secs("TWILIO_IDLE_TIMEOUT_SECS", self.twilio_idle_timeout_secs)?,
             agent: Arc::new(agent),
+            runtime: self.runtime,
+            workers,
+            openai_pool_max: if self.openai_pool_max > 1024 {
+                return Err(ConfigError::Invalid {
+                    name: "OPENAI_POOL_MAX",
+                    why: format!(
+                        "{} connections per worker is more than 1024",
+                        self.openai_pool_max
+                    ),
+                });
+            } else {
+                self.openai_pool_max
+            },
+            openai_pool_max_idle: secs(
+                "OPENAI_POOL_MAX_IDLE_SECS",
+                self.openai_pool_max_idle_secs,
+            )?,
         })
     }
 
@@ -440,10 +508,72 @@ impl ServeArgs {
     }
 }
 
+/// `PUBLIC_HOST` as the bare `host[:port]` the stream URLs and signature checks are built from.
+///
+/// A leading `https://` or `wss://` and a trailing `/` are tolerated and removed (a common way to
+/// write it); anything else that cannot be a host (a path, a query, spaces, another scheme) is
+/// refused at start: it would otherwise make every webhook fail (protocol.md 3.1).
+fn public_host(value: Option<&str>) -> Result<Option<String>, ConfigError> {
+    let Some(raw) = value.map(str::trim).filter(|h| !h.is_empty()) else {
+        return Ok(None);
+    };
+    let host = raw
+        .strip_prefix("https://")
+        .or_else(|| raw.strip_prefix("wss://"))
+        .unwrap_or(raw);
+    let host = host.strip_suffix('/').unwrap_or(host);
+    let ok = !host.is_empty()
+        && host.len() <= 255
+        && host.bytes().all(|b| {
+            b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b':' | b'[' | b']' | b'_')
+        });
+    if !ok {
+        return Err(ConfigError::Invalid {
+            name: "PUBLIC_HOST",
+            why: format!("{raw:?} is not a host name (write it as bridge.example.com[:port])"),
+        });
+    }
+    Ok(Some(host.to_owned()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use clap::Parser;
+
+    #[test]
+    fn public_host_tolerates_a_scheme_and_a_slash_and_refuses_paths() {
+        assert_eq!(public_host(None).unwrap(), None);
+        assert_eq!(public_host(Some(" ")).unwrap(), None);
+        for ok in [
+            "bridge.example.com",
+            "https://bridge.example.com",
+            "wss://bridge.example.com/",
+            "bridge.example.com/",
+        ] {
+            assert_eq!(
+                public_host(Some(ok)).unwrap().as_deref(),
+                Some("bridge.example.com"),
+                "{ok}"
+            );
+        }
+        assert_eq!(
+            public_host(Some("bridge.example.com:8443"))
+                .unwrap()
+                .as_deref(),
+            Some("bridge.example.com:8443")
+        );
+        for bad in [
+            "http://bridge.example.com",
+            "bridge.example.com/api",
+            "bridge.example.com?x=1",
+            "bridge example.com",
+            "https://",
+        ] {
+            let err = public_host(Some(bad)).unwrap_err();
+            assert!(err.to_string().starts_with("PUBLIC_HOST: "), "{bad}: {err}");
+        }
+    }
 
     #[derive(Parser)]
     struct Cli {
@@ -519,7 +649,14 @@ mod tests {
     #[test]
     fn bad_values_are_refused_by_name() {
         let base = ["--openai-url", "ws://127.0.0.1:9/"];
-        let cases: [(&[&str], &str); 4] = [
+        let cases: [(&[&str], &str); 8] = [
+            (&["--openai-pool-max", "5000"], "OPENAI_POOL_MAX"),
+            (
+                &["--openai-pool-max-idle-secs", "0"],
+                "OPENAI_POOL_MAX_IDLE_SECS",
+            ),
+            (&["--workers", "0"], "WORKERS"),
+            (&["--workers", "5000"], "WORKERS"),
             (&["--max-calls", "0"], "MAX_CALLS"),
             (&["--stream-secret", "short"], "STREAM_SECRET"),
             (
@@ -534,6 +671,25 @@ mod tests {
             let err = parse(&args).unwrap_err().to_string();
             assert!(err.contains(name), "{err}");
         }
+    }
+
+    #[test]
+    fn runtime_and_workers_parse_and_default_to_epoll_and_the_core_count() {
+        let cfg = parse(&["--openai-url", "ws://127.0.0.1:9/"]).unwrap();
+        assert_eq!(cfg.runtime, RuntimeChoice::Epoll);
+        assert!(cfg.workers >= 1);
+        let cfg = parse(&[
+            "--openai-url",
+            "ws://127.0.0.1:9/",
+            "--runtime",
+            "uring",
+            "--workers",
+            "3",
+        ])
+        .unwrap();
+        assert_eq!((cfg.runtime, cfg.workers), (RuntimeChoice::Uring, 3));
+        let cli = Cli::try_parse_from(["callbridge", "--runtime", "kqueue"]);
+        assert!(cli.is_err(), "an unknown driver is refused");
     }
 
     #[test]

@@ -21,7 +21,7 @@
 //! - [`openai`]: Realtime GA events, `session.update`, the client connection, the mock server.
 //! - [`bridge`]: the per-call state machine and its playout ledger (barge-in accounting).
 //! - [`metrics`]: the Prometheus recorder, metric names, and the per-call meter drivers feed.
-//! - [`runtime`]: the IO driver (tokio, epoll).
+//! - [`runtime`]: the IO drivers (tokio/epoll, and io_uring thread per core), sharing one call loop.
 //! - [`limits`]: process limits raised at start (open files).
 //! - [`store`]: agents, number routes, call records and conversations in sled (one writer thread).
 //! - [`sim`]: a simulated Twilio caller, used by the demo, the tests and the load test.

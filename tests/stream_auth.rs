@@ -384,14 +384,55 @@ async fn an_expired_call_id_is_refused_with_403() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_upgrade_with_a_wrong_signature_is_refused_with_403() {
+async fn an_upgrade_with_a_wrong_signature_is_left_to_the_start_token() {
+    // protocol.md 3.2: close only if neither the signature nor the start token passes.
+    let n = 8;
     let mock = mock(|_| {}).await;
     let mut proxy = Proxy::with_mock(&mock, &[]);
-    let stream = stream_of(proxy.addr, 8).await;
-    let refused = upgrade_signed(proxy.addr, &stream.path, "another-accounts-token").await;
-    assert_eq!(refused.err(), Some(403));
-    assert!(logged(&proxy, "refused media stream: x-twilio-signature wrong").await);
-    assert!(mock.sessions().is_empty());
+    let stream = stream_of(proxy.addr, n).await;
+
+    // Wrong signature and wrong token: closed before anything reaches OpenAI.
+    let mut raw = upgrade_signed(proxy.addr, &stream.path, "another-accounts-token")
+        .await
+        .expect("the upgrade is left to the start token");
+    let mut params = stream.parameters.clone();
+    params.iter_mut().find(|(k, _)| k == "token").unwrap().1 = "AAAAAAAAAAAAAAAA".into();
+    let call_sid = webhook::sid("CA", u128::from(n));
+    raw.stream_sid = webhook::sid("MZ", u128::from(n));
+    start_and_media_in_one_write(&mut raw, &call_sid, &params).await;
+    assert_eq!(raw.until_closed(Duration::from_secs(3)).await, Some(1000));
+    assert!(
+        logged(
+            &proxy,
+            "x-twilio-signature does not verify; the start token decides"
+        )
+        .await
+    );
+    assert!(logged(&proxy, "stream refused: start token missing or wrong").await);
+    sessions_without_audio(&mock).await;
+
+    // Wrong signature, right token: the call works.
+    let n = 18;
+    let mock = self::mock(|_| {}).await;
+    let mut proxy = Proxy::with_mock(&mock, &[]);
+    let stream = stream_of(proxy.addr, n).await;
+    let mut raw = upgrade_signed(proxy.addr, &stream.path, "another-accounts-token")
+        .await
+        .expect("the upgrade is left to the start token");
+    raw.params = stream.parameters.clone();
+    raw.call_sid = webhook::sid("CA", u128::from(n));
+    raw.stream_sid = webhook::sid("MZ", u128::from(n));
+    raw.start().await;
+    wait_session_ready(&mock).await;
+    raw.media("/////////////////////w==").await;
+    raw.stop().await;
+    assert_eq!(raw.until_closed(Duration::from_secs(3)).await, Some(1000));
+    let closed = closed_sessions(&mock, 1, Duration::from_secs(2)).await;
+    assert_eq!(closed.len(), 1);
+    assert_eq!(
+        closed[0].stats.appends,
+        vec!["/////////////////////w==".to_owned()]
+    );
     assert!(proxy.is_running());
 }
 

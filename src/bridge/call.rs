@@ -418,6 +418,10 @@ pub struct Call {
     presession_bytes: u64,
     /// Responses interrupted by barge-in: their late deltas are dropped.
     interrupted_responses: VecDeque<String>,
+    /// The response between its `response.created` and `response.done`: server VAD with
+    /// `interrupt_response` cancels it when the caller starts speaking (protocol.md 5.5), even
+    /// when none of its audio is playing yet.
+    active_response: Option<String>,
     /// Items interrupted by barge-in.
     interrupted_items: VecDeque<String>,
     stats: CallStats,
@@ -451,6 +455,7 @@ impl Call {
             presession: VecDeque::new(),
             presession_bytes: 0,
             interrupted_responses: VecDeque::new(),
+            active_response: None,
             interrupted_items: VecDeque::new(),
             stats: CallStats::default(),
             logged_kinds: Vec::new(),
@@ -893,12 +898,18 @@ impl Call {
                 arguments,
                 ..
             } => self.on_tool_call(call_id, name, arguments),
+            ServerEvent::ResponseCreated { response_id } if !response_id.is_empty() => {
+                self.active_response = Some(response_id.to_owned());
+            }
             ServerEvent::ResponseDone {
                 response_id,
                 status,
                 usage,
                 ..
             } => {
+                if self.active_response.as_deref() == Some(response_id) || response_id.is_empty() {
+                    self.active_response = None;
+                }
                 self.events.push_back(CallEvent::ResponseDone {
                     response_id: response_id.to_owned(),
                     status: status.to_owned(),
@@ -1050,6 +1061,14 @@ impl Call {
     }
 
     fn on_speech_started(&mut self, now: Instant) {
+        // The server cancels the response in progress (interrupt_response): deltas of it that
+        // are still in flight must not play after the caller started speaking (protocol.md 6.1
+        // flaw 6), also when nothing of it is playing at this moment.
+        if let Some(active) = self.active_response.take() {
+            if !self.interrupted_responses.iter().any(|r| *r == active) {
+                self.interrupted_responses.push_back(active);
+            }
+        }
         if !self.ledger.is_playing() {
             self.stats.speech_without_playback += 1;
             return;

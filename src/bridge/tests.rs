@@ -761,3 +761,119 @@ fn an_agent_handed_over_before_session_created_is_used_when_it_arrives() {
         "ash"
     );
 }
+
+// ---- protocol.md 6.3, the worked examples exactly ------------------------------------------
+
+/// protocol.md 6.3: item_X, deltas of 400, 2400 and 800 bytes sent at t = 1000 ms with nothing
+/// playing. The 2400-byte delta arrives whole and is split into pieces of at most 100 ms, which
+/// adds marks at 150 and 250 ms but leaves the document's marks (50, 350, 450) and every answer
+/// unchanged.
+fn worked_example() -> Sim {
+    let mut s = Sim::ready();
+    s.at(1000)
+        .delta("resp_R1", "item_X", 400)
+        .delta("resp_R1", "item_X", 2400)
+        .delta("resp_R1", "item_X", 800);
+    assert_eq!(
+        s.marks_sent(),
+        [
+            "e=0;i=item_X;ms=50",
+            "e=0;i=item_X;ms=150",
+            "e=0;i=item_X;ms=250",
+            "e=0;i=item_X;ms=350",
+            "e=0;i=item_X;ms=450"
+        ]
+    );
+    s.twilio_out.clear();
+    s
+}
+
+#[test]
+fn worked_example_a_gives_150() {
+    let mut s = worked_example();
+    s.at(1080).echo("e=0;i=item_X;ms=50");
+    s.at(1180).speech_started();
+    assert_eq!(
+        s.twilio_out,
+        vec![json!({"event": "clear", "streamSid": STREAM_SID})]
+    );
+    assert_eq!(s.truncates(), vec![("item_X".to_owned(), 150)]);
+}
+
+#[test]
+fn worked_example_b_gives_450_and_nothing_once_every_mark_echoed() {
+    let mut s = worked_example();
+    // The sample's inputs (responseStartTimestampTwilio = 40000, latestMediaTimestamp = 41600,
+    // which would give 1600 ms) are inbound stream time and do not move the estimate.
+    let media = |ts: &str| {
+        json!({"event": "media", "sequenceNumber": "3", "streamSid": STREAM_SID,
+        "media": {"track": "inbound", "chunk": "2", "timestamp": ts, "payload": "/////w=="}})
+    };
+    s.at(1000).twilio(media("40000"));
+    s.at(1050).echo("e=0;i=item_X;ms=50");
+    s.at(1360).echo("e=0;i=item_X;ms=350");
+    s.at(1600).twilio(media("41600"));
+    s.speech_started();
+    assert_eq!(s.truncates(), vec![("item_X".to_owned(), 450)]);
+
+    let mut s = worked_example();
+    s.at(1050).echo("e=0;i=item_X;ms=50");
+    s.at(1360).echo("e=0;i=item_X;ms=350");
+    s.at(1450).echo("e=0;i=item_X;ms=450");
+    s.at(1600).speech_started();
+    assert!(s.twilio_out.is_empty(), "no clear: {:?}", s.twilio_out);
+    assert!(s.truncates().is_empty(), "no truncate");
+}
+
+#[test]
+fn worked_example_c_gives_30() {
+    let mut s = worked_example();
+    s.at(1030).speech_started();
+    assert_eq!(
+        s.twilio_out,
+        vec![json!({"event": "clear", "streamSid": STREAM_SID})]
+    );
+    assert_eq!(s.truncates(), vec![("item_X".to_owned(), 30)]);
+}
+
+#[test]
+fn late_deltas_of_a_response_cancelled_while_nothing_played_are_dropped() {
+    // The first delta was heard completely (its mark echoed), the model is still generating;
+    // the caller speaks, the server cancels the response (interrupt_response), and a delta it
+    // had already emitted arrives after speech_started: it must not play (protocol.md 6.1
+    // flaw 6, 7 common mistake 7).
+    let mut s = Sim::ready();
+    s.openai(json!({"type": "response.created", "event_id": "e", "response": {"id": "resp_1", "object": "realtime.response", "status": "in_progress", "output": []}}));
+    s.at(0).delta("resp_1", "item_X", 400);
+    s.at(60).echo("e=0;i=item_X;ms=50");
+    s.twilio_out.clear();
+    s.at(100).speech_started();
+    assert!(s.twilio_out.is_empty(), "nothing playing: no clear");
+    assert!(s.truncates().is_empty(), "heard completely: no truncate");
+    s.at(110).delta("resp_1", "item_X", 800);
+    assert!(
+        s.twilio_out.is_empty(),
+        "late delta forwarded: {:?}",
+        s.twilio_out
+    );
+    assert_eq!(s.call.stats().late_deltas_dropped, 1);
+    s.openai(json!({"type": "response.done", "event_id": "e", "response": {"id": "resp_1", "object": "realtime.response", "status": "cancelled", "status_details": {"type": "cancelled", "reason": "turn_detected"}, "output": []}}));
+    // The next response plays normally.
+    s.openai(json!({"type": "response.created", "event_id": "e", "response": {"id": "resp_2", "object": "realtime.response", "status": "in_progress", "output": []}}));
+    s.at(900).delta("resp_2", "item_Y", 400);
+    assert_eq!(s.twilio_out.len(), 2, "media and mark of the new response");
+}
+
+#[test]
+fn speech_after_a_finished_response_does_not_drop_the_next_one() {
+    let mut s = Sim::ready();
+    s.openai(json!({"type": "response.created", "event_id": "e", "response": {"id": "resp_1", "object": "realtime.response", "status": "in_progress", "output": []}}));
+    s.at(0).delta("resp_1", "item_X", 400);
+    s.openai(json!({"type": "response.done", "event_id": "e", "response": {"id": "resp_1", "object": "realtime.response", "status": "completed", "output": []}}));
+    s.at(60).echo("e=0;i=item_X;ms=50");
+    s.at(100).speech_started();
+    s.twilio_out.clear();
+    s.at(900).delta("resp_2", "item_Y", 400);
+    assert_eq!(s.twilio_out.len(), 2);
+    assert_eq!(s.call.stats().late_deltas_dropped, 0);
+}

@@ -4,7 +4,7 @@
 //! | route | method | answer |
 //! | --- | --- | --- |
 //! | `/api/twilio/voice` | POST | TwiML: `<Connect><Stream>` (or the legacy conference) |
-//! | `/api/twilio/after-stream` | POST | TwiML after the stream: `<Hangup/>`, or the conference when the AI leg failed |
+//! | `/api/twilio/after-stream[/{callId}]` | POST | TwiML after the stream: `<Hangup/>`, or the conference when the AI leg failed |
 //! | `/api/twilio/status` | POST | 204 (status callbacks) |
 //! | `/api/twilio/media-stream/{callId}` | GET | WebSocket upgrade for a signed, unexpired `callId`; 403 otherwise |
 //! | `/healthz` | GET | 200 with the active call count |
@@ -25,6 +25,10 @@ use crate::twilio::{signature, twiml};
 
 /// Path prefix of the media stream WebSocket.
 pub const MEDIA_STREAM_PREFIX: &str = "/api/twilio/media-stream/";
+
+/// Path prefix of `after-stream` with a per-call suffix (`/api/twilio/after-stream/{callId}`,
+/// the form of protocol.md 2.1); answered like `/api/twilio/after-stream`.
+pub const AFTER_STREAM_PREFIX: &str = "/api/twilio/after-stream/";
 
 /// Calls whose outcome is remembered for `after-stream` (a few minutes of heavy traffic).
 const MAX_REMEMBERED_OUTCOMES: usize = 8192;
@@ -187,6 +191,8 @@ impl App {
             "/metrics" => metrics_page(req),
             "/api/twilio/voice" => self.voice(req, now_unix),
             "/api/twilio/after-stream" => self.after_stream(req),
+            // protocol.md 2.1: the <Redirect> target may carry the callId in the path.
+            _ if path.starts_with(AFTER_STREAM_PREFIX) => self.after_stream(req),
             "/api/twilio/status" => self.status_callback(req),
             _ if path.starts_with(super::admin::PREFIX) => {
                 super::admin::route(self.store.as_ref(), self.cfg.admin_token.as_deref(), req)
@@ -261,9 +267,11 @@ impl App {
         };
         let from = get("From").unwrap_or("");
         let to = get("To").unwrap_or("");
-        // The agent: the route of the called number, else the default agent.
+        // The agent: the route of our number, else the default agent. Our number is `To` on an
+        // inbound call and `From` on one we placed (`outbound-api`, `outbound-dial`).
+        let ours = our_number(get("Direction"), from, to);
         let agent_id = match &self.store {
-            Some(store) => store.agent_for_number(to).id.clone(),
+            Some(store) => store.agent_for_number(ours).id.clone(),
             None => self.cfg.agent.id.clone(),
         };
         let record = |fallback: Option<&str>| RecordChange::Webhook {
@@ -354,12 +362,15 @@ impl App {
 
     fn status_callback(&self, req: &Request) -> Response {
         match self.signed_form(req) {
-            Ok(_) => Response {
-                status: 204,
-                content_type: "text/plain",
-                body: vec![],
-                headers: vec![],
-            },
+            Ok(params) => {
+                record_final_status(self, &params);
+                Response {
+                    status: 204,
+                    content_type: "text/plain",
+                    body: vec![],
+                    headers: vec![],
+                }
+            }
             Err(resp) => resp,
         }
     }
@@ -380,15 +391,21 @@ impl App {
             req.header("x-twilio-signature"),
         ) {
             // protocol.md 3.2: signed over the wss:// URL as written in the TwiML; the https://
-            // form is accepted too. A missing header is left to the start token check.
+            // form is accepted too. The stream is closed only if neither this check nor the
+            // start token passes: the signed callId already proved our webhook minted this URL,
+            // and the token in `start` is always required, so a signature that does not verify
+            // (Twilio signing another form of the URL, a proxy rewriting the host) is logged and
+            // left to the token instead of taking the call down. A missing header likewise.
             let host = self.public_host(req).unwrap_or("");
             let ok = ["wss", "https"].iter().any(|scheme| {
                 let url = format!("{scheme}://{host}{MEDIA_STREAM_PREFIX}{call_id}");
                 signature::validate(token, &url, &[], sig)
             });
             if !ok {
-                tracing::warn!(call_id, "refused media stream: x-twilio-signature wrong");
-                return Routed::Respond(Response::text(403, "invalid signature"));
+                tracing::warn!(
+                    call_id,
+                    "media stream: x-twilio-signature does not verify; the start token decides"
+                );
             }
         }
         match ws::check_upgrade(req) {
@@ -406,6 +423,15 @@ impl App {
                 Routed::Respond(resp)
             }
         }
+    }
+}
+
+/// Which side of a call is our Twilio number: `To` for inbound calls (and when `Direction` is
+/// absent), `From` for calls we placed (`outbound-api`, `outbound-dial`; protocol.md 1.1).
+fn our_number<'a>(direction: Option<&str>, from: &'a str, to: &'a str) -> &'a str {
+    match direction {
+        Some(d) if d.starts_with("outbound") => from,
+        _ => to,
     }
 }
 
@@ -448,4 +474,36 @@ fn is_host_safe(host: &str) -> bool {
 /// Whether a CallSid looks like one (letters and digits, 1–64 characters).
 fn is_sid_like(s: &str) -> bool {
     !s.is_empty() && s.len() <= 64 && s.bytes().all(|b| b.is_ascii_alphanumeric())
+}
+
+/// Final `CallStatus` values of a status callback (protocol.md 1.3).
+const FINAL_CALL_STATUSES: &[&str] = &["completed", "busy", "failed", "no-answer", "canceled"];
+
+/// Records a status callback's final `CallStatus`, which closes a record whose stream never
+/// started (protocol.md 1.3).
+fn record_final_status(app: &App, params: &[(String, String)]) {
+    let get = |k: &str| params.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
+    if let (Some(call_sid), Some(status)) = (get("CallSid"), get("CallStatus")) {
+        if is_sid_like(call_sid) && FINAL_CALL_STATUSES.contains(&status) {
+            app.record(
+                call_sid,
+                RecordChange::StatusCallback {
+                    call_status: status.to_owned(),
+                },
+            );
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::our_number;
+
+    #[test]
+    fn our_number_is_to_on_inbound_calls_and_from_on_calls_we_placed() {
+        assert_eq!(our_number(Some("inbound"), "+8190", "+8150"), "+8150");
+        assert_eq!(our_number(None, "+8190", "+8150"), "+8150");
+        assert_eq!(our_number(Some("outbound-api"), "+8150", "+8190"), "+8150");
+        assert_eq!(our_number(Some("outbound-dial"), "+8150", "+8190"), "+8150");
+    }
 }

@@ -38,50 +38,57 @@ pub enum ConnectError {
     Timeout(Duration),
 }
 
-/// A connected byte stream to OpenAI, plain or TLS.
-pub enum Conn {
+/// A connected byte stream to OpenAI over any transport `S`, plain or TLS.
+///
+/// The epoll driver uses it over tokio's `TcpStream` ([`Conn`]); the io_uring driver over its
+/// owned-buffer stream adapter, so TLS (rustls fed from in-memory buffers) runs on the worker that
+/// owns the call.
+pub enum WsConn<S> {
     /// `ws://` (local mock).
-    Plain(TcpStream),
+    Plain(S),
     /// `wss://`.
-    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+    Tls(Box<tokio_rustls::client::TlsStream<S>>),
 }
 
-impl AsyncRead for Conn {
+/// A connection over tokio's `TcpStream` (the epoll driver).
+pub type Conn = WsConn<TcpStream>;
+
+impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for WsConn<S> {
     fn poll_read(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         match self.get_mut() {
-            Conn::Plain(s) => Pin::new(s).poll_read(cx, buf),
-            Conn::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+            WsConn::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            WsConn::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
         }
     }
 }
 
-impl AsyncWrite for Conn {
+impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for WsConn<S> {
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         match self.get_mut() {
-            Conn::Plain(s) => Pin::new(s).poll_write(cx, buf),
-            Conn::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+            WsConn::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            WsConn::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
         }
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self.get_mut() {
-            Conn::Plain(s) => Pin::new(s).poll_flush(cx),
-            Conn::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+            WsConn::Plain(s) => Pin::new(s).poll_flush(cx),
+            WsConn::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
         }
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self.get_mut() {
-            Conn::Plain(s) => Pin::new(s).poll_shutdown(cx),
-            Conn::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+            WsConn::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            WsConn::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
         }
     }
 }
@@ -115,6 +122,16 @@ impl Connector {
         })
     }
 
+    /// The endpoint's host name (or address) and port, for transports that connect themselves.
+    pub fn host_port(&self) -> (&str, u16) {
+        (&self.url.host, self.url.port)
+    }
+
+    /// The connect timeout (TCP + TLS + WebSocket handshake).
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
     /// Connects and completes the WebSocket handshake. Returns the stream and any bytes that
     /// arrived after the handshake response (the start of the first frames).
     pub async fn connect(&self) -> Result<(Conn, Vec<u8>), ConnectError> {
@@ -127,12 +144,22 @@ impl Connector {
     async fn connect_inner(&self) -> Result<(Conn, Vec<u8>), ConnectError> {
         let tcp = TcpStream::connect((self.url.host.as_str(), self.url.port)).await?;
         tcp.set_nodelay(true)?;
+        self.handshake(tcp).await
+    }
+
+    /// TLS (for `wss://`) and the WebSocket opening handshake over an already connected
+    /// transport. No timeout of its own: the caller bounds the whole connect with
+    /// [`Connector::timeout`].
+    pub async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(
+        &self,
+        tcp: S,
+    ) -> Result<(WsConn<S>, Vec<u8>), ConnectError> {
         let mut conn = match &self.tls {
-            None => Conn::Plain(tcp),
+            None => WsConn::Plain(tcp),
             Some(tls) => {
                 let name = rustls::pki_types::ServerName::try_from(self.url.host.clone())
                     .map_err(|_| ConnectError::ServerName(self.url.host.clone()))?;
-                Conn::Tls(Box::new(tls.connect(name, tcp).await?))
+                WsConn::Tls(Box::new(tls.connect(name, tcp).await?))
             }
         };
         let key = ws::new_client_key();
@@ -150,6 +177,7 @@ impl Connector {
             &headers,
         );
         conn.write_all(&req).await?;
+        conn.flush().await?;
         let mut buf = Vec::with_capacity(4096);
         loop {
             let mut chunk = [0u8; 4096];

@@ -395,12 +395,19 @@ fn event_from_root<'a>(root: TapeValue<'_, 'a>) -> Result<ServerEvent<'a>, OpenA
                 message: f.opt_str("error.message")?.unwrap_or(""),
             })
         }
-        "response.created" => Ok(ServerEvent::ResponseCreated {
-            response_id: f.str("response.id")?,
-        }),
+        // `RealtimeResponse` has no required field in the GA schema: an absent `id`/`status`
+        // is schema-valid and reads as "" (the bridge only records them), while `response`
+        // itself is required.
+        "response.created" => {
+            f.require_object("response")?;
+            Ok(ServerEvent::ResponseCreated {
+                response_id: f.opt_str("response.id")?.unwrap_or(""),
+            })
+        }
+        // Every conversation item variant of the GA schema makes `id` optional, `type` required.
         "response.output_item.added" => Ok(ServerEvent::OutputItemAdded {
             response_id: f.str("response_id")?,
-            item_id: f.str("item.id")?,
+            item_id: f.opt_str("item.id")?.unwrap_or(""),
             item_type: f.str("item.type")?,
         }),
         "response.output_audio.done" => Ok(ServerEvent::OutputAudioDone {
@@ -419,12 +426,15 @@ fn event_from_root<'a>(root: TapeValue<'_, 'a>) -> Result<ServerEvent<'a>, OpenA
             name: f.str("name")?,
             arguments: f.str("arguments")?,
         }),
-        "response.done" => Ok(ServerEvent::ResponseDone {
-            response_id: f.str("response.id")?,
-            status: f.str("response.status")?,
-            reason: f.opt_str("response.status_details.reason")?,
-            usage: f.usage()?,
-        }),
+        "response.done" => {
+            f.require_object("response")?;
+            Ok(ServerEvent::ResponseDone {
+                response_id: f.opt_str("response.id")?.unwrap_or(""),
+                status: f.opt_str("response.status")?.unwrap_or(""),
+                reason: f.opt_str("response.status_details.reason")?,
+                usage: f.usage()?,
+            })
+        }
         "conversation.item.truncated" => Ok(ServerEvent::ItemTruncated {
             item_id: f.str("item_id")?,
             audio_end_ms: f.u64("audio_end_ms")?,
@@ -1021,25 +1031,11 @@ mod tests {
                 "input_audio_buffer.speech_stopped",
                 "audio_end_ms",
             ),
+            (r#"{"type":"response.done"}"#, "response.done", "response"),
             (
-                r#"{"type":"response.done","response":{"status":"completed"}}"#,
-                "response.done",
-                "response.id",
-            ),
-            (
-                r#"{"type":"response.done","response":{"id":"r","status":null}}"#,
-                "response.done",
-                "response.status",
-            ),
-            (
-                r#"{"type":"response.done"}"#,
-                "response.done",
-                "response.id",
-            ),
-            (
-                r#"{"type":"response.created","response":{}}"#,
+                r#"{"type":"response.created","response":null}"#,
                 "response.created",
-                "response.id",
+                "response",
             ),
             (
                 r#"{"type":"response.output_item.added","response_id":"r","item":{"id":"i"}}"#,
@@ -1106,6 +1102,42 @@ mod tests {
     }
 
     #[test]
+    fn schema_optional_ids_and_status_may_be_absent() {
+        // The GA schema's `RealtimeResponse` has no required field and conversation items make
+        // `id` optional: such events are valid and must not be dropped as malformed.
+        let cases = [
+            r#"{"type":"response.created","event_id":"e","response":{}}"#,
+            r#"{"type":"response.done","event_id":"e","response":{"status":"completed"}}"#,
+            r#"{"type":"response.done","event_id":"e","response":{"id":"r","status":null}}"#,
+            r#"{"type":"response.output_item.added","event_id":"e","response_id":"r","output_index":0,"item":{"type":"message","role":"assistant","content":[]}}"#,
+        ];
+        for text in cases {
+            let value: serde_json::Value = serde_json::from_str(text).unwrap();
+            crate::openai::schema::SchemaValidator::server()
+                .validate(&value)
+                .unwrap_or_else(|e| panic!("not schema-valid: {e}: {text}"));
+            parse(text).unwrap_or_else(|e| panic!("{text}: {e}"));
+        }
+        assert_eq!(
+            parse_valid(cases[1]),
+            ServerEvent::ResponseDone {
+                response_id: "",
+                status: "completed",
+                reason: None,
+                usage: None,
+            }
+        );
+        assert_eq!(
+            parse_valid(cases[3]),
+            ServerEvent::OutputItemAdded {
+                response_id: "r",
+                item_id: "",
+                item_type: "message",
+            }
+        );
+    }
+
+    #[test]
     fn fields_of_the_wrong_type_are_named() {
         let cases = [
             (
@@ -1128,7 +1160,7 @@ mod tests {
                 r#"{"type":"input_audio_buffer.speech_started","audio_start_ms":1,"item_id":3}"#,
                 "item_id",
             ),
-            (r#"{"type":"response.done","response":5}"#, "response.id"),
+            (r#"{"type":"response.done","response":5}"#, "response"),
             (
                 r#"{"type":"response.done","response":{"id":"r","status":"failed","status_details":"x"}}"#,
                 "response.status_details.reason",

@@ -5,8 +5,10 @@
 //! - [`schema`]: the GA event JSON Schemas, for the mock and the tests.
 //! - [`mock`]: the scripted mock Realtime server.
 //! - [`session`]: the agent's settings and the `session.update` built from them.
+//! - [`pool`]: pre-warmed connections (`session.created` already received).
 pub mod client;
 pub mod events;
 pub mod mock;
+pub mod pool;
 pub mod schema;
 pub mod session;

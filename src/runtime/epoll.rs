@@ -2,6 +2,10 @@
 //! and runs each call's loop. It only moves bytes and time: parsing, routing and every protocol
 //! decision live in `front/`, `twilio/`, `openai/` and [`Call`].
 //!
+//! The connection handler ([`connection`]) and the call loop are generic over the transport
+//! ([`Transport`], [`Dial`]): the io_uring driver (`runtime::uring`) runs the very same code over
+//! its owned-buffer stream adapter, so the two drivers differ only in how bytes reach the buffers.
+//!
 //! One task per call owns both of its sockets (Twilio's and OpenAI's), so a call's audio never
 //! crosses a thread or takes a lock. Each leg has an output buffer; a leg whose buffer is above
 //! [`HIGH_WATER_BYTES`] stops the reading of the other leg (backpressure into TCP), and a leg that
@@ -13,15 +17,19 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::sync::watch;
+use tokio::task::JoinSet;
 
 use crate::bridge::{Call, CallConfig, CallEvent, EndReason, Leg};
 use crate::front::http::{self, Limits, Parsed};
 use crate::front::routes::{App, Response, Routed, UpgradeGrant};
 use crate::front::ws::{self, Decoder, Encoder, Message, Role};
 use crate::metrics::{self, CallMeter};
-use crate::openai::client::{Conn, Connector};
+use crate::openai::client::Connector;
+use crate::openai::pool::{maintain, PoolConfig, PooledDial, SharedPool};
+use crate::runtime::io::{Dial, Transport};
+use crate::runtime::Phase;
 use crate::store::sink::CallRecorder;
 
 /// Largest Twilio message: a `start` with parameters is under 2 KiB and media frames are ~400
@@ -67,19 +75,36 @@ fn shrink_if_idle(buf: &mut Vec<u8>) {
     }
 }
 
-/// Accepts connections until `shutdown` turns true.
+/// Accepts connections while `phase` is [`Phase::Running`]; when it turns
+/// [`Phase::Draining`], closes the listener and lets the connections finish; when it turns
+/// [`Phase::Closed`] (or every connection has finished), drops what is left (closing its sockets)
+/// and returns.
 pub async fn serve(
     listener: TcpListener,
     app: Arc<App>,
     connector: Arc<Connector>,
-    mut shutdown: watch::Receiver<bool>,
+    mut phase: watch::Receiver<Phase>,
 ) {
+    let mut listener = Some(listener);
+    let mut tasks = JoinSet::new();
+    let pool = PoolConfig::from_config(app.config()).map(SharedPool::new);
+    let connector = Arc::new(connector);
+    if let (Some(pool), Some(pc)) = (&pool, PoolConfig::from_config(app.config())) {
+        tokio::spawn(maintain(
+            Arc::clone(pool),
+            Arc::clone(&connector),
+            pc.warm_timeout,
+            phase.clone(),
+        ));
+    }
+    let dial = PooledDial::new(connector, pool);
     loop {
         tokio::select! {
-            accepted = listener.accept() => match accepted {
+            accepted = async { listener.as_ref().expect("guarded").accept().await }, if listener.is_some() => match accepted {
                 Ok((stream, peer)) => {
-                    let (app, connector) = (Arc::clone(&app), Arc::clone(&connector));
-                    tokio::spawn(async move { connection(stream, peer, app, connector).await });
+                    let _ = stream.set_nodelay(true);
+                    let (app, dial) = (Arc::clone(&app), dial.clone());
+                    tasks.spawn(async move { connection(stream, peer, app, dial).await });
                 }
                 Err(e) => {
                     // EMFILE and friends: back off instead of spinning.
@@ -87,13 +112,27 @@ pub async fn serve(
                     tokio::time::sleep(Duration::from_millis(50)).await;
                 }
             },
-            _ = shutdown.changed() => {
-                if *shutdown.borrow() {
-                    return;
+            Some(_) = tasks.join_next(), if !tasks.is_empty() => {
+                if listener.is_none() && tasks.is_empty() {
+                    break;
+                }
+            }
+            changed = phase.changed() => {
+                let now = if changed.is_err() { Phase::Closed } else { *phase.borrow() };
+                match now {
+                    Phase::Running => {}
+                    Phase::Draining => {
+                        listener = None;
+                        if tasks.is_empty() {
+                            break;
+                        }
+                    }
+                    Phase::Closed => break,
                 }
             }
         }
     }
+    tasks.shutdown().await;
 }
 
 fn unix_now() -> u64 {
@@ -103,14 +142,14 @@ fn unix_now() -> u64 {
         .unwrap_or(0)
 }
 
-/// One HTTP connection: requests with keep-alive, until an upgrade hands it to a call.
-async fn connection(
-    mut stream: TcpStream,
+/// One HTTP connection: requests with keep-alive, until an upgrade hands it to a call whose
+/// OpenAI leg `dialer` opens. Shared by both drivers.
+pub(crate) async fn connection<S: Transport, D: Dial>(
+    mut stream: S,
     peer: SocketAddr,
     app: Arc<App>,
-    connector: Arc<Connector>,
+    dialer: D,
 ) {
-    let _ = stream.set_nodelay(true);
     let limits = Limits::default();
     let read_timeout = app.config().http_read_timeout;
     let mut buf: Vec<u8> = Vec::with_capacity(4096);
@@ -145,7 +184,7 @@ async fn connection(
                     return;
                 }
                 let leftover = std::mem::take(&mut buf);
-                run_call(stream, leftover, grant, app, connector).await;
+                run_call(stream, leftover, grant, app, dialer).await;
                 return;
             }
         }
@@ -167,8 +206,8 @@ fn write_response(out: &mut Vec<u8>, resp: &Response, keep_alive: bool) {
 
 /// Reads one complete request. `Ok(None)`: the peer closed or idled out between requests.
 /// `Err`: the answer to send before closing (400/408/413/414/431/…).
-async fn read_request(
-    stream: &mut TcpStream,
+async fn read_request<S: AsyncRead + Unpin>(
+    stream: &mut S,
     buf: &mut Vec<u8>,
     limits: &Limits,
     read_timeout: Duration,
@@ -411,13 +450,16 @@ fn pump_transmits<TR, TW, OR, OW>(
     }
 }
 
+/// The OpenAI leg over a dialer's connection.
+type OpenAiLeg<C> = LegIo<tokio::io::ReadHalf<C>, tokio::io::WriteHalf<C>>;
+
 /// Runs one call: Twilio's socket (already upgraded) and a new OpenAI connection.
-async fn run_call(
-    stream: TcpStream,
+async fn run_call<S: Transport, D: Dial>(
+    stream: S,
     leftover: Vec<u8>,
     grant: UpgradeGrant,
     app: Arc<App>,
-    connector: Arc<Connector>,
+    dialer: D,
 ) {
     let cfg = app.config();
     let _active = app.call_started();
@@ -434,7 +476,7 @@ async fn run_call(
     let mut meter = CallMeter::new(started);
     tracing::info!(call_sid = %grant.call_sid, "media stream accepted");
 
-    let (tw_rd, tw_wr) = stream.into_split();
+    let (tw_rd, tw_wr) = stream.into_halves();
     let mut tw = LegIo::new(
         tw_rd,
         tw_wr,
@@ -442,10 +484,10 @@ async fn run_call(
         Role::Server,
         MAX_TWILIO_MESSAGE_BYTES,
     );
-    let mut oa: Option<LegIo<tokio::io::ReadHalf<Conn>, tokio::io::WriteHalf<Conn>>> = None;
+    let mut oa: Option<OpenAiLeg<D::Conn>> = None;
     // Boxed, and dropped once it resolves: inline, the connect future (TCP connect, TLS
     // handshake state, its timeout) stayed in the call's task for the whole call.
-    let mut connect = Some(Box::pin(connector.connect()));
+    let mut connect = Some(Box::pin(dialer.dial()));
     let mut scratch: Vec<u8> = Vec::with_capacity(READ_CHUNK);
     let mut tw_open = true;
     let mut oa_open = false;

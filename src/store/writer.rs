@@ -126,6 +126,13 @@ pub enum RecordChange {
     },
     /// `after-stream` sent the caller to the conference because the AI leg failed.
     FallbackAfterStream,
+    /// A Twilio status callback with a final `CallStatus` (`completed`, `busy`, `failed`,
+    /// `no-answer`, `canceled`; protocol.md 1.3): closes a known record whose stream never
+    /// started (still `ringing`). A stream in progress or already ended keeps its own outcome.
+    StatusCallback {
+        /// Twilio's `CallStatus`.
+        call_status: String,
+    },
 }
 
 /// The state of a call with a started stream, kept until it ends.
@@ -447,6 +454,28 @@ impl Writer {
                 c.record.ended_at_ms = Some(at_ms);
                 c.record.items_lost += items_lost;
                 self.touched.insert(Arc::clone(sid), c.record);
+            }
+            RecordChange::StatusCallback { call_status } => {
+                if self.open.contains_key(sid) {
+                    return;
+                }
+                let known = self.touched.contains_key(sid)
+                    || matches!(self.trees.calls.get(sid.as_bytes()), Ok(Some(_)));
+                if !known {
+                    return;
+                }
+                let r = self.closed_record(sid, at_ms);
+                if r.status == CallStatus::Ringing {
+                    r.status = if call_status == "completed" {
+                        CallStatus::Completed
+                    } else {
+                        CallStatus::Failed
+                    };
+                    r.end_reason = Some(format!(
+                        "status callback CallStatus={call_status}, no stream on this instance"
+                    ));
+                    r.ended_at_ms = Some(at_ms);
+                }
             }
             RecordChange::FallbackAfterStream => {
                 let r = match self.open.get_mut(sid) {

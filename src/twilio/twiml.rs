@@ -76,12 +76,31 @@ fn say(out: &mut String, language: &str, text: &str) {
     out.push_str("</Say>");
 }
 
+/// Twilio's limit on one `<Parameter>`: the combined length of its `name` and `value` must stay
+/// under 500 characters (protocol.md 2.1). Counted here in bytes of the unescaped text, which
+/// is never fewer than characters.
+pub const MAX_PARAMETER_LEN: usize = 499;
+
+/// `value` cut (at a character boundary) so that `name` + `value` fit [`MAX_PARAMETER_LEN`].
+fn clip_parameter<'a>(name: &str, value: &'a str) -> &'a str {
+    let room = MAX_PARAMETER_LEN.saturating_sub(name.len());
+    if value.len() <= room {
+        return value;
+    }
+    let mut end = room;
+    while !value.is_char_boundary(end) {
+        end -= 1;
+    }
+    &value[..end]
+}
+
 /// The normal answer (protocol.md 2.1): a bidirectional stream to `stream_url` with the given
 /// `<Parameter>`s (they arrive as `start.customParameters`), then a `<Redirect method="POST">` to
 /// `redirect_url`, which Twilio fetches when we close the stream.
 ///
 /// `stream_url` must be an absolute `wss://` URL without a query string (Twilio does not support
-/// one there); the caller builds it. An empty `redirect_url` leaves out the `<Redirect>`, so the
+/// one there); the caller builds it. A parameter longer than Twilio accepts (a long SIP `From`)
+/// has its value cut to [`MAX_PARAMETER_LEN`] rather than make Twilio refuse the document. An empty `redirect_url` leaves out the `<Redirect>`, so the
 /// call hangs up when the stream ends.
 pub fn connect_stream(stream_url: &str, parameters: &[(&str, &str)], redirect_url: &str) -> String {
     document(|out| {
@@ -92,7 +111,7 @@ pub fn connect_stream(stream_url: &str, parameters: &[(&str, &str)], redirect_ur
             out.push_str("<Parameter name=\"");
             escape_xml_into(out, name);
             out.push_str("\" value=\"");
-            escape_xml_into(out, value);
+            escape_xml_into(out, clip_parameter(name, value));
             out.push_str("\"/>");
         }
         out.push_str("</Stream></Connect>");
@@ -132,6 +151,27 @@ pub fn say_hangup(say_first: Option<(&str, &str)>) -> String {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn long_parameters_are_cut_under_twilios_limit_at_a_character_boundary() {
+        let long_sip = format!("sip:{}@example.com", "a".repeat(600));
+        let long_ja = "東".repeat(300);
+        let doc = connect_stream(
+            "wss://h/api/twilio/media-stream/c",
+            &[("from", &long_sip), ("to", &long_ja), ("callId", "c_1")],
+            "",
+        );
+        let texts = well_formed(&doc).unwrap();
+        let from = texts.iter().find(|t| t.starts_with("sip:")).unwrap();
+        assert_eq!("from".len() + from.len(), MAX_PARAMETER_LEN);
+        let to = texts.iter().find(|t| t.starts_with('東')).unwrap();
+        assert!("to".len() + to.len() <= MAX_PARAMETER_LEN);
+        assert!(to.chars().all(|c| c == '東'));
+        assert!(
+            texts.iter().any(|t| t == "c_1"),
+            "short values are untouched"
+        );
+    }
 
     /// A minimal XML well-formedness check, enough for the documents built here: one
     /// declaration, balanced tags with matching names, attribute values in double quotes,

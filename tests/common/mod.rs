@@ -54,7 +54,11 @@ impl Proxy {
             .env_clear()
             .env("LISTEN", "127.0.0.1:0")
             .env("LOG_LEVEL", "info")
-            .env("NO_COLOR", "1");
+            .env("NO_COLOR", "1")
+            .env("RUNTIME", runtime());
+        if let Ok(workers) = std::env::var("WORKERS") {
+            cmd.env("WORKERS", workers);
+        }
         for (k, v) in env {
             cmd.env(k, v);
         }
@@ -123,6 +127,11 @@ impl Proxy {
         self.log.lock().unwrap().clone()
     }
 
+    /// The process id (for CPU accounting in measurements).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Whether the process is still running.
     pub fn is_running(&mut self) -> bool {
         self.child.try_wait().expect("try_wait").is_none()
@@ -161,6 +170,12 @@ impl Drop for Proxy {
             let _ = std::fs::remove_dir_all(dir);
         }
     }
+}
+
+/// The IO driver the proxy under test runs on: `RUNTIME` from the test's environment
+/// (`RUNTIME=uring cargo test --test '*'` runs the whole suite on io_uring), else `epoll`.
+pub fn runtime() -> String {
+    std::env::var("RUNTIME").unwrap_or_else(|_| "epoll".to_owned())
 }
 
 /// Starts the strict mock (schema self-check on) with `tweak` applied.
@@ -284,6 +299,8 @@ impl RawStream {
         headers: &[(&str, &str)],
     ) -> Result<RawStream, u16> {
         let mut stream = TcpStream::connect(addr).await.expect("connect");
+        // Like Twilio's frames, each of ours leaves at once (no Nagle wait for an ACK).
+        stream.set_nodelay(true).expect("nodelay");
         let key = ws::new_client_key();
         let mut req = Vec::new();
         ws::write_client_handshake(&mut req, &addr.to_string(), path, &key, headers);

@@ -35,8 +35,13 @@ pub struct MockServerConfig {
     pub session: MockConfig,
     /// Validate every sent event against the server schema (costly; on in tests).
     pub self_check: bool,
-    /// Delay added before each frame the mock sends and to the handshake (simulated network).
+    /// Simulated one-way network delay: the handshake answer waits this long, and each frame the
+    /// mock sends leaves this long after the session produced it (frames keep their spacing; a
+    /// burst is delayed, not spread out).
     pub latency: Duration,
+    /// `(n, ms)`: the first `n` connections end after `ms` milliseconds (as a server closing
+    /// idle sessions does), whatever the session's script says. For pool tests.
+    pub short_sessions: Option<(u64, u64)>,
     /// Keep every non-delta event sent in [`SessionRecord::sent_events`] (on by default; the
     /// load test turns it off so long runs do not grow the generator's memory).
     pub keep_sent_events: bool,
@@ -52,6 +57,7 @@ impl Default for MockServerConfig {
             session,
             self_check: false,
             latency: Duration::ZERO,
+            short_sessions: None,
             keep_sent_events: true,
         }
     }
@@ -118,6 +124,11 @@ impl MockServer {
                         let (cfg, recs) = (Arc::clone(&cfg), Arc::clone(&recs));
                         let mut session_cfg = cfg.session.clone();
                         session_cfg.id_prefix = format!("{}{conn_no}x", session_cfg.id_prefix);
+                        if let Some((n, ms)) = cfg.short_sessions {
+                            if conn_no <= n {
+                                session_cfg.max_session_ms = Some(ms);
+                            }
+                        }
                         tokio::spawn(async move { connection(stream, conn_no, cfg, session_cfg, recs).await });
                     }
                     _ = rx.changed() => return,
@@ -287,18 +298,32 @@ async fn connection(
     let mut session = MockSession::new(session_cfg, Instant::now());
     let mut decoder = Decoder::new(Role::Server, MAX_CLIENT_MESSAGE_BYTES);
     let mut encoder = Encoder::new(Role::Server);
+    // Frames held back by the simulated network: each leaves `latency` after the session
+    // produced it (a pipe, not a queue of sleeps: a burst is delayed, not spread out).
+    let mut in_flight: std::collections::VecDeque<(tokio::time::Instant, Vec<u8>)> =
+        std::collections::VecDeque::new();
     let reason = loop {
         // Send what the session has, then see whether it wants to close.
         while let Some(text) = session.poll_send() {
             if cfg.self_check || cfg.keep_sent_events {
                 observe_sent(&record, &text, cfg.self_check);
             }
-            if !cfg.latency.is_zero() {
-                tokio::time::sleep(cfg.latency).await;
+            if cfg.latency.is_zero() {
+                encoder.text(&mut out, text.as_bytes());
+            } else {
+                let mut frame = Vec::with_capacity(text.len() + 10);
+                encoder.text(&mut frame, text.as_bytes());
+                in_flight.push_back((tokio::time::Instant::now() + cfg.latency, frame));
             }
-            encoder.text(&mut out, text.as_bytes());
         }
-        if let Some((code, why)) = session.should_close() {
+        let now = tokio::time::Instant::now();
+        while in_flight.front().is_some_and(|(due, _)| *due <= now) {
+            if let Some((_, frame)) = in_flight.pop_front() {
+                out.extend_from_slice(&frame);
+            }
+        }
+        let close = session.should_close().filter(|_| in_flight.is_empty());
+        if let Some((code, why)) = close {
             encoder.close(&mut out, code, &why);
             let _ = stream.write_all(&out).await;
             break format!("mock closed: {code} {why}");
@@ -310,6 +335,7 @@ async fn connection(
             out.clear();
         }
         let deadline = session.poll_timeout().map(tokio::time::Instant::from_std);
+        let next_due = in_flight.front().map(|(due, _)| *due);
         input.reserve(16 * 1024);
         tokio::select! {
             r = stream.read_buf(&mut input) => {
@@ -328,6 +354,7 @@ async fn connection(
             _ = async { match deadline { Some(d) => tokio::time::sleep_until(d).await, None => std::future::pending().await } } => {
                 session.handle_timeout(Instant::now());
             }
+            _ = async { match next_due { Some(d) => tokio::time::sleep_until(d).await, None => std::future::pending().await } } => {}
         }
     };
     let mut rec = record.lock().unwrap_or_else(|e| e.into_inner());

@@ -1,0 +1,211 @@
+//! Pre-warmed OpenAI connections (`OPENAI_POOL_MAX`): a call takes one and only sends
+//! `session.update`; one that died while idle is replaced without failing the call; and the
+//! setup time (stream start → `session.updated`) with and without the pool, against a mock with
+//! 50 ms of simulated network delay. Runs on the driver `RUNTIME` picks (see tests/common).
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use callbridge::sim::caller::{run_call, CallOutcome, CallerConfig};
+use callbridge::sim::script::Script;
+use common::{closed_sessions, mock, Proxy, RawStream, AUTH_TOKEN};
+
+/// Waits until the mock has sent `session.created` on its first connection (the pool is warm
+/// about then; the first schema check of a debug-build mock can take most of a second), plus a
+/// margin for the proxy to read it.
+async fn pool_warm(mock: &callbridge::openai::mock::server::MockServer) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let created = mock.sessions().first().is_some_and(|s| {
+            s.sent_events
+                .iter()
+                .any(|e| e.contains("\"session.created\""))
+        });
+        if created {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the pool did not warm");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+}
+
+/// Waits until the mock has seen `n` connections (at most 5 s).
+async fn connections(mock: &callbridge::openai::mock::server::MockServer, n: usize) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while mock.sessions().len() < n {
+        assert!(
+            Instant::now() < deadline,
+            "only {} connections",
+            mock.sessions().len()
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_takes_a_pre_warmed_connection() {
+    let mock = mock(|_| {}).await;
+    // One worker, so the call lands where the pool is.
+    let proxy = Proxy::with_mock(&mock, &[("OPENAI_POOL_MAX", "2"), ("WORKERS", "1")]);
+    pool_warm(&mock).await;
+    let call_started = Instant::now();
+    let mut caller = CallerConfig::new(proxy.addr, 3, Script::hello_then_hang_up(2_000));
+    caller.auth_token = Some(AUTH_TOKEN.into());
+    let report = run_call(caller).await.expect("call ran");
+    assert_eq!(
+        report.outcome,
+        CallOutcome::Completed,
+        "log:\n{}",
+        proxy.log()
+    );
+    let used = closed_sessions(&mock, 1, Duration::from_secs(2)).await;
+    let used = used
+        .iter()
+        .find(|s| !s.stats.session_updates.is_empty())
+        .expect("the call's session");
+    assert!(
+        used.opened_at < call_started,
+        "the call used a connection opened before it started"
+    );
+    assert_eq!(used.stats.errors.len(), 0, "{:?}", used.stats.errors);
+    // The pool refills behind the call.
+    connections(&mock, 2).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pooled_connection_that_died_while_idle_is_replaced_without_failing_the_call() {
+    // The first connection (the pool's) is closed by the server 150 ms after it opens.
+    let mock = mock(|c| c.short_sessions = Some((1, 150))).await;
+    let proxy = Proxy::with_mock(&mock, &[("OPENAI_POOL_MAX", "1"), ("WORKERS", "1")]);
+    connections(&mock, 1).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        mock.sessions()[0].closed_at.is_some(),
+        "the first connection died"
+    );
+    let mut caller = CallerConfig::new(proxy.addr, 4, Script::hello_then_hang_up(2_000));
+    caller.auth_token = Some(AUTH_TOKEN.into());
+    let report = run_call(caller).await.expect("call ran");
+    assert_eq!(
+        report.outcome,
+        CallOutcome::Completed,
+        "log:\n{}",
+        proxy.log()
+    );
+    let log = proxy.log();
+    assert!(log.contains("died while idle"), "log:\n{log}");
+    assert!(
+        !log.contains("reason=openai"),
+        "the call did not fail on the AI leg:\n{log}"
+    );
+    let used = closed_sessions(&mock, 2, Duration::from_secs(2))
+        .await
+        .into_iter()
+        .find(|s| !s.stats.session_updates.is_empty())
+        .expect("the call's session");
+    assert!(
+        used.conn_no >= 2,
+        "the call did not use the dead connection"
+    );
+}
+
+/// Stream start → `session.updated` as the proxy measured it (its `session ready` log line).
+async fn setup_ms(pool: &str, n: u32) -> Vec<u64> {
+    let mock = mock(|c| c.latency = Duration::from_millis(50)).await;
+    let proxy = Proxy::with_mock(
+        &mock,
+        &[
+            ("OPENAI_POOL_MAX", pool),
+            ("WORKERS", "1"),
+            ("LOG_LEVEL", "info,callbridge::runtime=debug"),
+        ],
+    );
+    if pool == "0" {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    } else {
+        pool_warm(&mock).await;
+    }
+    let mut out = Vec::new();
+    for i in 0..n {
+        let mut raw = RawStream::open(proxy.addr, 100 + i).await;
+        raw.start().await;
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let ms = loop {
+            let log = proxy.log();
+            let found = log
+                .lines()
+                .filter(|l| l.contains("session ready"))
+                .nth(i as usize)
+                .and_then(|l| l.split("setup_ms=").nth(1))
+                .and_then(|v| v.split_whitespace().next())
+                .and_then(|v| v.parse::<u64>().ok());
+            if let Some(ms) = found {
+                break ms;
+            }
+            assert!(Instant::now() < deadline, "no session ready line:\n{log}");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        };
+        out.push(ms);
+        if std::env::var("POOL_DEBUG").is_ok() {
+            eprintln!("{}", proxy.log());
+        }
+        raw.stop().await;
+        let _ = raw.until_closed(Duration::from_secs(2)).await;
+        // Let the pool refill before the next call.
+        tokio::time::sleep(Duration::from_millis(400)).await;
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_pool_cuts_setup_time_against_a_50_ms_network() {
+    let without = setup_ms("0", 3).await;
+    let with = setup_ms("2", 3).await;
+    let median = |v: &[u64]| {
+        let mut v = v.to_vec();
+        v.sort_unstable();
+        v[v.len() / 2]
+    };
+    println!(
+        "runtime={} mock latency 50 ms: stream start -> session.updated, pool off {:?} ms (median {}), pool on {:?} ms (median {})",
+        common::runtime(),
+        without,
+        median(&without),
+        with,
+        median(&with)
+    );
+    // Without the pool: handshake, session.created and session.updated each wait 50 ms.
+    assert!(median(&without) >= 150, "{without:?}");
+    // With it only session.updated does.
+    assert!(
+        median(&with) + 75 < median(&without),
+        "{with:?} vs {without:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_connections_are_retired_politely_and_replaced() {
+    let mock = mock(|_| {}).await;
+    let _proxy = Proxy::with_mock(
+        &mock,
+        &[
+            ("OPENAI_POOL_MAX", "1"),
+            ("OPENAI_POOL_MAX_IDLE_SECS", "0.3"),
+            ("WORKERS", "1"),
+        ],
+    );
+    // Warmed at ~0 s, retired at the 1 s tick, replaced, retired again at 2 s…
+    connections(&mock, 3).await;
+    let closed = closed_sessions(&mock, 2, Duration::from_secs(3)).await;
+    assert!(closed.len() >= 2);
+    for s in &closed {
+        assert!(
+            s.close_reason.contains("client closed (1000)"),
+            "retired with a close frame: {}",
+            s.close_reason
+        );
+        assert!(s.stats.session_updates.is_empty(), "no call used it");
+    }
+}
