@@ -388,7 +388,7 @@ async fn an_upgrade_with_a_wrong_signature_is_left_to_the_start_token() {
     // protocol.md 3.2: close only if neither the signature nor the start token passes.
     let n = 8;
     let mock = mock(|_| {}).await;
-    let mut proxy = Proxy::with_mock(&mock, &[]);
+    let proxy = Proxy::with_mock(&mock, &[]);
     let stream = stream_of(proxy.addr, n).await;
 
     // Wrong signature and wrong token: closed before anything reaches OpenAI.
