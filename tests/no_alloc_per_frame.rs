@@ -1,8 +1,8 @@
 //! The audio hot path allocates nothing per frame, once its buffers have grown.
 //!
-//! A counting global allocator (the one `unsafe` of the crate's tests: counting allocations
-//! needs a `GlobalAlloc`) counts only on a thread that switched counting on, so the test
-//! harness's own threads, and other tests of this binary, are not counted.
+//! A counting global allocator (`tests/common/counting_alloc.rs`) counts only on a thread that
+//! switched counting on, so the test harness's own threads, and other tests of this binary, are
+//! not counted.
 //!
 //! The main test drives one ready call the way the runtime does, bytes in → bytes out:
 //!
@@ -15,8 +15,6 @@
 //! Allocation per *response* (the ledger keeps the item and response ids as `String`s) is
 //! allowed; these tests use one response item throughout, so that cost is in the warm-up.
 
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::cell::Cell;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -28,67 +26,9 @@ use callbridge::openai::events::{ServerEvent, ServerEventParser};
 use callbridge::openai::session::AgentSettings;
 use callbridge::twilio::events::{encode_mark, encode_media, TwilioEvent, TwilioParser};
 
-/// The system allocator, counting the allocations of threads that asked for it.
-struct Counting;
-
-thread_local! {
-    /// Whether allocations of this thread are counted. Const-initialised and without a
-    /// destructor, so reading it from inside the allocator never allocates.
-    static COUNTING: Cell<bool> = const { Cell::new(false) };
-    /// Allocations (and reallocations) counted on this thread.
-    static COUNT: Cell<u64> = const { Cell::new(0) };
-}
-
-/// Counts one allocation if this thread is counting. `try_with` because the allocator may run
-/// while the thread's locals are being torn down.
-fn note_allocation() {
-    let _ = COUNTING.try_with(|on| {
-        if on.get() {
-            let _ = COUNT.try_with(|n| n.set(n.get() + 1));
-        }
-    });
-}
-
-// SAFETY: every method forwards its arguments unchanged to `System`, which upholds the
-// `GlobalAlloc` contract; the counting around it touches only const thread-locals (no
-// allocation, no reentrancy) and never changes what is returned.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        note_allocation();
-        // SAFETY: the caller's guarantees on `layout` are passed on unchanged.
-        unsafe { System.alloc(layout) }
-    }
-
-    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        note_allocation();
-        // SAFETY: as for `alloc`.
-        unsafe { System.alloc_zeroed(layout) }
-    }
-
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        // SAFETY: `ptr` was allocated by `System` (every allocation goes through this type) with
-        // `layout`, as the caller guarantees.
-        unsafe { System.dealloc(ptr, layout) }
-    }
-
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        note_allocation();
-        // SAFETY: as for `dealloc`; `new_size` is passed on with the caller's guarantees.
-        unsafe { System.realloc(ptr, layout, new_size) }
-    }
-}
-
-#[global_allocator]
-static GLOBAL: Counting = Counting;
-
-/// Allocations made by `f` on this thread.
-fn allocations_in(f: impl FnOnce()) -> u64 {
-    COUNT.with(|n| n.set(0));
-    COUNTING.with(|on| on.set(true));
-    f();
-    COUNTING.with(|on| on.set(false));
-    COUNT.with(Cell::get)
-}
+#[path = "common/counting_alloc.rs"]
+mod counting_alloc;
+use counting_alloc::allocations_in;
 
 const CALL_SID: &str = "CA5c1d1e5f64d4a38d7cd0d1c8d9e1b2a3";
 const STREAM_SID: &str = "MZ18ad3ab5a668481ce02b83e7395059f0";

@@ -4,59 +4,16 @@
 //!
 //! Everything runs on one tokio-uring thread, so a counting allocator that counts only on the
 //! thread that switched it on sees the tasks' allocations too. (The same counter as
-//! tests/no_alloc_per_frame.rs, which covers the codec and the call core.)
-
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::cell::Cell;
+//! tests/no_alloc_per_frame.rs, `tests/common/counting_alloc.rs`; that test covers the codec and
+//! the call core.)
 
 use callbridge::runtime::io::Transport;
 use callbridge::runtime::uring_stream::UringStream;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-struct Counting;
-
-thread_local! {
-    static COUNTING: Cell<bool> = const { Cell::new(false) };
-    static COUNT: Cell<u64> = const { Cell::new(0) };
-}
-
-fn note_allocation() {
-    let _ = COUNTING.try_with(|on| {
-        if on.get() {
-            let _ = COUNT.try_with(|n| n.set(n.get() + 1));
-        }
-    });
-}
-
-// SAFETY: every method forwards its arguments unchanged to `System`; the counting touches only
-// const thread-locals (no allocation, no reentrancy) and never changes what is returned.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        note_allocation();
-        // SAFETY: the caller's guarantees on `layout` are passed on unchanged.
-        unsafe { System.alloc(layout) }
-    }
-
-    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        note_allocation();
-        // SAFETY: as for `alloc`.
-        unsafe { System.alloc_zeroed(layout) }
-    }
-
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        // SAFETY: `ptr` was allocated by `System` with `layout`, as the caller guarantees.
-        unsafe { System.dealloc(ptr, layout) }
-    }
-
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        note_allocation();
-        // SAFETY: as for `dealloc`; `new_size` is passed on with the caller's guarantees.
-        unsafe { System.realloc(ptr, layout, new_size) }
-    }
-}
-
-#[global_allocator]
-static GLOBAL: Counting = Counting;
+#[path = "common/counting_alloc.rs"]
+mod counting_alloc;
+use counting_alloc::{allocations_in, start_counting, stop_counting};
 
 /// Frames each way in the measured loop.
 const FRAMES: usize = 10_000;
@@ -111,23 +68,20 @@ fn frames_through_the_uring_stream_allocate_nothing_once_warm() {
         for _ in 0..1_000 {
             ping_pong(&mut a, &mut b, &out, &mut buf).await;
         }
-        COUNT.with(|n| n.set(0));
-        COUNTING.with(|on| on.set(true));
+        start_counting();
         for _ in 0..FRAMES {
             ping_pong(&mut a, &mut b, &out, &mut buf).await;
         }
-        COUNTING.with(|on| on.set(false));
-        let n = COUNT.with(Cell::get);
+        let n = stop_counting();
         assert_eq!(n, 0, "{n} allocations for {FRAMES} frames each way");
     });
 }
 
 #[test]
 fn the_counter_counts_allocations_of_this_thread() {
-    COUNT.with(|n| n.set(0));
-    COUNTING.with(|on| on.set(true));
-    let v: Vec<u8> = Vec::with_capacity(std::hint::black_box(16));
-    std::hint::black_box(v);
-    COUNTING.with(|on| on.set(false));
-    assert_eq!(COUNT.with(Cell::get), 1);
+    let n = allocations_in(|| {
+        let v: Vec<u8> = Vec::with_capacity(std::hint::black_box(16));
+        std::hint::black_box(v);
+    });
+    assert_eq!(n, 1);
 }
