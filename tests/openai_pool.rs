@@ -209,3 +209,91 @@ async fn idle_connections_are_retired_politely_and_replaced() {
         assert!(s.stats.session_updates.is_empty(), "no call used it");
     }
 }
+
+/// Records, per mock session, the call numbers in the tags of the caller audio it received.
+#[derive(Debug)]
+struct TagTap(std::sync::Arc<std::sync::Mutex<std::collections::BTreeSet<u32>>>);
+
+impl callbridge::openai::mock::tap::SessionTap for TagTap {
+    fn input_audio(&mut self, _now: Instant, audio: &[u8]) {
+        let mut seen = self.0.lock().unwrap();
+        for frame in audio.chunks_exact(callbridge::sim::script::FRAME_BYTES) {
+            if let Some((call, _)) = callbridge::sim::script::read_tag(frame) {
+                seen.insert(call);
+            }
+        }
+    }
+    fn output_audio(&mut self, _now: Instant, _audio: &mut [u8]) {}
+    fn speech_started(&mut self, _now: Instant) {}
+    fn truncated(&mut self, _item_id: &str, _audio_end_ms: u64) {}
+}
+
+/// Many overlapping calls through a small pool (checkouts racing the refill and the 1 s tick):
+/// every mock session that received caller audio received it from exactly one call, and every
+/// call's audio reached exactly one session.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_the_pool_every_session_serves_exactly_one_call() {
+    type Seen = std::sync::Arc<std::sync::Mutex<std::collections::BTreeSet<u32>>>;
+    // (when the session opened, the calls whose audio it received)
+    let sessions: std::sync::Arc<std::sync::Mutex<Vec<(Instant, Seen)>>> = Default::default();
+    let factory_sessions = std::sync::Arc::clone(&sessions);
+    let mock = mock(move |c| {
+        c.session.tap = Some(std::sync::Arc::new(move || {
+            let seen = Seen::default();
+            factory_sessions
+                .lock()
+                .unwrap()
+                .push((Instant::now(), std::sync::Arc::clone(&seen)));
+            Box::new(TagTap(seen)) as Box<dyn callbridge::openai::mock::tap::SessionTap>
+        }))
+    })
+    .await;
+    let proxy = Proxy::with_mock(&mock, &[("OPENAI_POOL_MAX", "4")]);
+    pool_warm(&mock).await;
+    const CALLS: u32 = 24;
+    let mut set = tokio::task::JoinSet::new();
+    let t0 = Instant::now();
+    let start_of = move |call_no: u32| t0 + Duration::from_millis(u64::from(call_no) * 50);
+    for call_no in 1..=CALLS {
+        let mut caller = CallerConfig::new(proxy.addr, call_no, Script::hello_then_hang_up(1_500));
+        caller.auth_token = Some(AUTH_TOKEN.into());
+        caller.frame_tag = Some(call_no);
+        set.spawn(async move {
+            // Staggered over 1.2 s: some calls find the pool full, some empty, some mid-refill.
+            tokio::time::sleep_until(start_of(call_no).into()).await;
+            run_call(caller).await
+        });
+    }
+    while let Some(done) = set.join_next().await {
+        let report = done.expect("task").expect("call ran");
+        assert_eq!(
+            report.outcome,
+            CallOutcome::Completed,
+            "log:\n{}",
+            proxy.log()
+        );
+    }
+    let seen: Vec<(Instant, std::collections::BTreeSet<u32>)> = sessions
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|(opened, s)| (*opened, s.lock().unwrap().clone()))
+        .filter(|(_, s)| !s.is_empty())
+        .collect();
+    for (_, s) in &seen {
+        assert_eq!(s.len(), 1, "one session got audio of calls {s:?}");
+    }
+    let pooled = seen
+        .iter()
+        .filter(|(opened, s)| s.iter().all(|&c| *opened < start_of(c)))
+        .count();
+    assert!(pooled > 0, "no call used a pre-warmed connection");
+    let seen: Vec<std::collections::BTreeSet<u32>> = seen.into_iter().map(|(_, s)| s).collect();
+    let mut calls: Vec<u32> = seen.iter().flatten().copied().collect();
+    calls.sort_unstable();
+    assert_eq!(
+        calls,
+        (1..=CALLS).collect::<Vec<_>>(),
+        "each call's audio in exactly one session"
+    );
+}

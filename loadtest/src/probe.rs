@@ -192,11 +192,14 @@ impl Shared {
 pub type SharedSlot = Arc<Mutex<Arc<Shared>>>;
 
 /// The mock tap factory for [`callbridge::openai::mock::MockConfig::tap`]: each new session
-/// reports to the run current in `slot` when it starts.
+/// reports to the run that holds its call, looked up when its first tagged caller frame arrives
+/// (not when the session starts: the proxy's OpenAI pool opens sessions ahead of calls, even
+/// before the run, or in the previous ramp step).
 pub fn tap_factory(slot: SharedSlot) -> MockTapFactory {
     Arc::new(move || {
         Box::new(Tap {
             shared: Arc::clone(&lock(&slot)),
+            slot: Arc::clone(&slot),
             call: None,
             valid: Vec::new(),
             next_block: 0,
@@ -204,10 +207,14 @@ pub fn tap_factory(slot: SharedSlot) -> MockTapFactory {
     })
 }
 
-/// One mock session's tap; it learns its call from the first tagged caller frame.
+/// One mock session's tap; it learns its call (and the run) from the first tagged caller frame.
 #[derive(Debug)]
 struct Tap {
+    /// The run reported to: the one current when the session started, until the call is known,
+    /// then the one holding the call.
     shared: Arc<Shared>,
+    /// Where the current run is found.
+    slot: SharedSlot,
     call: Option<Arc<CallState>>,
     /// Reused list of verified sequence numbers.
     valid: Vec<u32>,
@@ -218,15 +225,29 @@ struct Tap {
 impl SessionTap for Tap {
     fn input_audio(&mut self, now: Instant, audio: &[u8]) {
         if self.call.is_none() {
-            let call = read_tag(audio).and_then(|(c, _)| self.shared.call(c));
-            if call.is_none() {
-                self.shared
+            // The run current now first (a pooled session may have started before it), then
+            // the one current at the session's start.
+            let current = Arc::clone(&lock(&self.slot));
+            let tag = read_tag(audio).map(|(c, _)| c);
+            let found = tag.and_then(|c| {
+                current
+                    .call(c)
+                    .map(|call| (Arc::clone(&current), call))
+                    .or_else(|| {
+                        self.shared
+                            .call(c)
+                            .map(|call| (Arc::clone(&self.shared), call))
+                    })
+            });
+            let Some((shared, call)) = found else {
+                current
                     .counters
                     .unattributed_sessions
                     .fetch_add(1, Ordering::Relaxed);
                 return;
-            }
-            self.call = call;
+            };
+            self.shared = shared;
+            self.call = Some(call);
         }
         let Some(call) = &self.call else { return };
         self.valid.clear();
@@ -360,5 +381,65 @@ impl StreamProbe for Probe {
                 .barge_in
                 .record(now.saturating_duration_since(t));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use callbridge::sim::script::{Clip, Script, Segment};
+
+    fn call(call_no: u32) -> Arc<CallState> {
+        let script = Script::new(vec![Segment::Speak(Clip::HELLO_EN)]).unwrap();
+        Arc::new(CallState::new(UplinkExpect { call_no, script }))
+    }
+
+    /// A pooled session starts before the run (or in the previous step) and meets its call
+    /// later: it must report to the run that holds the call. (Before the fix the tap kept the
+    /// run current at session start, so the call's uplink was never counted and its downlink
+    /// went out untagged: 1500 frames lost, 900 blocks corrupt with `OPENAI_POOL_MAX=16`.)
+    #[test]
+    fn a_session_opened_before_the_run_is_attributed_to_its_call() {
+        let slot: SharedSlot = Arc::new(Mutex::new(Arc::new(Shared::default())));
+        let mut early = tap_factory(Arc::clone(&slot))(); // the pool's warm session
+        let run = Arc::new(Shared::default());
+        let c = call(1);
+        run.add_call(Arc::clone(&c));
+        *lock(&slot) = Arc::clone(&run);
+
+        let now = Instant::now();
+        early.input_audio(now, &c.expect.frame(0));
+        early.input_audio(now, &c.expect.frame(1));
+        assert_eq!(run.counters.uplink_ok.load(Ordering::Relaxed), 2);
+        assert_eq!(
+            run.counters.unattributed_sessions.load(Ordering::Relaxed),
+            0
+        );
+        let mut out = [0u8; FRAME_BYTES];
+        early.output_audio(now, &mut out);
+        assert_eq!(out, downlink_block(1, 0), "downlink tagged for the call");
+        assert_eq!(c.blocks_sent.load(Ordering::Relaxed), 1);
+    }
+
+    /// A session that started in one step and meets a call of that step after the slot moved
+    /// on still finds it; an untagged first frame is unattributed in the current run.
+    #[test]
+    fn a_call_of_the_previous_step_and_an_unknown_tag() {
+        let step1 = Arc::new(Shared::default());
+        let c = call(5);
+        step1.add_call(Arc::clone(&c));
+        let slot: SharedSlot = Arc::new(Mutex::new(Arc::clone(&step1)));
+        let mut tap = tap_factory(Arc::clone(&slot))();
+        let mut stray = tap_factory(Arc::clone(&slot))();
+        let step2 = Arc::new(Shared::default());
+        *lock(&slot) = Arc::clone(&step2);
+
+        tap.input_audio(Instant::now(), &c.expect.frame(0));
+        assert_eq!(step1.counters.uplink_ok.load(Ordering::Relaxed), 1);
+        stray.input_audio(Instant::now(), &[0u8; FRAME_BYTES]);
+        assert_eq!(
+            step2.counters.unattributed_sessions.load(Ordering::Relaxed),
+            1
+        );
     }
 }
