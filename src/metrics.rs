@@ -634,9 +634,9 @@ pub struct CallMeter {
     written: [u64; 2],
     /// Bytes read so far per leg.
     read: [u64; 2],
-    /// The read whose frames the next [`CallMeter::on_queued`] attributes.
-    batch: Option<(Leg, Instant)>,
-    /// The last read's time (for events of the batch being handled).
+    /// The leg of the read whose frames the next [`CallMeter::on_queued`] attributes.
+    batch: Option<Leg>,
+    /// The last read's time: the time of that batch's frames and of its events.
     last_read_at: Instant,
     /// Where Twilio's output ended after the last pump (a `clear` queued in it is before this).
     twilio_end: u64,
@@ -687,7 +687,7 @@ impl CallMeter {
     #[inline]
     pub fn on_read(&mut self, leg: Leg, n: usize, now: Instant) {
         self.read[leg_index(leg)] += n as u64;
-        self.batch = Some((leg, now));
+        self.batch = Some(leg);
         self.last_read_at = now;
     }
 
@@ -704,12 +704,13 @@ impl CallMeter {
         self.seen_up = stats.audio_frames_up;
         self.seen_down = stats.audio_frames_down;
         self.twilio_end = self.written[0] + twilio_pending as u64;
+        let at = self.last_read_at;
         match self.batch.take() {
-            Some((Leg::Twilio, at)) if up > 0 => {
+            Some(Leg::Twilio) if up > 0 => {
                 let end = self.written[1] + openai_pending as u64;
                 self.up.push(end, at, up.min(u64::from(u32::MAX)) as u32);
             }
-            Some((Leg::OpenAi, at)) if down > 0 => {
+            Some(Leg::OpenAi) if down > 0 => {
                 self.down
                     .push(self.twilio_end, at, down.min(u64::from(u32::MAX)) as u32);
             }
