@@ -80,6 +80,18 @@ pub const DEFAULT_TWILIO_IDLE_TIMEOUT: Duration = Duration::from_secs(10);
 /// one or two responses; 16 covers any plausible run of quick interruptions.
 const MAX_INTERRUPTED: usize = 16;
 
+/// Adds `id` to the interrupted `list` unless present, dropping the oldest beyond
+/// [`MAX_INTERRUPTED`].
+fn remember_interrupted(list: &mut VecDeque<String>, id: &str) {
+    if list.iter().any(|r| r == id) {
+        return;
+    }
+    if list.len() == MAX_INTERRUPTED {
+        list.pop_front();
+    }
+    list.push_back(id.to_owned());
+}
+
 /// Log lines per protocol-error kind per call before they are only counted (a peer sending
 /// garbage at 50 frames per second must not flood the log).
 const MAX_LOGGED_PER_KIND: u32 = 5;
@@ -1065,21 +1077,14 @@ impl Call {
         // are still in flight must not play after the caller started speaking (protocol.md 6.1
         // flaw 6), also when nothing of it is playing at this moment.
         if let Some(active) = self.active_response.take() {
-            if !self.interrupted_responses.iter().any(|r| *r == active) {
-                self.interrupted_responses.push_back(active);
-            }
+            remember_interrupted(&mut self.interrupted_responses, &active);
         }
         if !self.ledger.is_playing() {
             self.stats.speech_without_playback += 1;
             return;
         }
         for response_id in self.ledger.response_ids() {
-            if !self.interrupted_responses.iter().any(|r| r == response_id) {
-                self.interrupted_responses.push_back(response_id.to_owned());
-            }
-        }
-        while self.interrupted_responses.len() > MAX_INTERRUPTED {
-            self.interrupted_responses.pop_front();
+            remember_interrupted(&mut self.interrupted_responses, response_id);
         }
         let Some(barge_in) = self.ledger.on_speech_started(now) else {
             return;

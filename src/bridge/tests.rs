@@ -877,3 +877,25 @@ fn speech_after_a_finished_response_does_not_drop_the_next_one() {
     assert_eq!(s.twilio_out.len(), 2);
     assert_eq!(s.call.stats().late_deltas_dropped, 0);
 }
+
+#[test]
+fn responses_cancelled_while_nothing_played_are_remembered_within_the_bound() {
+    // Each speech_started with nothing playing still marks the active response interrupted;
+    // the list must stay within MAX_INTERRUPTED (16) like the playing path's, or a long call
+    // grows it by one id per turn. The oldest id falls out, so its delta plays again.
+    let mut s = Sim::ready();
+    for i in 0..=16 {
+        s.openai(json!({"type": "response.created", "event_id": "e", "response": {"id": format!("resp_{i}"), "object": "realtime.response", "status": "in_progress", "output": []}}));
+        s.speech_started();
+    }
+    s.twilio_out.clear();
+    s.at(100).delta("resp_1", "item_B", 400);
+    assert!(s.twilio_out.is_empty(), "resp_1 is still remembered");
+    s.at(200).delta("resp_0", "item_A", 400);
+    assert_eq!(
+        s.twilio_out.len(),
+        2,
+        "resp_0 fell out of the bounded list: {:?}",
+        s.twilio_out
+    );
+}
