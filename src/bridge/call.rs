@@ -443,9 +443,6 @@ pub struct Call {
     /// Reused buffer for mark names.
     mark_name: String,
     ended: Option<EndReason>,
-    /// `start` arrived and the driver has not handed the agent over yet
-    /// ([`CallConfig::wait_for_agent`]).
-    agent_pending: bool,
 }
 
 impl Call {
@@ -474,7 +471,6 @@ impl Call {
             next_event_id: 1,
             mark_name: String::with_capacity(64),
             ended: None,
-            agent_pending: false,
         }
     }
 
@@ -816,7 +812,6 @@ impl Call {
         });
         if self.cfg.wait_for_agent {
             // The driver resolves the agent from these parameters and calls `set_agent`.
-            self.agent_pending = true;
             return;
         }
         if self.session_id.is_some() && self.openai == OpenAiPhase::AwaitingCreated {
@@ -952,7 +947,7 @@ impl Call {
             return;
         }
         self.session_id = Some(session_id.unwrap_or("").to_owned());
-        if self.stream_sid.is_some() && !self.agent_pending {
+        if self.stream_sid.is_some() && !self.cfg.wait_for_agent {
             self.send_session_update();
         }
     }
@@ -1162,9 +1157,10 @@ impl Call {
             tracing::debug!(call_sid = %self.cfg.expected_call_sid, "agent handed over after session.update: ignored");
             return;
         }
+        // `start` arrived and was waiting for the agent.
+        let was_pending = self.cfg.wait_for_agent && self.stream_sid.is_some();
         self.cfg.agent = agent;
         self.cfg.wait_for_agent = false;
-        let was_pending = std::mem::replace(&mut self.agent_pending, false);
         if was_pending && self.session_id.is_some() && self.ended.is_none() {
             self.send_session_update();
         }
