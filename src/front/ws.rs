@@ -854,7 +854,7 @@ fn write_frame_header(out: &mut Vec<u8>, opcode: u8, len: usize, mask: Option<[u
 }
 
 /// The longest prefix of `s` of at most `max` bytes that ends on a character boundary.
-fn truncate_at_char(s: &str, max: usize) -> &str {
+pub(crate) fn truncate_at_char(s: &str, max: usize) -> &str {
     if s.len() <= max {
         return s;
     }

@@ -83,15 +83,7 @@ pub const MAX_PARAMETER_LEN: usize = 499;
 
 /// `value` cut (at a character boundary) so that `name` + `value` fit [`MAX_PARAMETER_LEN`].
 fn clip_parameter<'a>(name: &str, value: &'a str) -> &'a str {
-    let room = MAX_PARAMETER_LEN.saturating_sub(name.len());
-    if value.len() <= room {
-        return value;
-    }
-    let mut end = room;
-    while !value.is_char_boundary(end) {
-        end -= 1;
-    }
-    &value[..end]
+    crate::front::ws::truncate_at_char(value, MAX_PARAMETER_LEN.saturating_sub(name.len()))
 }
 
 /// The normal answer (protocol.md 2.1): a bidirectional stream to `stream_url` with the given
