@@ -677,6 +677,15 @@ async fn a_long_sip_from_does_not_break_the_parameter_limit() {
     assert_eq!(resp.status, 200);
     let twiml = Twiml::parse(std::str::from_utf8(&resp.body).unwrap()).expect("twiml");
     let stream = twiml.stream().expect("<Connect><Stream>");
+    // The loop below passes on no parameters at all: the clipped `From` must be there.
+    assert!(
+        stream
+            .parameters
+            .iter()
+            .any(|(name, value)| name == "from" && value.starts_with("sip:xxx")),
+        "no clipped from parameter: {:?}",
+        stream.parameters
+    );
     for (name, value) in &stream.parameters {
         assert!(
             name.chars().count() + value.chars().count() < 500,
@@ -769,8 +778,8 @@ async fn pings_from_either_peer_are_answered_with_the_same_payload() {
     frame.extend_from_slice(&mask);
     frame.extend(b"tping".iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
     twilio.send_raw(&frame).await;
-    // RawStream::recv skips control frames, so the call going on is what is checked: a media
-    // frame still reaches OpenAI after the session is ready.
+    assert_eq!(twilio.expect_pong(T).await, b"tping");
+    // And the call goes on: a media frame still reaches OpenAI after the session is ready.
     oa.send(SESSION_CREATED).await;
     oa.expect("session.update").await;
     oa.send(SESSION_UPDATED).await;

@@ -438,6 +438,33 @@ impl RawStream {
         }
     }
 
+    /// Reads until callbridge sends a pong and returns its payload (text frames before it are
+    /// skipped; [`RawStream::recv`] skips control frames, so it cannot see one).
+    pub async fn expect_pong(&mut self, within: Duration) -> Vec<u8> {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let decoded = self
+                .dec
+                .decode(&mut self.input)
+                .expect("callbridge sends valid websocket");
+            let consumed = decoded.consumed;
+            if let Some(Message::Pong(p)) = decoded.message {
+                return p.to_vec();
+            }
+            self.input.drain(..consumed);
+            if consumed > 0 {
+                continue;
+            }
+            let mut chunk = [0u8; 16384];
+            let n = tokio::time::timeout_at(deadline, self.stream.read(&mut chunk))
+                .await
+                .expect("a pong in time")
+                .expect("read");
+            assert!(n > 0, "callbridge closed before the pong");
+            self.input.extend_from_slice(&chunk[..n]);
+        }
+    }
+
     /// Reads until callbridge closes; returns the close code (`None`: no close frame).
     pub async fn until_closed(&mut self, within: Duration) -> Option<u16> {
         let deadline = tokio::time::Instant::now() + within;
