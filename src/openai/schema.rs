@@ -33,11 +33,10 @@ fn shorten(message: &str) -> String {
     if message.len() <= MAX_SHOWN_ERROR_LEN {
         return message.to_owned();
     }
-    let mut end = MAX_SHOWN_ERROR_LEN;
-    while !message.is_char_boundary(end) {
-        end -= 1;
-    }
-    format!("{}…", &message[..end])
+    format!(
+        "{}…",
+        crate::front::ws::truncate_at_char(message, MAX_SHOWN_ERROR_LEN)
+    )
 }
 
 /// Validators for one schema, one per event type, compiled once.
