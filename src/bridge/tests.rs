@@ -875,6 +875,10 @@ fn speech_after_a_finished_response_does_not_drop_the_next_one() {
     s.twilio_out.clear();
     s.at(900).delta("resp_2", "item_Y", 400);
     assert_eq!(s.twilio_out.len(), 2);
+    // `response.done` ended resp_1, so the speech did not mark it interrupted: a delta still
+    // naming it (as a stale active response would make the bridge drop) is forwarded.
+    s.at(950).delta("resp_1", "item_Z", 400);
+    assert_eq!(s.twilio_out.len(), 4, "{:?}", s.twilio_out);
     assert_eq!(s.call.stats().late_deltas_dropped, 0);
 }
 
