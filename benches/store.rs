@@ -55,6 +55,23 @@ fn drain(store: &Store) {
     }
 }
 
+/// Times `iters` calls of `op` in chunks of [`CHUNK`], draining the queue (untimed) before each.
+fn timed_in_chunks(store: &Store, iters: u64, mut op: impl FnMut()) -> Duration {
+    let mut total = Duration::ZERO;
+    let mut left = iters;
+    while left > 0 {
+        let n = left.min(CHUNK);
+        drain(store);
+        let start = Instant::now();
+        for _ in 0..n {
+            op();
+        }
+        total += start.elapsed();
+        left -= n;
+    }
+    total
+}
+
 fn bench_store(c: &mut Criterion) {
     let mut g = c.benchmark_group("store");
     let text = text();
@@ -66,26 +83,16 @@ fn bench_store(c: &mut Criterion) {
     g.throughput(Throughput::Elements(1));
     g.bench_function("enqueue_append", |b| {
         b.iter_custom(|iters| {
-            let mut total = Duration::ZERO;
-            let mut left = iters;
-            while left > 0 {
-                let n = left.min(CHUNK);
-                drain(&store);
-                let start = Instant::now();
-                for _ in 0..n {
-                    let ok = store.enqueue(Op::Append {
-                        call_sid: Arc::clone(&sid),
-                        at_ms: 1,
-                        kind: ItemKind::Dtmf {
-                            digit: black_box("5").to_owned(),
-                        },
-                    });
-                    assert!(ok, "no op may be dropped in the benchmark");
-                }
-                total += start.elapsed();
-                left -= n;
-            }
-            total
+            timed_in_chunks(&store, iters, || {
+                let ok = store.enqueue(Op::Append {
+                    call_sid: Arc::clone(&sid),
+                    at_ms: 1,
+                    kind: ItemKind::Dtmf {
+                        digit: black_box("5").to_owned(),
+                    },
+                });
+                assert!(ok, "no op may be dropped in the benchmark");
+            })
         })
     });
 
@@ -101,18 +108,9 @@ fn bench_store(c: &mut Criterion) {
     };
     g.bench_function("recorder_on_event", |b| {
         b.iter_custom(|iters| {
-            let mut total = Duration::ZERO;
-            let mut left = iters;
-            while left > 0 {
-                let n = left.min(CHUNK);
-                drain(&store);
-                let start = Instant::now();
-                for _ in 0..n {
-                    recorder.on_event(&mut call, black_box(&ev));
-                }
-                total += start.elapsed();
-                left -= n;
-            }
+            let total = timed_in_chunks(&store, iters, || {
+                recorder.on_event(&mut call, black_box(&ev))
+            });
             assert_eq!(recorder.lost(), 0, "no op may be dropped in the benchmark");
             total
         })
