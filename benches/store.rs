@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use callbridge::bridge::{Call, CallConfig, CallEvent};
 use callbridge::openai::session::AgentSettings;
 use callbridge::store::sink::CallRecorder;
-use callbridge::store::{ItemKind, Op, Store, StoreOptions, QUEUE_CAPACITY};
+use callbridge::store::{item_key, ItemKind, Op, Store, StoreOptions, QUEUE_CAPACITY};
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 
 /// Ops timed between two drains of the queue (well under its capacity).
@@ -169,9 +169,7 @@ fn bench_store(c: &mut Criterion) {
             let start = Instant::now();
             for _ in 0..iters {
                 for i in 0..ITEMS {
-                    let mut key = sids[(i % 100) as usize].as_bytes().to_vec();
-                    key.push(0);
-                    key.extend_from_slice(&seq.to_be_bytes());
+                    let key = item_key(&sids[(i % 100) as usize], seq);
                     seq += 1;
                     tree.insert(key, value.as_slice()).expect("insert");
                 }

@@ -143,11 +143,17 @@ pub(crate) struct Trees {
     pub(crate) by_time: sled::Tree,
 }
 
-/// The key of item `seq` of `sid`: sid ‖ 0x00 ‖ seq (big-endian).
-pub fn item_key(sid: &str, seq: u32) -> Vec<u8> {
+/// The prefix of all of `sid`'s item keys: sid ‖ 0x00.
+pub fn items_prefix(sid: &str) -> Vec<u8> {
     let mut k = Vec::with_capacity(sid.len() + 5);
     k.extend_from_slice(sid.as_bytes());
     k.push(0);
+    k
+}
+
+/// The key of item `seq` of `sid`: sid ‖ 0x00 ‖ seq (big-endian).
+pub fn item_key(sid: &str, seq: u32) -> Vec<u8> {
+    let mut k = items_prefix(sid);
     k.extend_from_slice(&seq.to_be_bytes());
     k
 }
@@ -370,9 +376,11 @@ impl Store {
             }
             if r.status == CallStatus::InProgress {
                 // The item count is written once per flush interval: recount what is there.
-                let mut prefix = r.call_sid.as_bytes().to_vec();
-                prefix.push(0);
-                r.items = t.items.scan_prefix(&prefix).keys().count() as u32;
+                r.items = t
+                    .items
+                    .scan_prefix(items_prefix(&r.call_sid))
+                    .keys()
+                    .count() as u32;
                 r.status = CallStatus::Failed;
                 r.end_reason =
                     Some("callbridge stopped before the call ended (crash or kill)".into());
@@ -584,10 +592,8 @@ impl Store {
 
     /// A call's conversation, in order.
     pub fn call_items(&self, sid: &str) -> Result<Vec<ConversationItem>, StoreError> {
-        let mut prefix = sid.as_bytes().to_vec();
-        prefix.push(0);
         let mut out = Vec::new();
-        for entry in self.inner.trees.items.scan_prefix(&prefix) {
+        for entry in self.inner.trees.items.scan_prefix(items_prefix(sid)) {
             let (k, v) = entry?;
             out.push(parse_doc("item", &k, &v)?);
         }
