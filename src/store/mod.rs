@@ -239,13 +239,20 @@ struct Inner {
     admin: Mutex<()>,
 }
 
-impl Drop for Inner {
-    fn drop(&mut self) {
-        let handle = self.writer.get_mut().map(Option::take).unwrap_or(None);
+impl Inner {
+    /// Stops the writer (it writes and flushes what is queued first) and waits for it; once.
+    fn stop_writer(&self) {
+        let handle = self.writer.lock().unwrap_or_else(|e| e.into_inner()).take();
         if let Some(h) = handle {
             let _ = self.tx.send(Op::Stop);
             let _ = h.join();
         }
+    }
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        self.stop_writer();
     }
 }
 
@@ -348,16 +355,7 @@ impl Store {
 
     /// Writes and flushes everything queued, then stops the writer. Later enqueues are dropped.
     pub fn close(&self) {
-        let handle = self
-            .inner
-            .writer
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .take();
-        if let Some(h) = handle {
-            let _ = self.inner.tx.send(Op::Stop);
-            let _ = h.join();
-        }
+        self.inner.stop_writer();
     }
 
     /// At server start: records left `in-progress` by a previous process that died are marked
