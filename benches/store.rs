@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use callbridge::bridge::{Call, CallConfig, CallEvent};
 use callbridge::openai::session::AgentSettings;
 use callbridge::store::sink::CallRecorder;
-use callbridge::store::{ItemKind, Op, Store, StoreOptions, QUEUE_CAPACITY};
+use callbridge::store::{item_key, ItemKind, Op, Store, StoreOptions, QUEUE_CAPACITY};
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 
 /// Ops timed between two drains of the queue (well under its capacity).
@@ -55,6 +55,23 @@ fn drain(store: &Store) {
     }
 }
 
+/// Times `iters` calls of `op` in chunks of [`CHUNK`], draining the queue (untimed) before each.
+fn timed_in_chunks(store: &Store, iters: u64, mut op: impl FnMut()) -> Duration {
+    let mut total = Duration::ZERO;
+    let mut left = iters;
+    while left > 0 {
+        let n = left.min(CHUNK);
+        drain(store);
+        let start = Instant::now();
+        for _ in 0..n {
+            op();
+        }
+        total += start.elapsed();
+        left -= n;
+    }
+    total
+}
+
 fn bench_store(c: &mut Criterion) {
     let mut g = c.benchmark_group("store");
     let text = text();
@@ -66,26 +83,16 @@ fn bench_store(c: &mut Criterion) {
     g.throughput(Throughput::Elements(1));
     g.bench_function("enqueue_append", |b| {
         b.iter_custom(|iters| {
-            let mut total = Duration::ZERO;
-            let mut left = iters;
-            while left > 0 {
-                let n = left.min(CHUNK);
-                drain(&store);
-                let start = Instant::now();
-                for _ in 0..n {
-                    let ok = store.enqueue(Op::Append {
-                        call_sid: Arc::clone(&sid),
-                        at_ms: 1,
-                        kind: ItemKind::Dtmf {
-                            digit: black_box("5").to_owned(),
-                        },
-                    });
-                    assert!(ok, "no op may be dropped in the benchmark");
-                }
-                total += start.elapsed();
-                left -= n;
-            }
-            total
+            timed_in_chunks(&store, iters, || {
+                let ok = store.enqueue(Op::Append {
+                    call_sid: Arc::clone(&sid),
+                    at_ms: 1,
+                    kind: ItemKind::Dtmf {
+                        digit: black_box("5").to_owned(),
+                    },
+                });
+                assert!(ok, "no op may be dropped in the benchmark");
+            })
         })
     });
 
@@ -101,18 +108,9 @@ fn bench_store(c: &mut Criterion) {
     };
     g.bench_function("recorder_on_event", |b| {
         b.iter_custom(|iters| {
-            let mut total = Duration::ZERO;
-            let mut left = iters;
-            while left > 0 {
-                let n = left.min(CHUNK);
-                drain(&store);
-                let start = Instant::now();
-                for _ in 0..n {
-                    recorder.on_event(&mut call, black_box(&ev));
-                }
-                total += start.elapsed();
-                left -= n;
-            }
+            let total = timed_in_chunks(&store, iters, || {
+                recorder.on_event(&mut call, black_box(&ev))
+            });
             assert_eq!(recorder.lost(), 0, "no op may be dropped in the benchmark");
             total
         })
@@ -171,9 +169,7 @@ fn bench_store(c: &mut Criterion) {
             let start = Instant::now();
             for _ in 0..iters {
                 for i in 0..ITEMS {
-                    let mut key = sids[(i % 100) as usize].as_bytes().to_vec();
-                    key.push(0);
-                    key.extend_from_slice(&seq.to_be_bytes());
+                    let key = item_key(&sids[(i % 100) as usize], seq);
                     seq += 1;
                     tree.insert(key, value.as_slice()).expect("insert");
                 }

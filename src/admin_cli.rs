@@ -151,13 +151,17 @@ struct Call {
 }
 
 impl Call {
-    fn get(path: String) -> Call {
+    fn new(method: &'static str, path: String, body: Vec<u8>) -> Call {
         Call {
-            method: "GET",
+            method,
             path,
             query: None,
-            body: vec![],
+            body,
         }
+    }
+
+    fn get(path: String) -> Call {
+        Call::new("GET", path, vec![])
     }
 }
 
@@ -309,26 +313,13 @@ pub fn agents(args: AgentsArgs) -> anyhow::Result<()> {
                 bail!("{}: the agent needs an \"id\"", file.display());
             };
             let path = format!("/api/admin/agents/{}", seg(id));
-            let v = send(
-                t,
-                Call {
-                    method: "PUT",
-                    path,
-                    query: None,
-                    body: text.into_bytes(),
-                },
-            )?;
+            let v = send(t, Call::new("PUT", path, text.into_bytes()))?;
             println!("stored agent {}", v["id"].as_str().unwrap_or(id));
         }
         AgentsCmd::Delete { id } => {
             send(
                 t,
-                Call {
-                    method: "DELETE",
-                    path: format!("/api/admin/agents/{}", seg(&id)),
-                    query: None,
-                    body: vec![],
-                },
+                Call::new("DELETE", format!("/api/admin/agents/{}", seg(&id)), vec![]),
             )?;
             println!("deleted agent {id}");
         }
@@ -358,24 +349,18 @@ pub fn numbers(args: NumbersArgs) -> anyhow::Result<()> {
             let body = serde_json::to_vec(&serde_json::json!({ "agentId": agent }))?;
             send(
                 t,
-                Call {
-                    method: "PUT",
-                    path: format!("/api/admin/numbers/{}", seg(&number)),
-                    query: None,
-                    body,
-                },
+                Call::new("PUT", format!("/api/admin/numbers/{}", seg(&number)), body),
             )?;
             println!("{number} -> {agent}");
         }
         NumbersCmd::Delete { number } => {
             send(
                 t,
-                Call {
-                    method: "DELETE",
-                    path: format!("/api/admin/numbers/{}", seg(&number)),
-                    query: None,
-                    body: vec![],
-                },
+                Call::new(
+                    "DELETE",
+                    format!("/api/admin/numbers/{}", seg(&number)),
+                    vec![],
+                ),
             )?;
             println!("deleted route {number}");
         }

@@ -67,6 +67,7 @@ async fn every_admin_route_refuses_bad_input_with_the_right_status_and_a_message
         ] {
             let r = http(addr, method, path, &[("Authorization", auth)], b"{}").await;
             assert_eq!(r.status, 401, "{method} {path} {auth}");
+            assert_eq!(r.header("www-authenticate"), Some("Bearer"));
         }
     }
 
@@ -227,6 +228,58 @@ async fn every_admin_route_refuses_bad_input_with_the_right_status_and_a_message
             "method not allowed",
         ),
         ("GET", "/api/admin/nothing", "", 404, "no such admin route"),
+        (
+            "GET",
+            "/api/admin/agents/%ZZ",
+            "",
+            400,
+            "bad percent-encoding",
+        ),
+        (
+            "PUT",
+            "/api/admin/agents/a",
+            r#"{"id":7,"name":"A","voice":"marin","instructions":""}"#,
+            400,
+            "does not match",
+        ),
+        (
+            "GET",
+            "/api/admin/calls?until=soon",
+            "",
+            400,
+            "unix time in milliseconds",
+        ),
+        ("GET", "/api/admin/calls?limit=ten", "", 400, "limit"),
+        ("GET", "/api/admin/calls?since=%ZZ", "", 400, "bad query"),
+        (
+            "GET",
+            "/api/admin/calls.jsonl?status=done",
+            "",
+            400,
+            "use ringing",
+        ),
+        (
+            "PATCH",
+            "/api/admin/agents/a",
+            "",
+            405,
+            "method not allowed",
+        ),
+        ("POST", "/api/admin/numbers", "", 405, "method not allowed"),
+        (
+            "GET",
+            "/api/admin/numbers/%2B15551234567",
+            "",
+            405,
+            "method not allowed",
+        ),
+        (
+            "POST",
+            "/api/admin/calls.jsonl",
+            "",
+            405,
+            "method not allowed",
+        ),
     ];
     for (method, path, body, want, msg) in cases {
         let (status, v) = admin(addr, method, path, body).await;

@@ -197,3 +197,56 @@ async fn the_cli_works_on_the_store_directly_and_through_a_running_server() {
     let _ = std::fs::remove_file(&file);
     let _ = std::fs::remove_file(&bad);
 }
+
+#[test]
+fn the_cli_refuses_bad_arguments_with_a_clear_message() {
+    let dir = temp_data_dir("cli-bad");
+    let not_json = dir.with_extension("notjson.json");
+    std::fs::write(&not_json, "{id: x").unwrap();
+    let no_id = dir.with_extension("noid.json");
+    std::fs::write(&no_id, r#"{"name":"X","voice":"marin","instructions":""}"#).unwrap();
+
+    let err = fails(&cli(
+        &dir,
+        &["agents", "put", not_json.to_str().unwrap()],
+        &[],
+    ));
+    assert!(err.contains("is not JSON"), "{err}");
+    let err = fails(&cli(&dir, &["agents", "put", no_id.to_str().unwrap()], &[]));
+    assert!(err.contains("the agent needs an \"id\""), "{err}");
+    let missing = dir.with_extension("missing.json");
+    let err = fails(&cli(
+        &dir,
+        &["agents", "put", missing.to_str().unwrap()],
+        &[],
+    ));
+    assert!(err.contains("reading"), "{err}");
+    let err = fails(&cli(
+        &dir,
+        &["agents", "list", "--server", "https://example.invalid"],
+        &[("ADMIN_TOKEN", ADMIN_TOKEN)],
+    ));
+    assert!(err.contains("use http://HOST:PORT"), "{err}");
+    // A port nothing listens on (bound, then released).
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let err = fails(&cli(
+        &dir,
+        &[
+            "agents",
+            "list",
+            "--server",
+            &format!("http://127.0.0.1:{port}"),
+        ],
+        &[("ADMIN_TOKEN", ADMIN_TOKEN)],
+    ));
+    assert!(err.contains("is callbridge serve running there?"), "{err}");
+    let err = fails(&cli(&dir, &["calls", "list", "--status", "done"], &[]));
+    assert!(err.contains("use ringing") && err.contains("400"), "{err}");
+    let _ = std::fs::remove_dir_all(&dir);
+    let _ = std::fs::remove_file(&not_json);
+    let _ = std::fs::remove_file(&no_id);
+}

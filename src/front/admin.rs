@@ -94,21 +94,15 @@ pub fn route(store: Option<&Store>, token: Option<&str>, req: &Request) -> Respo
         .header("authorization")
         .and_then(|h| h.strip_prefix("Bearer "))
         .map(str::trim);
-    match presented {
-        None => {
-            let mut r = error(
-                401,
-                "missing bearer token: send Authorization: Bearer $ADMIN_TOKEN",
-            );
-            r.headers.push(("WWW-Authenticate", "Bearer".to_owned()));
-            return r;
-        }
-        Some(t) if !constant_time_eq(t.as_bytes(), token.as_bytes()) => {
-            let mut r = error(401, "wrong bearer token");
-            r.headers.push(("WWW-Authenticate", "Bearer".to_owned()));
-            return r;
-        }
-        Some(_) => {}
+    let refused = match presented {
+        None => Some("missing bearer token: send Authorization: Bearer $ADMIN_TOKEN"),
+        Some(t) if !constant_time_eq(t.as_bytes(), token.as_bytes()) => Some("wrong bearer token"),
+        Some(_) => None,
+    };
+    if let Some(msg) = refused {
+        let mut r = error(401, msg);
+        r.headers.push(("WWW-Authenticate", "Bearer".to_owned()));
+        return r;
     }
     let Some(store) = store else {
         return error(503, "this server has no store");

@@ -143,11 +143,17 @@ pub(crate) struct Trees {
     pub(crate) by_time: sled::Tree,
 }
 
-/// The key of item `seq` of `sid`: sid ‖ 0x00 ‖ seq (big-endian).
-pub fn item_key(sid: &str, seq: u32) -> Vec<u8> {
+/// The prefix of all of `sid`'s item keys: sid ‖ 0x00.
+pub fn items_prefix(sid: &str) -> Vec<u8> {
     let mut k = Vec::with_capacity(sid.len() + 5);
     k.extend_from_slice(sid.as_bytes());
     k.push(0);
+    k
+}
+
+/// The key of item `seq` of `sid`: sid ‖ 0x00 ‖ seq (big-endian).
+pub fn item_key(sid: &str, seq: u32) -> Vec<u8> {
+    let mut k = items_prefix(sid);
     k.extend_from_slice(&seq.to_be_bytes());
     k
 }
@@ -233,13 +239,20 @@ struct Inner {
     admin: Mutex<()>,
 }
 
-impl Drop for Inner {
-    fn drop(&mut self) {
-        let handle = self.writer.get_mut().map(Option::take).unwrap_or(None);
+impl Inner {
+    /// Stops the writer (it writes and flushes what is queued first) and waits for it; once.
+    fn stop_writer(&self) {
+        let handle = self.writer.lock().unwrap_or_else(|e| e.into_inner()).take();
         if let Some(h) = handle {
             let _ = self.tx.send(Op::Stop);
             let _ = h.join();
         }
+    }
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        self.stop_writer();
     }
 }
 
@@ -342,16 +355,7 @@ impl Store {
 
     /// Writes and flushes everything queued, then stops the writer. Later enqueues are dropped.
     pub fn close(&self) {
-        let handle = self
-            .inner
-            .writer
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .take();
-        if let Some(h) = handle {
-            let _ = self.inner.tx.send(Op::Stop);
-            let _ = h.join();
-        }
+        self.inner.stop_writer();
     }
 
     /// At server start: records left `in-progress` by a previous process that died are marked
@@ -370,9 +374,11 @@ impl Store {
             }
             if r.status == CallStatus::InProgress {
                 // The item count is written once per flush interval: recount what is there.
-                let mut prefix = r.call_sid.as_bytes().to_vec();
-                prefix.push(0);
-                r.items = t.items.scan_prefix(&prefix).keys().count() as u32;
+                r.items = t
+                    .items
+                    .scan_prefix(items_prefix(&r.call_sid))
+                    .keys()
+                    .count() as u32;
                 r.status = CallStatus::Failed;
                 r.end_reason =
                     Some("callbridge stopped before the call ended (crash or kill)".into());
@@ -584,10 +590,8 @@ impl Store {
 
     /// A call's conversation, in order.
     pub fn call_items(&self, sid: &str) -> Result<Vec<ConversationItem>, StoreError> {
-        let mut prefix = sid.as_bytes().to_vec();
-        prefix.push(0);
         let mut out = Vec::new();
-        for entry in self.inner.trees.items.scan_prefix(&prefix) {
+        for entry in self.inner.trees.items.scan_prefix(items_prefix(sid)) {
             let (k, v) = entry?;
             out.push(parse_doc("item", &k, &v)?);
         }

@@ -82,15 +82,19 @@ impl CallRecorder {
 
     /// Records one event of `call` (and, at `StreamStarted`, gives the call its agent).
     pub fn on_event(&mut self, call: &mut Call, ev: &CallEvent) {
-        let Some(store) = self.store.clone() else {
+        if self.store.is_none() {
             return;
-        };
+        }
         match ev {
             CallEvent::StreamStarted {
                 stream_sid,
                 parameters,
                 ..
             } => {
+                // Cloned (not borrowed: `self.record` needs `&mut self`) here only, not per event.
+                let Some(store) = self.store.clone() else {
+                    return;
+                };
                 let param = |name: &str| {
                     parameters
                         .iter()

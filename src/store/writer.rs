@@ -30,7 +30,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 
 use super::model::{CallRecord, CallStatus, ConversationItem, ItemKind};
-use super::{item_key, time_key, Trees};
+use super::{item_key, items_prefix, time_key, Trees};
 
 /// Ops applied per batch at most: bounds the time a batch holds the writer (and the histogram
 /// observation) to a few ms, while big enough that sustained appends amortise the batch cost.
@@ -299,9 +299,13 @@ impl Writer {
 
     /// The next sequence number of `sid`'s items: one past the last stored one.
     fn next_seq(&self, sid: &str) -> u32 {
-        let prefix = item_key(sid, 0);
-        let prefix = &prefix[..prefix.len() - 4];
-        match self.trees.items.scan_prefix(prefix).keys().next_back() {
+        match self
+            .trees
+            .items
+            .scan_prefix(items_prefix(sid))
+            .keys()
+            .next_back()
+        {
             Some(Ok(key)) if key.len() >= 4 => {
                 let seq = u32::from_be_bytes(key[key.len() - 4..].try_into().expect("4 bytes"));
                 seq.saturating_add(1)
