@@ -142,11 +142,7 @@ impl App {
     /// Enqueues a change of `call_sid`'s record (never waits; a full queue drops it, counted).
     fn record(&self, call_sid: &str, change: RecordChange) {
         if let Some(store) = &self.store {
-            store.enqueue(crate::store::Op::Record {
-                call_sid: Arc::from(call_sid),
-                at_ms: crate::store::unix_ms(),
-                change,
-            });
+            store.record(Arc::from(call_sid), change);
         }
     }
 

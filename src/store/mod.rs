@@ -338,6 +338,15 @@ impl Store {
         self.inner.tx.send(op).is_ok()
     }
 
+    /// Enqueues a change of `call_sid`'s record, stamped now (see [`Store::enqueue`]).
+    pub fn record(&self, call_sid: Arc<str>, change: RecordChange) -> bool {
+        self.enqueue(Op::Record {
+            call_sid,
+            at_ms: unix_ms(),
+            change,
+        })
+    }
+
     /// Ops waiting in the queue.
     pub fn queue_len(&self) -> usize {
         self.inner.tx.len()

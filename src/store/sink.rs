@@ -57,11 +57,11 @@ impl CallRecorder {
     }
 
     fn record(&mut self, change: RecordChange) {
-        self.push(Op::Record {
-            call_sid: Arc::clone(&self.call_sid),
-            at_ms: unix_ms(),
-            change,
-        });
+        if let Some(store) = &self.store {
+            if !store.record(Arc::clone(&self.call_sid), change) {
+                self.lost += 1;
+            }
+        }
     }
 
     fn append(&mut self, kind: ItemKind) {
