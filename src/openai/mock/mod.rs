@@ -656,7 +656,7 @@ impl MockSession {
 
     /// Feeds caller audio to the VAD and acts on what it detects.
     fn run_vad(&mut self, now: Instant, bytes: &[u8]) {
-        let detection = self.input.1.clone();
+        let detection = self.input.1;
         let params = detection.as_ref().map(|td| VadParams {
             amplitude_threshold: td.threshold * self.config.vad_amplitude_at_full_threshold,
             prefix_padding_ms: td.prefix_padding_ms,

@@ -326,7 +326,7 @@ pub(super) fn transcription_enabled(session: &Value) -> bool {
 }
 
 /// The effective turn detection, or `None` when disabled (`null`).
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub(super) struct TurnDetection {
     /// 0.0–1.0; scaled to an amplitude by the mock's config.
     pub(super) threshold: f64,
