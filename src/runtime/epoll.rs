@@ -87,9 +87,10 @@ pub async fn serve(
 ) {
     let mut listener = Some(listener);
     let mut tasks = JoinSet::new();
-    let pool = PoolConfig::from_config(app.config()).map(SharedPool::new);
+    let pool_cfg = PoolConfig::from_config(app.config());
+    let pool = pool_cfg.map(SharedPool::new);
     let connector = Arc::new(connector);
-    if let (Some(pool), Some(pc)) = (&pool, PoolConfig::from_config(app.config())) {
+    if let (Some(pool), Some(pc)) = (&pool, pool_cfg) {
         tokio::spawn(maintain(
             Arc::clone(pool),
             Arc::clone(&connector),

@@ -201,8 +201,9 @@ async fn serve(
     let mut accepting: Option<AcceptFuture> = Some(accept(&listener));
     let mut tasks = JoinSet::new();
     let dialer = Arc::new(UringDial::new(connector));
-    let pool = PoolConfig::from_config(app.config()).map(SharedPool::new);
-    if let (Some(pool), Some(pc)) = (&pool, PoolConfig::from_config(app.config())) {
+    let pool_cfg = PoolConfig::from_config(app.config());
+    let pool = pool_cfg.map(SharedPool::new);
+    if let (Some(pool), Some(pc)) = (&pool, pool_cfg) {
         tokio_uring::spawn(maintain(
             Arc::clone(pool),
             Arc::clone(&dialer),
