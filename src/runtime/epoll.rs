@@ -89,7 +89,6 @@ pub async fn serve(
     let mut tasks = JoinSet::new();
     let pool_cfg = PoolConfig::from_config(app.config());
     let pool = pool_cfg.map(SharedPool::new);
-    let connector = Arc::new(connector);
     if let (Some(pool), Some(pc)) = (&pool, pool_cfg) {
         tokio::spawn(maintain(
             Arc::clone(pool),
