@@ -34,7 +34,7 @@ use crate::front::ws::{Decoder, Encoder, Message, Role};
 use crate::openai::client::ConnectError;
 use crate::openai::events::{ServerEvent, ServerEventParser};
 use crate::runtime::io::Dial;
-use crate::runtime::Phase;
+use crate::runtime::{next_phase, Phase};
 
 /// How often idle connections are checked for age and death.
 pub const TICK: Duration = Duration::from_secs(1);
@@ -420,8 +420,8 @@ pub async fn maintain<D: Dial>(
                     tracing::info!(dead, "openai pool: discarded connection(s) that died while idle");
                 }
             }
-            changed = phase.changed() => {
-                if changed.is_err() || *phase.borrow() != Phase::Running {
+            now = next_phase(&mut phase) => {
+                if now != Phase::Running {
                     break;
                 }
             }

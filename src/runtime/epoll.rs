@@ -29,7 +29,7 @@ use crate::metrics::{self, CallMeter};
 use crate::openai::client::Connector;
 use crate::openai::pool::{maintain, PoolConfig, PooledDial, SharedPool};
 use crate::runtime::io::{Dial, Transport};
-use crate::runtime::Phase;
+use crate::runtime::{next_phase, Phase};
 use crate::store::sink::CallRecorder;
 
 /// Largest Twilio message: a `start` with parameters is under 2 KiB and media frames are ~400
@@ -117,8 +117,7 @@ pub async fn serve(
                     break;
                 }
             }
-            changed = phase.changed() => {
-                let now = if changed.is_err() { Phase::Closed } else { *phase.borrow() };
+            now = next_phase(&mut phase) => {
                 match now {
                     Phase::Running => {}
                     Phase::Draining => {

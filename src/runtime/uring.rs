@@ -28,7 +28,7 @@ use tokio::task::JoinSet;
 use super::epoll;
 use super::io::Dial;
 use super::uring_stream::UringStream;
-use super::Phase;
+use super::{next_phase, Phase};
 use crate::front::routes::App;
 use crate::openai::client::{ConnectError, Connector, WsConn};
 use crate::openai::pool::{maintain, PoolConfig, PooledDial, SharedPool};
@@ -234,8 +234,7 @@ async fn serve(
                     break;
                 }
             }
-            changed = phase.changed() => {
-                let now = if changed.is_err() { Phase::Closed } else { *phase.borrow() };
+            now = next_phase(&mut phase) => {
                 match now {
                     Phase::Running => {}
                     Phase::Draining => {
