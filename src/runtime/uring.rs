@@ -294,11 +294,7 @@ impl Dial for UringDial {
     type Conn = WsConn<UringStream>;
 
     async fn dial(&self) -> Result<(WsConn<UringStream>, Vec<u8>), ConnectError> {
-        let limit = self.connector.timeout();
-        match tokio::time::timeout(limit, self.connect()).await {
-            Ok(r) => r,
-            Err(_) => Err(ConnectError::Timeout(limit)),
-        }
+        self.connector.bounded(self.connect()).await
     }
 }
 
