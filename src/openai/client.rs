@@ -127,18 +127,22 @@ impl Connector {
         (&self.url.host, self.url.port)
     }
 
-    /// The connect timeout (TCP + TLS + WebSocket handshake).
-    pub fn timeout(&self) -> Duration {
-        self.timeout
+    /// Runs `connect` (TCP + TLS + WebSocket handshake, over any transport) bounded by the
+    /// connect timeout.
+    pub async fn bounded<T>(
+        &self,
+        connect: impl std::future::Future<Output = Result<T, ConnectError>>,
+    ) -> Result<T, ConnectError> {
+        match tokio::time::timeout(self.timeout, connect).await {
+            Ok(r) => r,
+            Err(_) => Err(ConnectError::Timeout(self.timeout)),
+        }
     }
 
     /// Connects and completes the WebSocket handshake. Returns the stream and any bytes that
     /// arrived after the handshake response (the start of the first frames).
     pub async fn connect(&self) -> Result<(Conn, Vec<u8>), ConnectError> {
-        match tokio::time::timeout(self.timeout, self.connect_inner()).await {
-            Ok(r) => r,
-            Err(_) => Err(ConnectError::Timeout(self.timeout)),
-        }
+        self.bounded(self.connect_inner()).await
     }
 
     async fn connect_inner(&self) -> Result<(Conn, Vec<u8>), ConnectError> {
@@ -149,7 +153,7 @@ impl Connector {
 
     /// TLS (for `wss://`) and the WebSocket opening handshake over an already connected
     /// transport. No timeout of its own: the caller bounds the whole connect with
-    /// [`Connector::timeout`].
+    /// [`Connector::bounded`].
     pub async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(
         &self,
         tcp: S,
@@ -243,5 +247,15 @@ mod tests {
             tls_connector(Some(b"not a pem")),
             Err(ConnectError::TlsSetup(_))
         ));
+    }
+
+    #[tokio::test]
+    async fn a_connect_that_hangs_ends_at_the_connect_timeout() {
+        let url = WsUrl::parse("ws://127.0.0.1:9/").unwrap();
+        let c = Connector::new(url, None, None, Duration::from_millis(50)).unwrap();
+        let r = c
+            .bounded(std::future::pending::<Result<(), ConnectError>>())
+            .await;
+        assert!(matches!(r, Err(ConnectError::Timeout(t)) if t == Duration::from_millis(50)));
     }
 }

@@ -34,7 +34,7 @@ use crate::front::ws::{Decoder, Encoder, Message, Role};
 use crate::openai::client::ConnectError;
 use crate::openai::events::{ServerEvent, ServerEventParser};
 use crate::runtime::io::Dial;
-use crate::runtime::Phase;
+use crate::runtime::{next_phase, Phase};
 
 /// How often idle connections are checked for age and death.
 pub const TICK: Duration = Duration::from_secs(1);
@@ -420,8 +420,8 @@ pub async fn maintain<D: Dial>(
                     tracing::info!(dead, "openai pool: discarded connection(s) that died while idle");
                 }
             }
-            changed = phase.changed() => {
-                if changed.is_err() || *phase.borrow() != Phase::Running {
+            now = next_phase(&mut phase) => {
+                if now != Phase::Running {
                     break;
                 }
             }
@@ -460,24 +460,19 @@ impl<D: Dial> PooledDial<D> {
     fn take_live(&self) -> Option<Warm<D::Conn>> {
         let shared = self.pool.as_ref()?;
         let mut pool = shared.lock();
-        let now = Instant::now();
-        let mut first = true;
-        let found = loop {
-            let mut w = if first {
-                first = false;
-                pool.checkout(now)
-            } else {
-                pool.idle.pop_back()
-            }?;
+        pool.note_arrival(Instant::now());
+        let mut found = None;
+        while let Some(mut w) = pool.idle.pop_back() {
             if still_alive(&mut w) {
-                break Some(w);
+                found = Some(w);
+                break;
             }
             pool.discarded_dead += 1;
             tracing::info!(
                 dead = 1,
                 "openai pool: discarded connection(s) that died while idle"
             );
-        };
+        }
         drop(pool);
         shared.doorbell.notify_one();
         found
@@ -647,5 +642,29 @@ mod tests {
         assert!(!holds_close(&both));
         both.extend_from_slice(&close);
         assert!(holds_close(&both));
+    }
+
+    /// A dialer that never connects: the tests below only look at what `dial()` does up front.
+    struct NeverDial;
+
+    impl Dial for NeverDial {
+        type Conn = tokio::io::DuplexStream;
+
+        fn dial(&self) -> impl Future<Output = Result<(Self::Conn, Vec<u8>), ConnectError>> {
+            std::future::pending()
+        }
+    }
+
+    #[test]
+    fn a_miss_on_an_empty_pool_still_counts_the_arrival_and_rings_the_doorbell() {
+        use futures_util::FutureExt;
+        let shared = SharedPool::<tokio::io::DuplexStream>::new(cfg(4));
+        let dial = PooledDial::new(Arc::new(NeverDial), Some(Arc::clone(&shared)));
+        drop(dial.dial());
+        assert_eq!(shared.lock().arrivals.len(), 1);
+        assert!(
+            shared.doorbell.notified().now_or_never().is_some(),
+            "the maintainer must be woken to refill after a miss"
+        );
     }
 }

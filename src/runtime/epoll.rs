@@ -29,7 +29,7 @@ use crate::metrics::{self, CallMeter};
 use crate::openai::client::Connector;
 use crate::openai::pool::{maintain, PoolConfig, PooledDial, SharedPool};
 use crate::runtime::io::{Dial, Transport};
-use crate::runtime::Phase;
+use crate::runtime::{next_phase, Phase};
 use crate::store::sink::CallRecorder;
 
 /// Largest Twilio message: a `start` with parameters is under 2 KiB and media frames are ~400
@@ -87,9 +87,9 @@ pub async fn serve(
 ) {
     let mut listener = Some(listener);
     let mut tasks = JoinSet::new();
-    let pool = PoolConfig::from_config(app.config()).map(SharedPool::new);
-    let connector = Arc::new(connector);
-    if let (Some(pool), Some(pc)) = (&pool, PoolConfig::from_config(app.config())) {
+    let pool_cfg = PoolConfig::from_config(app.config());
+    let pool = pool_cfg.map(SharedPool::new);
+    if let (Some(pool), Some(pc)) = (&pool, pool_cfg) {
         tokio::spawn(maintain(
             Arc::clone(pool),
             Arc::clone(&connector),
@@ -117,8 +117,7 @@ pub async fn serve(
                     break;
                 }
             }
-            changed = phase.changed() => {
-                let now = if changed.is_err() { Phase::Closed } else { *phase.borrow() };
+            now = next_phase(&mut phase) => {
                 match now {
                     Phase::Running => {}
                     Phase::Draining => {
@@ -283,6 +282,14 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> LegIo<R, W> {
             needs_flush: false,
             last_progress: Instant::now(),
             closing: false,
+        }
+    }
+
+    /// Restarts the stall clock while nothing is queued: a leg that had nothing to send for a
+    /// while is not "stalled" the moment it has something again. Called before output is queued.
+    fn note_idle(&mut self, now: Instant) {
+        if self.output.is_empty() {
+            self.last_progress = now;
         }
     }
 
@@ -512,6 +519,12 @@ async fn run_call<S: Transport, D: Dial>(
     }
 
     loop {
+        // Before anything is queued this turn: a leg with an empty buffer is not behind.
+        let turn = Instant::now();
+        tw.note_idle(turn);
+        if let Some(o) = oa.as_mut() {
+            o.note_idle(turn);
+        }
         pump_transmits(&mut call, &mut scratch, &mut tw, oa.as_mut());
         meter.on_queued(
             call.stats(),
@@ -722,5 +735,39 @@ fn on_call_event(app: &App, grant: &UpgradeGrant, ev: CallEvent) {
             tracing::info!(call_sid = %grant.call_sid, "assistant: {text}")
         }
         _ => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn idle_leg() -> LegIo<tokio::io::Empty, tokio::io::Sink> {
+        LegIo::new(
+            tokio::io::empty(),
+            tokio::io::sink(),
+            Vec::new(),
+            Role::Server,
+            MAX_TWILIO_MESSAGE_BYTES,
+        )
+    }
+
+    #[test]
+    fn a_leg_with_nothing_to_send_for_a_while_is_not_stalled_when_output_comes() {
+        // The last write was long ago (the bot was silent while the caller spoke).
+        let mut leg = idle_leg();
+        let now = Instant::now() + WRITE_STALL_TIMEOUT * 2;
+        // A loop turn: the stall clock restarts, then a frame is queued.
+        leg.note_idle(now);
+        leg.encoder.text(&mut leg.output, b"{}");
+        assert!(!leg.stalled(now));
+        assert!(
+            leg.last_progress + WRITE_STALL_TIMEOUT > now,
+            "no deadline in the past"
+        );
+        // Still queued, no progress for longer than the limit: stalled.
+        let later = now + WRITE_STALL_TIMEOUT + Duration::from_millis(1);
+        leg.note_idle(later);
+        assert!(leg.stalled(later));
     }
 }

@@ -6,7 +6,6 @@
 //! above these two traits (HTTP, WebSocket, the call's decisions, timers) is written once.
 
 use std::future::Future;
-use std::sync::Arc;
 
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
@@ -42,7 +41,7 @@ pub trait Dial {
     fn dial(&self) -> impl Future<Output = Result<(Self::Conn, Vec<u8>), ConnectError>>;
 }
 
-impl Dial for Arc<Connector> {
+impl Dial for Connector {
     type Conn = Conn;
 
     fn dial(&self) -> impl Future<Output = Result<(Conn, Vec<u8>), ConnectError>> {

@@ -37,6 +37,15 @@ pub enum Phase {
     Closed,
 }
 
+/// Waits for the next phase change (cancel-safe, as `watch::Receiver::changed`); a dropped
+/// sender reads as [`Phase::Closed`].
+pub(crate) async fn next_phase(phase: &mut watch::Receiver<Phase>) -> Phase {
+    match phase.changed().await {
+        Ok(()) => *phase.borrow(),
+        Err(_) => Phase::Closed,
+    }
+}
+
 /// The IO driver a server runs on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Driver {

@@ -28,7 +28,7 @@ use tokio::task::JoinSet;
 use super::epoll;
 use super::io::Dial;
 use super::uring_stream::UringStream;
-use super::Phase;
+use super::{next_phase, Phase};
 use crate::front::routes::App;
 use crate::openai::client::{ConnectError, Connector, WsConn};
 use crate::openai::pool::{maintain, PoolConfig, PooledDial, SharedPool};
@@ -201,8 +201,9 @@ async fn serve(
     let mut accepting: Option<AcceptFuture> = Some(accept(&listener));
     let mut tasks = JoinSet::new();
     let dialer = Arc::new(UringDial::new(connector));
-    let pool = PoolConfig::from_config(app.config()).map(SharedPool::new);
-    if let (Some(pool), Some(pc)) = (&pool, PoolConfig::from_config(app.config())) {
+    let pool_cfg = PoolConfig::from_config(app.config());
+    let pool = pool_cfg.map(SharedPool::new);
+    if let (Some(pool), Some(pc)) = (&pool, pool_cfg) {
         tokio_uring::spawn(maintain(
             Arc::clone(pool),
             Arc::clone(&dialer),
@@ -233,8 +234,7 @@ async fn serve(
                     break;
                 }
             }
-            changed = phase.changed() => {
-                let now = if changed.is_err() { Phase::Closed } else { *phase.borrow() };
+            now = next_phase(&mut phase) => {
                 match now {
                     Phase::Running => {}
                     Phase::Draining => {
@@ -294,11 +294,7 @@ impl Dial for UringDial {
     type Conn = WsConn<UringStream>;
 
     async fn dial(&self) -> Result<(WsConn<UringStream>, Vec<u8>), ConnectError> {
-        let limit = self.connector.timeout();
-        match tokio::time::timeout(limit, self.connect()).await {
-            Ok(r) => r,
-            Err(_) => Err(ConnectError::Timeout(limit)),
-        }
+        self.connector.bounded(self.connect()).await
     }
 }
 

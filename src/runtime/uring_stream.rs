@@ -301,32 +301,42 @@ fn poll_shutdown_inner(inner: &Inner, cx: &mut Context<'_>) -> Poll<io::Result<(
     }
 }
 
-impl AsyncRead for UringStream {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        poll_read_inner(&self.inner, cx, buf)
-    }
+/// `AsyncRead` for a type holding `inner: Rc<Inner>`: the stream and its read half share it.
+macro_rules! impl_async_read {
+    ($t:ty) => {
+        impl AsyncRead for $t {
+            fn poll_read(
+                self: Pin<&mut Self>,
+                cx: &mut Context<'_>,
+                buf: &mut ReadBuf<'_>,
+            ) -> Poll<io::Result<()>> {
+                poll_read_inner(&self.inner, cx, buf)
+            }
+        }
+    };
 }
 
-impl AsyncWrite for UringStream {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        data: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        poll_write_inner(&self.inner, cx, data)
-    }
+/// `AsyncWrite` for a type holding `inner: Rc<Inner>`: the stream and its write half share it.
+macro_rules! impl_async_write {
+    ($t:ty) => {
+        impl AsyncWrite for $t {
+            fn poll_write(
+                self: Pin<&mut Self>,
+                cx: &mut Context<'_>,
+                data: &[u8],
+            ) -> Poll<io::Result<usize>> {
+                poll_write_inner(&self.inner, cx, data)
+            }
 
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        poll_flush_inner(&self.inner, cx)
-    }
+            fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+                poll_flush_inner(&self.inner, cx)
+            }
 
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        poll_shutdown_inner(&self.inner, cx)
-    }
+            fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+                poll_shutdown_inner(&self.inner, cx)
+            }
+        }
+    };
 }
 
 /// The read half of a [`UringStream`].
@@ -339,33 +349,10 @@ pub struct UringWrite {
     inner: Rc<Inner>,
 }
 
-impl AsyncRead for UringRead {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        poll_read_inner(&self.inner, cx, buf)
-    }
-}
-
-impl AsyncWrite for UringWrite {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        data: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        poll_write_inner(&self.inner, cx, data)
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        poll_flush_inner(&self.inner, cx)
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        poll_shutdown_inner(&self.inner, cx)
-    }
-}
+impl_async_read!(UringStream);
+impl_async_write!(UringStream);
+impl_async_read!(UringRead);
+impl_async_write!(UringWrite);
 
 impl Transport for UringStream {
     type Read = UringRead;
