@@ -318,8 +318,25 @@ impl<C> Pool<C> {
     /// Takes the youngest idle connection (the most life left); `None` when empty. Counts the
     /// arrival either way.
     pub fn checkout(&mut self, now: Instant) -> Option<Warm<C>> {
+        self.checkout_live(now, |_| true)
+    }
+
+    /// Like [`Pool::checkout`], but skips connections `alive` says died while idle: they are
+    /// dropped and counted in `discarded_dead`. The drivers' path ([`PooledDial`]).
+    pub fn checkout_live(
+        &mut self,
+        now: Instant,
+        mut alive: impl FnMut(&mut Warm<C>) -> bool,
+    ) -> Option<Warm<C>> {
         self.note_arrival(now);
-        self.idle.pop_back()
+        while let Some(mut w) = self.idle.pop_back() {
+            if alive(&mut w) {
+                return Some(w);
+            }
+            self.discarded_dead += 1;
+            tracing::info!("openai pool: discarded a connection that died while idle");
+        }
+        None
     }
 
     /// Removes and returns the connections idle for longer than `max_idle`.
@@ -459,21 +476,7 @@ impl<D: Dial> PooledDial<D> {
     /// A live pooled connection, discarding dead ones on the way.
     fn take_live(&self) -> Option<Warm<D::Conn>> {
         let shared = self.pool.as_ref()?;
-        let mut pool = shared.lock();
-        pool.note_arrival(Instant::now());
-        let mut found = None;
-        while let Some(mut w) = pool.idle.pop_back() {
-            if still_alive(&mut w) {
-                found = Some(w);
-                break;
-            }
-            pool.discarded_dead += 1;
-            tracing::info!(
-                dead = 1,
-                "openai pool: discarded connection(s) that died while idle"
-            );
-        }
-        drop(pool);
+        let found = shared.lock().checkout_live(Instant::now(), still_alive);
         shared.doorbell.notify_one();
         found
     }
@@ -529,6 +532,25 @@ mod tests {
         }
         assert_eq!(p.start_warming(t0 + Duration::from_secs(1)), 0);
         assert!(p.checkout(t0).is_none());
+    }
+
+    #[test]
+    fn a_checkout_skips_and_counts_connections_that_died_while_idle() {
+        let t0 = Instant::now();
+        let mut p: Pool<u32> = Pool::new(cfg(8));
+        for id in 1..=3 {
+            p.idle.push_back(warm_at(t0, id));
+        }
+        // The youngest two (3, 2) died; 1 is alive.
+        let got = p.checkout_live(t0, |w| w.conn == 1).map(|w| w.conn);
+        assert_eq!(got, Some(1));
+        assert_eq!(p.discarded_dead, 2);
+        assert!(p.idle.is_empty());
+        // All dead: none, and the arrival still counts.
+        p.idle.push_back(warm_at(t0, 4));
+        assert!(p.checkout_live(t0, |_| false).is_none());
+        assert_eq!(p.discarded_dead, 3);
+        assert_eq!(p.arrivals.len(), 2);
     }
 
     #[test]
