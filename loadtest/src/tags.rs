@@ -87,13 +87,11 @@ impl SeqChecker {
     /// Records sequence number `seq`.
     pub fn observe(&mut self, seq: u32) -> Seen {
         if seq >= self.next {
-            for missing in self.next..seq {
-                if self.gaps.len() < MAX_TRACKED_GAPS {
-                    self.gaps.insert(missing);
-                } else {
-                    self.untracked_gaps += 1;
-                }
-            }
+            // A corrupt tag can jump billions ahead: track what fits, count the rest at once.
+            let room = MAX_TRACKED_GAPS.saturating_sub(self.gaps.len()) as u32;
+            let tracked_to = seq.min(self.next.saturating_add(room));
+            self.gaps.extend(self.next..tracked_to);
+            self.untracked_gaps += u64::from(seq - tracked_to);
             self.next = seq.saturating_add(1);
             self.counts.ok += 1;
             Seen::InOrder
@@ -304,6 +302,29 @@ mod tests {
         // …and its second copy is a duplicate.
         let c = counts(&[0, 2, 1, 1, 3], Some(4));
         assert_eq!((c.reordered, c.duplicated), (1, 1));
+    }
+
+    #[test]
+    fn a_far_jump_is_counted_lost_at_once_and_late_frames_still_reorder() {
+        // One flipped nibble of a well-formed tag: sequence number 2 reads as 2 + 2^31.
+        let far = 2 + (1 << 31);
+        let t = std::time::Instant::now();
+        let c = counts(&[0, 1, far, 2, 3], None);
+        assert!(
+            t.elapsed() < std::time::Duration::from_secs(1),
+            "O(gap) walk"
+        );
+        assert_eq!((c.ok, c.reordered, c.duplicated), (5, 2, 0));
+        assert_eq!(
+            c.lost,
+            u64::from(far) - 4,
+            "every number skipped but 2 and 3"
+        );
+        // The gaps past the tracked ones are lost but can no longer be told reordered.
+        let mut s = SeqChecker::default();
+        s.observe(far);
+        assert_eq!(s.observe(MAX_TRACKED_GAPS as u32 - 1), Seen::Reordered);
+        assert_eq!(s.observe(MAX_TRACKED_GAPS as u32), Seen::Duplicate);
     }
 
     fn expect() -> UplinkExpect {
