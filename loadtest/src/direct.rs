@@ -234,16 +234,7 @@ async fn run_stream(
             }
         }
     }
-    let now = Instant::now();
-    pump(
-        &mut call,
-        &mut mock,
-        &mut mock_open,
-        &mut enc,
-        &mut out,
-        &mut scratch,
-        now,
-    );
+    // Every `break` follows a `pump` that drained both sides with no input since: no second pump.
     if caller_open {
         enc.close(&mut out, 1000, "call ended");
     }
