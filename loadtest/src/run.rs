@@ -249,7 +249,7 @@ pub async fn run(target: &mut Target, spec: &RunSpec) -> anyhow::Result<Report> 
         }
     }
     report.calls_failed = n - report.calls_completed;
-    report.truncation = truncation_stats(clears, &mut trunc_errors);
+    report.truncation = truncation_stats(clears, &trunc_errors);
     let l = &shared.lat;
     report.latency = LatencyReport {
         uplink: stats(&l.uplink),
