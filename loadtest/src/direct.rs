@@ -25,14 +25,15 @@ use callbridge::front::http::{self, Limits, Parsed};
 use callbridge::front::ws::{self, Decoder, Encoder, Message, Role};
 use callbridge::openai::mock::{MockConfig, MockSession};
 use callbridge::openai::session::AgentSettings;
+use callbridge::twilio::twiml::connect_stream;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
 /// Time allowed for one HTTP request to arrive.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Largest caller message (as callbridge's own limit).
-const MAX_MESSAGE: usize = 64 * 1024;
+/// Largest caller message: callbridge's own limit.
+const MAX_MESSAGE: usize = callbridge::runtime::epoll::MAX_TWILIO_MESSAGE_BYTES;
 
 /// Path prefix of the facade's stream URLs.
 const STREAM_PREFIX: &str = "/direct/";
@@ -120,9 +121,8 @@ async fn connection(
         let form = Form::parse(&req.body).map_err(|e| anyhow::anyhow!("form: {e}"))?;
         let call_sid = form.get("CallSid").context("no CallSid")?;
         let host = req.header("host").unwrap_or("127.0.0.1");
-        let twiml = format!(
-            "<?xml version=\"1.0\" encoding=\"UTF-8\"?><Response><Connect><Stream url=\"wss://{host}{STREAM_PREFIX}{call_sid}\"/></Connect></Response>"
-        );
+        // No <Redirect>: the call ends with the stream.
+        let twiml = connect_stream(&format!("wss://{host}{STREAM_PREFIX}{call_sid}"), &[], "");
         http::write_response(&mut out, 200, "text/xml", twiml.as_bytes(), false, &[]);
         stream.write_all(&out).await?;
         return Ok(());
