@@ -70,19 +70,15 @@ impl Facade {
                 conn_no += 1;
                 let (mock, agent) = (Arc::clone(&mock), Arc::clone(&agent));
                 tokio::spawn(async move {
+                    // The facade reports only its own IO failures (the callers report the rest).
                     if let Err(e) = connection(stream, conn_no, mock, agent).await {
-                        tracing_free_log(&format!("direct facade connection: {e:#}"));
+                        eprintln!("direct facade connection: {e:#}");
                     }
                 });
             }
         });
         Ok(Facade { addr, task })
     }
-}
-
-/// The facade only reports its own IO failures (the callers report everything else).
-fn tracing_free_log(msg: &str) {
-    eprintln!("{msg}");
 }
 
 /// Reads one request from `stream` (`buf` keeps what follows it).
