@@ -6,22 +6,14 @@ mod common;
 use std::time::Duration;
 
 use callbridge::demo::{demo_script, truncate_accuracy, TRUNCATE_TOLERANCE_MS};
-use callbridge::sim::caller::{run_call, CallOutcome, CallerConfig};
-use common::{closed_sessions, mock, Proxy, AUTH_TOKEN};
+use callbridge::sim::caller::CallerConfig;
+use common::{closed_sessions, mock, run_signed_call, Proxy};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn barge_in_clears_then_truncates_what_the_caller_heard() {
     let mock = mock(|m| m.session.response_audio_ms = 3_500).await;
     let proxy = Proxy::with_mock(&mock, &[]);
-    let mut caller = CallerConfig::new(proxy.addr, 21, demo_script());
-    caller.auth_token = Some(AUTH_TOKEN.into());
-    let report = run_call(caller).await.expect("call ran");
-    assert_eq!(
-        report.outcome,
-        CallOutcome::Completed,
-        "log:\n{}",
-        proxy.log()
-    );
+    let report = run_signed_call(&proxy, CallerConfig::new(proxy.addr, 21, demo_script())).await;
     let stream = report.stream.as_ref().unwrap();
     assert!(stream.violations.is_empty(), "{:?}", stream.violations);
     assert_eq!(stream.clears.len(), 1, "one barge-in, one clear");

@@ -5,24 +5,17 @@ mod common;
 
 use std::time::Duration;
 
-use callbridge::sim::caller::{run_call, CallOutcome, CallerConfig};
+use callbridge::sim::caller::CallerConfig;
 use callbridge::sim::script::Script;
-use common::{assert_delivered_byte_exact, closed_sessions, mock, Proxy, AUTH_TOKEN};
+use common::{assert_delivered_byte_exact, closed_sessions, mock, run_signed_call, Proxy};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_call_carries_audio_both_ways_byte_exact_and_ends_cleanly() {
     let mock = mock(|_| {}).await;
     let proxy = Proxy::with_mock(&mock, &[]);
     let mut caller = CallerConfig::new(proxy.addr, 7, Script::hello_then_hang_up(4_500));
-    caller.auth_token = Some(AUTH_TOKEN.into());
     caller.frame_tag = Some(7);
-    let report = run_call(caller).await.expect("call ran");
-    assert_eq!(
-        report.outcome,
-        CallOutcome::Completed,
-        "log:\n{}",
-        proxy.log()
-    );
+    let report = run_signed_call(&proxy, caller).await;
     let stream = report.stream.as_ref().expect("stream");
     assert!(
         stream.violations.is_empty(),

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use callbridge::sim::caller::{run_call, CallOutcome, CallerConfig};
 use callbridge::sim::script::Script;
-use common::{closed_sessions, mock, Proxy, RawStream, AUTH_TOKEN};
+use common::{closed_sessions, mock, run_signed_call, Proxy, RawStream, AUTH_TOKEN};
 
 /// Waits until the mock has sent `session.created` on its first connection (the pool is warm
 /// about then; the first schema check of a debug-build mock can take most of a second), plus a
@@ -51,15 +51,11 @@ async fn a_call_takes_a_pre_warmed_connection() {
     let proxy = Proxy::with_mock(&mock, &[("OPENAI_POOL_MAX", "2"), ("WORKERS", "1")]);
     pool_warm(&mock).await;
     let call_started = Instant::now();
-    let mut caller = CallerConfig::new(proxy.addr, 3, Script::hello_then_hang_up(2_000));
-    caller.auth_token = Some(AUTH_TOKEN.into());
-    let report = run_call(caller).await.expect("call ran");
-    assert_eq!(
-        report.outcome,
-        CallOutcome::Completed,
-        "log:\n{}",
-        proxy.log()
-    );
+    run_signed_call(
+        &proxy,
+        CallerConfig::new(proxy.addr, 3, Script::hello_then_hang_up(2_000)),
+    )
+    .await;
     let used = closed_sessions(&mock, 1, Duration::from_secs(2)).await;
     let used = used
         .iter()
@@ -85,15 +81,11 @@ async fn a_pooled_connection_that_died_while_idle_is_replaced_without_failing_th
         mock.sessions()[0].closed_at.is_some(),
         "the first connection died"
     );
-    let mut caller = CallerConfig::new(proxy.addr, 4, Script::hello_then_hang_up(2_000));
-    caller.auth_token = Some(AUTH_TOKEN.into());
-    let report = run_call(caller).await.expect("call ran");
-    assert_eq!(
-        report.outcome,
-        CallOutcome::Completed,
-        "log:\n{}",
-        proxy.log()
-    );
+    run_signed_call(
+        &proxy,
+        CallerConfig::new(proxy.addr, 4, Script::hello_then_hang_up(2_000)),
+    )
+    .await;
     let log = proxy.log();
     assert!(log.contains("died while idle"), "log:\n{log}");
     assert!(

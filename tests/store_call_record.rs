@@ -7,11 +7,11 @@ mod common;
 use std::time::Duration;
 
 use callbridge::demo::demo_script;
-use callbridge::sim::caller::{run_call, CallOutcome, CallerConfig};
+use callbridge::sim::caller::CallerConfig;
 use callbridge::sim::script::Script;
 use callbridge::sim::webhook::sid;
 use common::store::{admin, wait_for_call, ADMIN_TOKEN};
-use common::{closed_sessions, mock, Proxy, AUTH_TOKEN};
+use common::{closed_sessions, mock, run_signed_call, Proxy, AUTH_TOKEN};
 use serde_json::{json, Value};
 
 fn sent_events(s: &callbridge::openai::mock::server::SessionRecord, ty: &str) -> Vec<Value> {
@@ -60,15 +60,7 @@ async fn a_call_leaves_its_record_with_both_transcripts_the_interruption_and_usa
     .await;
     assert_eq!(status, 201, "{body}");
 
-    let mut caller = CallerConfig::new(addr, 31, demo_script());
-    caller.auth_token = Some(AUTH_TOKEN.into());
-    let report = run_call(caller).await.expect("call ran");
-    assert_eq!(
-        report.outcome,
-        CallOutcome::Completed,
-        "log:\n{}",
-        proxy.log()
-    );
+    run_signed_call(&proxy, CallerConfig::new(addr, 31, demo_script())).await;
     let sessions = closed_sessions(&mock, 1, Duration::from_secs(3)).await;
     let s = &sessions[0];
     assert!(s.stats.errors.is_empty(), "{:?}", s.stats.errors);
@@ -184,15 +176,8 @@ async fn an_agent_with_a_greeting_speaks_first_and_an_unknown_agent_id_gets_the_
     assert_eq!(status, 201);
 
     let mut caller = CallerConfig::new(addr, 41, Script::hello_then_hang_up(3_000));
-    caller.auth_token = Some(AUTH_TOKEN.into());
     caller.to = "+81999999999".into(); // no route: the default agent
-    let report = run_call(caller).await.expect("call ran");
-    assert_eq!(
-        report.outcome,
-        CallOutcome::Completed,
-        "log:\n{}",
-        proxy.log()
-    );
+    run_signed_call(&proxy, caller).await;
     let sessions = closed_sessions(&mock, 1, Duration::from_secs(3)).await;
     let s = &sessions[0];
     assert!(s.stats.errors.is_empty(), "{:?}", s.stats.errors);

@@ -416,24 +416,10 @@ async fn an_upgrade_with_a_wrong_signature_is_left_to_the_start_token() {
     let mock = self::mock(|_| {}).await;
     let mut proxy = Proxy::with_mock(&mock, &[]);
     let stream = stream_of(proxy.addr, n).await;
-    let mut raw = upgrade_signed(proxy.addr, &stream.path, "another-accounts-token")
+    let raw = upgrade_signed(proxy.addr, &stream.path, "another-accounts-token")
         .await
         .expect("the upgrade is left to the start token");
-    raw.params = stream.parameters.clone();
-    raw.call_sid = webhook::sid("CA", u128::from(n));
-    raw.stream_sid = webhook::sid("MZ", u128::from(n));
-    raw.start().await;
-    wait_session_ready(&mock).await;
-    raw.media("/////////////////////w==").await;
-    raw.stop().await;
-    assert_eq!(raw.until_closed(Duration::from_secs(3)).await, Some(1000));
-    let closed = closed_sessions(&mock, 1, Duration::from_secs(2)).await;
-    assert_eq!(closed.len(), 1);
-    assert_eq!(
-        closed[0].stats.appends,
-        vec!["/////////////////////w==".to_owned()]
-    );
-    assert!(proxy.is_running());
+    call_works(raw, &stream, n, &mock, &mut proxy).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -442,18 +428,30 @@ async fn an_upgrade_without_a_signature_header_is_accepted_and_the_call_works() 
     let mock = mock(|_| {}).await;
     let mut proxy = Proxy::with_mock(&mock, &[]);
     let stream = stream_of(proxy.addr, n).await;
-    let mut raw = RawStream::connect(proxy.addr, &stream.path, &[])
+    let raw = RawStream::connect(proxy.addr, &stream.path, &[])
         .await
         .expect("accepted without x-twilio-signature");
+    call_works(raw, &stream, n, &mock, &mut proxy).await;
+}
+
+/// Plays call `n` over an accepted upgrade `raw` of `stream`: start, one media frame, stop.
+/// The stream closes normally, the frame reaches OpenAI and the proxy keeps running.
+async fn call_works(
+    mut raw: RawStream,
+    stream: &StreamVerb,
+    n: u32,
+    mock: &MockServer,
+    proxy: &mut Proxy,
+) {
     raw.params = stream.parameters.clone();
     raw.call_sid = webhook::sid("CA", u128::from(n));
     raw.stream_sid = webhook::sid("MZ", u128::from(n));
     raw.start().await;
-    wait_session_ready(&mock).await;
+    wait_session_ready(mock).await;
     raw.media("/////////////////////w==").await;
     raw.stop().await;
     assert_eq!(raw.until_closed(Duration::from_secs(3)).await, Some(1000));
-    let closed = closed_sessions(&mock, 1, Duration::from_secs(2)).await;
+    let closed = closed_sessions(mock, 1, Duration::from_secs(2)).await;
     assert_eq!(closed.len(), 1);
     assert_eq!(
         closed[0].stats.appends,

@@ -25,14 +25,15 @@ use callbridge::front::http::{self, Limits, Parsed};
 use callbridge::front::ws::{self, Decoder, Encoder, Message, Role};
 use callbridge::openai::mock::{MockConfig, MockSession};
 use callbridge::openai::session::AgentSettings;
+use callbridge::twilio::twiml::connect_stream;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
 /// Time allowed for one HTTP request to arrive.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Largest caller message (as callbridge's own limit).
-const MAX_MESSAGE: usize = 64 * 1024;
+/// Largest caller message: callbridge's own limit.
+const MAX_MESSAGE: usize = callbridge::runtime::epoll::MAX_TWILIO_MESSAGE_BYTES;
 
 /// Path prefix of the facade's stream URLs.
 const STREAM_PREFIX: &str = "/direct/";
@@ -69,19 +70,15 @@ impl Facade {
                 conn_no += 1;
                 let (mock, agent) = (Arc::clone(&mock), Arc::clone(&agent));
                 tokio::spawn(async move {
+                    // The facade reports only its own IO failures (the callers report the rest).
                     if let Err(e) = connection(stream, conn_no, mock, agent).await {
-                        tracing_free_log(&format!("direct facade connection: {e:#}"));
+                        eprintln!("direct facade connection: {e:#}");
                     }
                 });
             }
         });
         Ok(Facade { addr, task })
     }
-}
-
-/// The facade only reports its own IO failures (the callers report everything else).
-fn tracing_free_log(msg: &str) {
-    eprintln!("{msg}");
 }
 
 /// Reads one request from `stream` (`buf` keeps what follows it).
@@ -120,9 +117,8 @@ async fn connection(
         let form = Form::parse(&req.body).map_err(|e| anyhow::anyhow!("form: {e}"))?;
         let call_sid = form.get("CallSid").context("no CallSid")?;
         let host = req.header("host").unwrap_or("127.0.0.1");
-        let twiml = format!(
-            "<?xml version=\"1.0\" encoding=\"UTF-8\"?><Response><Connect><Stream url=\"wss://{host}{STREAM_PREFIX}{call_sid}\"/></Connect></Response>"
-        );
+        // No <Redirect>: the call ends with the stream.
+        let twiml = connect_stream(&format!("wss://{host}{STREAM_PREFIX}{call_sid}"), &[], "");
         http::write_response(&mut out, 200, "text/xml", twiml.as_bytes(), false, &[]);
         stream.write_all(&out).await?;
         return Ok(());
@@ -234,16 +230,7 @@ async fn run_stream(
             }
         }
     }
-    let now = Instant::now();
-    pump(
-        &mut call,
-        &mut mock,
-        &mut mock_open,
-        &mut enc,
-        &mut out,
-        &mut scratch,
-        now,
-    );
+    // Every `break` follows a `pump` that drained both sides with no input since: no second pump.
     if caller_open {
         enc.close(&mut out, 1000, "call ended");
     }

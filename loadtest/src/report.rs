@@ -350,7 +350,7 @@ impl Report {
 }
 
 /// Summary statistics of signed truncation errors.
-pub fn truncation_stats(clears: u64, errors: &mut [i64]) -> TruncationReport {
+pub fn truncation_stats(clears: u64, errors: &[i64]) -> TruncationReport {
     let mut abs: Vec<i64> = errors.iter().map(|e| e.abs()).collect();
     abs.sort_unstable();
     let q = |q: f64| -> i64 {
@@ -406,7 +406,7 @@ mod tests {
 
     #[test]
     fn truncation_errors_summarise_by_magnitude_and_sign() {
-        let t = truncation_stats(4, &mut [-3, 5, 1, -40]);
+        let t = truncation_stats(4, &[-3, 5, 1, -40]);
         assert_eq!((t.clears, t.truncates), (4, 4));
         assert_eq!((t.min_error_ms, t.max_error_ms), (-40, 5));
         assert_eq!(t.abs_error_p50_ms, 3);

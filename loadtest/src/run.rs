@@ -200,8 +200,7 @@ pub async fn run(target: &mut Target, spec: &RunSpec) -> anyhow::Result<Report> 
         down.finish();
         let blocks_sent = d.call.blocks_sent.load(Ordering::Relaxed);
         frames.downlink_sent += blocks_sent;
-        frames.downlink_in_flight_at_hangup +=
-            blocks_sent.saturating_sub(u64::from(down.seq.next()));
+        frames.downlink_in_flight_at_hangup += blocks_sent.saturating_sub(down.seq.next());
         let down_counts = down.seq.counts(None);
         drop(down);
         frames.downlink.add(&down_counts);
@@ -250,7 +249,7 @@ pub async fn run(target: &mut Target, spec: &RunSpec) -> anyhow::Result<Report> 
         }
     }
     report.calls_failed = n - report.calls_completed;
-    report.truncation = truncation_stats(clears, &mut trunc_errors);
+    report.truncation = truncation_stats(clears, &trunc_errors);
     let l = &shared.lat;
     report.latency = LatencyReport {
         uplink: stats(&l.uplink),

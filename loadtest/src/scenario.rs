@@ -57,6 +57,13 @@ mod tests {
     }
 
     #[test]
+    fn the_longest_run_allowed_makes_a_valid_script() {
+        // `--duration` is capped (main.rs MAX_DURATION); that call must still get its script.
+        let ms = u32::try_from(crate::MAX_DURATION.as_millis()).unwrap();
+        assert_eq!(looping(ms).duration_ms(), u64::from(ms));
+    }
+
+    #[test]
     fn tiny_and_odd_lengths_are_whole_frames() {
         assert_eq!(looping(0).frame_count(), 1);
         assert_eq!(looping(1_019).duration_ms(), 1_000);

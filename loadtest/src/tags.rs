@@ -62,8 +62,8 @@ impl FrameCounts {
 /// Loss, duplication and reordering of one sequence (see the module docs).
 #[derive(Debug, Default, Clone)]
 pub struct SeqChecker {
-    /// One past the highest sequence number seen.
-    next: u32,
+    /// One past the highest sequence number seen (`u64`: after `u32::MAX` it is 2^32).
+    next: u64,
     /// Numbers below `next` not (yet) seen.
     gaps: BTreeSet<u32>,
     /// Gaps that could not be tracked.
@@ -86,15 +86,15 @@ pub enum Seen {
 impl SeqChecker {
     /// Records sequence number `seq`.
     pub fn observe(&mut self, seq: u32) -> Seen {
-        if seq >= self.next {
-            for missing in self.next..seq {
-                if self.gaps.len() < MAX_TRACKED_GAPS {
-                    self.gaps.insert(missing);
-                } else {
-                    self.untracked_gaps += 1;
-                }
-            }
-            self.next = seq.saturating_add(1);
+        let s = u64::from(seq);
+        if s >= self.next {
+            // A corrupt tag can jump billions ahead: track what fits, count the rest at once.
+            let room = MAX_TRACKED_GAPS.saturating_sub(self.gaps.len()) as u64;
+            let tracked_to = s.min(self.next + room);
+            // Both ends are at most `seq`, so every gap fits a u32.
+            self.gaps.extend((self.next..tracked_to).map(|g| g as u32));
+            self.untracked_gaps += s - tracked_to;
+            self.next = s + 1;
             self.counts.ok += 1;
             Seen::InOrder
         } else if self.gaps.remove(&seq) {
@@ -113,7 +113,7 @@ impl SeqChecker {
     }
 
     /// One past the highest sequence number seen (0: none).
-    pub fn next(&self) -> u32 {
+    pub fn next(&self) -> u64 {
         self.next
     }
 
@@ -122,7 +122,7 @@ impl SeqChecker {
         let mut c = self.counts;
         c.lost = self.gaps.len() as u64 + self.untracked_gaps;
         if let Some(total) = expected_total {
-            c.lost_at_end = u64::from(total.saturating_sub(self.next));
+            c.lost_at_end = u64::from(total).saturating_sub(self.next);
             c.lost += c.lost_at_end;
         }
         c
@@ -304,6 +304,41 @@ mod tests {
         // …and its second copy is a duplicate.
         let c = counts(&[0, 2, 1, 1, 3], Some(4));
         assert_eq!((c.reordered, c.duplicated), (1, 1));
+    }
+
+    #[test]
+    fn a_far_jump_is_counted_lost_at_once_and_late_frames_still_reorder() {
+        // One flipped nibble of a well-formed tag: sequence number 2 reads as 2 + 2^31.
+        let far = 2 + (1 << 31);
+        let t = std::time::Instant::now();
+        let c = counts(&[0, 1, far, 2, 3], None);
+        assert!(
+            t.elapsed() < std::time::Duration::from_secs(1),
+            "O(gap) walk"
+        );
+        assert_eq!((c.ok, c.reordered, c.duplicated), (5, 2, 0));
+        assert_eq!(
+            c.lost,
+            u64::from(far) - 4,
+            "every number skipped but 2 and 3"
+        );
+        // The gaps past the tracked ones are lost but can no longer be told reordered.
+        let mut s = SeqChecker::default();
+        s.observe(far);
+        assert_eq!(s.observe(MAX_TRACKED_GAPS as u32 - 1), Seen::Reordered);
+        assert_eq!(s.observe(MAX_TRACKED_GAPS as u32), Seen::Duplicate);
+    }
+
+    #[test]
+    fn the_highest_sequence_number_seen_twice_is_a_duplicate() {
+        // u32::MAX is a readable sequence number (only the tag (u32::MAX, u32::MAX) is not).
+        let mut s = SeqChecker::default();
+        assert_eq!(s.observe(u32::MAX - 1), Seen::InOrder);
+        assert_eq!(s.observe(u32::MAX), Seen::InOrder);
+        assert_eq!(s.observe(u32::MAX), Seen::Duplicate);
+        assert_eq!(s.next(), 1 << 32);
+        let c = s.counts(Some(u32::MAX));
+        assert_eq!((c.ok, c.duplicated, c.lost_at_end), (2, 1, 0));
     }
 
     fn expect() -> UplinkExpect {

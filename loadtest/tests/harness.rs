@@ -8,21 +8,25 @@ use serde_json::Value;
 
 const LOADTEST: &str = env!("CARGO_BIN_EXE_callbridge-loadtest");
 
-/// Makes sure the `callbridge` binary sits next to the load test (it spawns that one).
+/// Builds the `callbridge` binary next to the load test (it spawns that one), once per test
+/// run: always, not only when missing, so a stale binary from an older build is never tested.
 fn ensure_server_bin() -> PathBuf {
-    let dir = Path::new(LOADTEST).parent().unwrap();
-    let bin = dir.join("callbridge");
-    if !bin.is_file() {
-        let mut cmd = Command::new(env!("CARGO"));
-        cmd.args(["build", "-p", "callbridge", "--bin", "callbridge"]);
-        if dir.ends_with("release") {
-            cmd.arg("--release");
-        }
-        let st = cmd.status().expect("cargo build callbridge");
-        assert!(st.success(), "building callbridge failed");
-    }
-    assert!(bin.is_file(), "{} missing", bin.display());
-    bin
+    static BUILT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            let dir = Path::new(LOADTEST).parent().unwrap();
+            let mut cmd = Command::new(env!("CARGO"));
+            cmd.args(["build", "-p", "callbridge", "--bin", "callbridge"]);
+            if dir.ends_with("release") {
+                cmd.arg("--release");
+            }
+            let st = cmd.status().expect("cargo build callbridge");
+            assert!(st.success(), "building callbridge failed");
+            let bin = dir.join("callbridge");
+            assert!(bin.is_file(), "{} missing", bin.display());
+            bin
+        })
+        .clone()
 }
 
 fn loadtest(args: &[&str]) -> Output {

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use callbridge::front::ws::{self, Decoder, Encoder, Message, Role};
 use callbridge::openai::mock::server::{MockServer, MockServerConfig, SessionRecord};
+use callbridge::sim::caller::{run_call, CallOutcome, CallReport, CallerConfig};
 use callbridge::sim::twiml::{split_wss_url, Twiml};
 use callbridge::sim::webhook::{self, parse_response, write_request, CallIdentity, HttpResponse};
 use serde_json::{json, Value};
@@ -30,6 +31,20 @@ pub struct Proxy {
     pub data_dir: std::path::PathBuf,
     /// A temporary store made for it, removed on drop.
     owned_dir: Option<std::path::PathBuf>,
+}
+
+/// Runs `caller` signed with [`AUTH_TOKEN`] against `proxy` and asserts the call completed
+/// (printing the proxy's log if not).
+pub async fn run_signed_call(proxy: &Proxy, mut caller: CallerConfig) -> CallReport {
+    caller.auth_token = Some(AUTH_TOKEN.into());
+    let report = run_call(caller).await.expect("call ran");
+    assert_eq!(
+        report.outcome,
+        CallOutcome::Completed,
+        "log:\n{}",
+        proxy.log()
+    );
+    report
 }
 
 /// A fresh, unique directory path under the system temp dir (not created).
