@@ -22,7 +22,7 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 
 use crate::bridge::{Call, CallConfig, CallEvent, EndReason, Leg};
-use crate::front::http::{self, Limits, Parsed};
+use crate::front::http::{self, Limits, Parsed, Request};
 use crate::front::routes::{App, Response, Routed, UpgradeGrant};
 use crate::front::ws::{self, Decoder, Encoder, Message, Role};
 use crate::metrics::{self, CallMeter};
@@ -166,7 +166,7 @@ pub(crate) async fn connection<S: Transport, D: Dial>(
             }
         };
         let keep_alive = request.keep_alive();
-        match app.route(&request, unix_now()) {
+        match route(&app, &request).await {
             Routed::Respond(resp) => {
                 tracing::debug!(%peer, method = %request.method, path = %request.path, status = resp.status, "http");
                 metrics::http_request(&request.path, resp.status);
@@ -188,6 +188,24 @@ pub(crate) async fn connection<S: Transport, D: Dial>(
                 run_call(stream, leftover, grant, app, dialer).await;
                 return;
             }
+        }
+    }
+}
+
+/// Routes a request. Admin requests (sled reads and writes, fsyncs, listings) run on tokio's
+/// blocking pool, so they never hold up the IO thread that also moves calls' audio; everything
+/// else is answered here, at once.
+async fn route(app: &Arc<App>, request: &Request) -> Routed {
+    if !request.path.starts_with(crate::front::admin::PREFIX) {
+        return app.route(request, unix_now());
+    }
+    // A copy goes to the blocking thread (admin requests are rare and at most 64 KiB).
+    let (app, copy) = (Arc::clone(app), request.clone());
+    match tokio::task::spawn_blocking(move || app.route(&copy, unix_now())).await {
+        Ok(routed) => routed,
+        Err(e) => {
+            tracing::error!(path = %request.path, "admin request failed: {e}");
+            Routed::Respond(error_response(500, "internal error"))
         }
     }
 }

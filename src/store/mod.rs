@@ -77,6 +77,11 @@ pub const QUEUE_CAPACITY: usize = 65_536;
 /// Calls returned per page at most.
 pub const MAX_PAGE: usize = 1000;
 
+/// Records a listing examines per page at most. A filter that matches rarely (a status or an
+/// agent with few calls among millions) would otherwise read the whole index in one request,
+/// seconds of disk and CPU; the page then ends early with a cursor to go on from. ~5 ms of work.
+pub const MAX_SCAN: usize = 5_000;
+
 /// Checks `STORE_FLUSH_MS`.
 pub fn flush_interval(ms: u64) -> Result<Duration, String> {
     if (1..=MAX_FLUSH_MS).contains(&ms) {
@@ -203,8 +208,14 @@ pub struct CallFilter {
 pub struct CallPage {
     /// The calls.
     pub calls: Vec<CallRecord>,
-    /// Pass as `cursor` for the next page; `None`: this was the last one.
+    /// Pass as `cursor` for the next page; `None`: this was the last one. A page can hold fewer
+    /// than `limit` calls (even none) and still have a next one: a filtered listing examines
+    /// at most [`MAX_SCAN`] records per page.
     pub next_cursor: Option<String>,
+    /// For each call of `calls`, the cursor that continues right after it (a caller that uses
+    /// only part of a page, like the byte-bounded export, resumes from here).
+    #[serde(skip)]
+    pub cursors: Vec<String>,
 }
 
 /// A call with its whole conversation.
@@ -658,10 +669,26 @@ impl Store {
             }
         }
         let mut calls = Vec::new();
+        let mut cursors = Vec::new();
         let mut last_key = None;
         if lower < upper {
-            for entry in self.inner.trees.by_time.range(lower..upper).rev() {
+            let mut examined: Option<sled::IVec> = None;
+            for (scanned, entry) in self
+                .inner
+                .trees
+                .by_time
+                .range(lower..upper)
+                .rev()
+                .enumerate()
+            {
                 let (k, _) = entry?;
+                if scanned == MAX_SCAN {
+                    // Out of budget, and more entries exist (this one): the next page goes on
+                    // below the last record examined.
+                    last_key = examined.map(|e| e.to_vec());
+                    break;
+                }
+                examined = Some(k.clone());
                 let sid = String::from_utf8_lossy(&k[8.min(k.len())..]).into_owned();
                 let record = match self.get_call(&sid) {
                     Ok(r) => r,
@@ -675,6 +702,7 @@ impl Store {
                         .is_none_or(|a| record.agent_id.as_deref() == Some(a));
                 if keep {
                     calls.push(record);
+                    cursors.push(encode_cursor(&k));
                     if calls.len() == limit {
                         last_key = Some(k.to_vec());
                         break;
@@ -685,6 +713,7 @@ impl Store {
         Ok(CallPage {
             calls,
             next_cursor: last_key.map(|k| encode_cursor(&k)),
+            cursors,
         })
     }
 }
@@ -701,7 +730,7 @@ fn parse_doc<T: serde::de::DeserializeOwned>(
     })
 }
 
-/// A cursor is the hex of the last index key handed out.
+/// A cursor is the hex of the last index key handed out (the next page lists what is below it).
 fn encode_cursor(key: &[u8]) -> String {
     key.iter().map(|b| format!("{b:02x}")).collect()
 }
