@@ -17,6 +17,7 @@ mod hist;
 mod probe;
 mod procstat;
 mod proxy;
+mod proxy_metrics;
 mod report;
 mod run;
 mod scenario;
@@ -432,6 +433,7 @@ async fn ramp(
             "max_p99_ms": p99, "calls_failed": r.calls_failed, "frame_errors": run::frame_errors(&r),
             "proxy_cpu_us_per_frame": r.proxy.as_ref().map(|p| p.cpu_us_per_frame),
             "proxy_rss_per_call_kib": r.proxy.as_ref().map(|p| p.rss_per_call_kib),
+            "proxy_latency": r.proxy_latency,
             "generator_cpu_pct": r.generator.cpu_pct, "problems": r.problems,
         }));
         if !passed {
