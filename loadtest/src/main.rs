@@ -11,12 +11,14 @@
 //! - `procstat`: CPU and RSS from `/proc`.
 //! - `run`: one fixed-N run; `report`: the report, its verdict, table and JSON.
 //! - `direct`: the floor: callers against the mock with callbridge's core in-process, no proxy.
+//! - `relay_floor`: the loopback relay floor: a minimal relay per IO model, no callbridge.
 
 mod direct;
 mod hist;
 mod probe;
 mod procstat;
 mod proxy;
+mod relay_floor;
 mod report;
 mod run;
 mod scenario;
@@ -60,6 +62,9 @@ enum Command {
     Run(RunArgs),
     /// Raise N step by step until the p99 budget breaks; report the largest N within it.
     Ramp(RampArgs),
+    /// The loopback relay floor: what a minimal relay (epoll, tokio, io_uring) costs per frame
+    /// with this traffic shape (README "The loopback relay floor").
+    RelayFloor(relay_floor::FloorArgs),
 }
 
 #[derive(Args)]
@@ -175,7 +180,11 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
 
 fn main() {
     let cli = Cli::parse();
-    match real_main(cli) {
+    let result = match &cli.command {
+        Command::RelayFloor(a) => relay_floor::main(a),
+        _ => real_main(cli),
+    };
+    match result {
         Ok(true) => {}
         Ok(false) => std::process::exit(1),
         Err(e) => {
@@ -189,6 +198,7 @@ fn common(cli: &Cli) -> &Common {
     match &cli.command {
         Command::Run(a) => &a.common,
         Command::Ramp(a) => &a.common,
+        Command::RelayFloor(_) => unreachable!("relay-floor has no common options"),
     }
 }
 
@@ -232,6 +242,7 @@ async fn async_main(cli: Cli) -> anyhow::Result<bool> {
     let max_calls = match &cli.command {
         Command::Run(a) => a.calls,
         Command::Ramp(a) => a.max,
+        Command::RelayFloor(_) => unreachable!("handled in main"),
     };
     if max_calls == 0 || max_calls > MAX_CALLS {
         bail!("calls must be between 1 and {MAX_CALLS}");
@@ -273,6 +284,7 @@ async fn async_main(cli: Cli) -> anyhow::Result<bool> {
             Ok(report.passed())
         }
         Command::Ramp(a) => ramp(&mut target, &a, progress, json).await,
+        Command::RelayFloor(_) => unreachable!("handled in main"),
     }
 }
 
