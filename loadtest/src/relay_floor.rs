@@ -1734,9 +1734,9 @@ mod uring {
         b.setup_cqsize(2 * entries);
         let mut ring = b.build(entries).context("creating the io_uring")?;
         let mut inflight = 0usize;
-        for i in 0..calls.len() {
+        for (i, c) in calls.iter_mut().enumerate() {
             for side in 0..2 {
-                arm_recv(&mut ring, &mut calls[i], i, side, &mut inflight)?;
+                arm_recv(&mut ring, c, i, side, &mut inflight)?;
             }
         }
         let mut open = calls.len();
@@ -2063,6 +2063,8 @@ mod tests {
 
     #[test]
     fn this_thread_can_be_sampled() {
+        // schedstat's runtime is brought up to date when the thread is switched out.
+        std::thread::sleep(Duration::from_millis(5));
         let s = TaskSample::read(current_tid().unwrap()).unwrap();
         assert!(s.sched_ns > 0);
     }
