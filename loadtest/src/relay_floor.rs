@@ -78,6 +78,9 @@ pub enum IoModel {
     /// The same io_uring loop with a plain ring (no SINGLE_ISSUER / DEFER_TASKRUN), as
     /// tokio-uring sets it up.
     UringPlain,
+    /// The `uring` loop with one multishot recv per socket into a ring of provided buffers
+    /// (no re-arm per frame; one copy out of the provided buffer).
+    UringMultishot,
 }
 
 /// A fault the relay injects once (self-test of the generator's checker).
@@ -1229,8 +1232,8 @@ fn generate(
             }
         } else {
             let all_in = conns.iter().all(|c| {
-                c.up_check.received() >= c.up_seq
-                    && c.down_check.received() >= c.down_seq
+                c.up_check.received() + c.up_check.counts.lost >= c.up_seq
+                    && c.down_check.received() + c.down_check.counts.lost >= c.down_seq
                     && c.caller_out.is_empty()
                     && c.upstream_out.is_empty()
             });
@@ -1318,8 +1321,36 @@ fn relay(
     match spec.io {
         IoModel::Epoll => relay_epoll(spec, calls, tally, stop),
         IoModel::Tokio => relay_tokio(spec, calls, tally, stop),
-        IoModel::Uring => uring::relay(spec, calls, tally, stop, true),
-        IoModel::UringPlain => uring::relay(spec, calls, tally, stop, false),
+        IoModel::Uring => uring::relay(
+            spec,
+            calls,
+            tally,
+            stop,
+            uring::Mode {
+                defer: true,
+                multishot: false,
+            },
+        ),
+        IoModel::UringPlain => uring::relay(
+            spec,
+            calls,
+            tally,
+            stop,
+            uring::Mode {
+                defer: false,
+                multishot: false,
+            },
+        ),
+        IoModel::UringMultishot => uring::relay(
+            spec,
+            calls,
+            tally,
+            stop,
+            uring::Mode {
+                defer: true,
+                multishot: true,
+            },
+        ),
     }
 }
 
@@ -1586,13 +1617,25 @@ async fn tokio_call(
 }
 
 mod uring {
-    //! The io_uring relay: one recv in flight per socket (re-armed on completion), sends
-    //! queued per socket (one in flight at a time), one `submit_with_args` (submit + wait for
-    //! at least one completion, 100 ms timeout) per loop turn.
+    //! The io_uring relays: one `submit_with_args` (submit + wait for at least one completion,
+    //! 100 ms timeout) per loop turn, sends queued per socket (one in flight at a time), and
+    //! either one recv in flight per socket re-armed on completion, or one multishot recv per
+    //! socket into a registered ring of provided buffers.
 
     use super::*;
-    use io_uring::{opcode, squeue, types, IoUring};
+    use io_uring::{cqueue, opcode, squeue, types, IoUring};
+    use std::alloc::Layout;
     use std::os::fd::AsRawFd;
+    use std::sync::atomic::AtomicU16;
+
+    /// How the ring is set up and read.
+    #[derive(Debug, Clone, Copy)]
+    pub(super) struct Mode {
+        /// SINGLE_ISSUER + DEFER_TASKRUN.
+        pub(super) defer: bool,
+        /// Multishot recv with a provided-buffer ring.
+        pub(super) multishot: bool,
+    }
 
     struct ULeg {
         sock: StdStream,
@@ -1617,16 +1660,92 @@ mod uring {
     const OP_RECV: u64 = 0;
     const OP_SEND: u64 = 1;
 
+    /// The provided-buffer group of the multishot recvs.
+    const BGID: u16 = 7;
+
+    /// Size of one provided buffer.
+    const PBUF: usize = 2048;
+
     fn ud(call: usize, side: usize, op: u64) -> u64 {
         ((call as u64) << 2) | ((side as u64) << 1) | op
     }
 
+    /// A ring of provided buffers (`IORING_REGISTER_PBUF_RING`): the entries (page-aligned, as
+    /// the kernel requires) and the buffers they point at.
+    struct BufRing {
+        entries: *mut types::BufRingEntry,
+        layout: Layout,
+        count: u16,
+        tail: u16,
+        bufs: Vec<u8>,
+    }
+
+    impl BufRing {
+        fn new(count: u16) -> anyhow::Result<BufRing> {
+            assert!(count.is_power_of_two());
+            let layout = Layout::from_size_align(
+                usize::from(count) * std::mem::size_of::<types::BufRingEntry>(),
+                4096,
+            )?;
+            // SAFETY: a non-zero-sized layout; freed in Drop with the same layout.
+            let entries = unsafe { std::alloc::alloc_zeroed(layout) }.cast::<types::BufRingEntry>();
+            if entries.is_null() {
+                bail!("allocating the buffer ring");
+            }
+            let mut r = BufRing {
+                entries,
+                layout,
+                count,
+                tail: 0,
+                bufs: vec![0u8; usize::from(count) * PBUF],
+            };
+            for bid in 0..count {
+                r.give_back(bid);
+            }
+            r.publish();
+            Ok(r)
+        }
+
+        /// Puts buffer `bid` back in the ring (visible to the kernel at [`Self::publish`]).
+        fn give_back(&mut self, bid: u16) {
+            let idx = usize::from(self.tail & (self.count - 1));
+            // SAFETY: `idx < count`, inside the allocation; the kernel only reads entries
+            // between its head and our published tail, and this one is past the tail.
+            let e = unsafe { &mut *self.entries.add(idx) };
+            e.set_addr(self.bufs[usize::from(bid) * PBUF..].as_ptr() as u64);
+            e.set_len(PBUF as u32);
+            e.set_bid(bid);
+            self.tail = self.tail.wrapping_add(1);
+        }
+
+        /// Publishes the tail (release: the entries written before it are visible first).
+        fn publish(&self) {
+            // SAFETY: the tail is the `resv` field of entry 0, a u16 inside the allocation,
+            // aligned to 2; the kernel only reads it.
+            let tail = unsafe { &*types::BufRingEntry::tail(self.entries).cast::<AtomicU16>() };
+            tail.store(self.tail, Ordering::Release);
+        }
+
+        fn buf(&self, bid: u16, len: usize) -> &[u8] {
+            &self.bufs[usize::from(bid) * PBUF..][..len]
+        }
+    }
+
+    impl Drop for BufRing {
+        fn drop(&mut self) {
+            // SAFETY: allocated in `new` with this layout. Dropped after the ring (see relay).
+            unsafe { std::alloc::dealloc(self.entries.cast(), self.layout) };
+        }
+    }
+
     /// Pushes `e`, submitting first when the submission queue is full.
-    fn push(ring: &mut IoUring, e: &squeue::Entry) -> anyhow::Result<()> {
+    ///
+    /// # Safety
+    /// Every buffer `e` points at must stay valid and untouched until its completion.
+    unsafe fn push(ring: &mut IoUring, e: &squeue::Entry) -> anyhow::Result<()> {
         loop {
-            // SAFETY (of the entry's buffer): see the callers; push itself only copies the SQE.
-            let pushed = unsafe { ring.submission().push(e) };
-            if pushed.is_ok() {
+            // SAFETY: forwarded to the caller (the entry's buffers).
+            if unsafe { ring.submission().push(e) }.is_ok() {
                 return Ok(());
             }
             ring.submit().context("io_uring submit (queue full)")?;
@@ -1636,6 +1755,7 @@ mod uring {
     /// Arms a recv on leg `side` unless one is in flight or it saw EOF.
     fn arm_recv(
         ring: &mut IoUring,
+        mode: Mode,
         c: &mut UCall,
         i: usize,
         side: usize,
@@ -1645,18 +1765,25 @@ mod uring {
         if leg.recv_inflight || leg.eof {
             return Ok(());
         }
-        let space = &mut leg.rbuf[leg.rlen..];
-        let e = opcode::Recv::new(
-            types::Fd(leg.sock.as_raw_fd()),
-            space.as_mut_ptr(),
-            space.len() as u32,
-        )
-        .build()
-        .user_data(ud(i, side, OP_RECV));
-        // SAFETY: the kernel writes into `leg.rbuf[rlen..]`, a boxed slice owned by `calls`,
-        // which outlives the ring (dropped after it, and only once no op is in flight, else
-        // leaked); `rbuf` is not read, written or moved while `recv_inflight` is set.
-        push(ring, &e)?;
+        let fd = types::Fd(leg.sock.as_raw_fd());
+        if mode.multishot {
+            let e = opcode::RecvMulti::new(fd, BGID)
+                .build()
+                .user_data(ud(i, side, OP_RECV));
+            // SAFETY: the kernel writes into buffers of the registered BufRing, which is
+            // dropped after the ring (and leaked if an op is still in flight at the end);
+            // a buffer is only read after its completion and given back after that.
+            unsafe { push(ring, &e)? };
+        } else {
+            let space = &mut leg.rbuf[leg.rlen..];
+            let e = opcode::Recv::new(fd, space.as_mut_ptr(), space.len() as u32)
+                .build()
+                .user_data(ud(i, side, OP_RECV));
+            // SAFETY: the kernel writes into `leg.rbuf[rlen..]`, a boxed slice owned by
+            // `calls`, which is dropped after the ring (and leaked if an op is still in
+            // flight at the end); `rbuf` is not touched while `recv_inflight` is set.
+            unsafe { push(ring, &e)? };
+        }
         leg.recv_inflight = true;
         *inflight += 1;
         Ok(())
@@ -1691,9 +1818,10 @@ mod uring {
         .build()
         .user_data(ud(i, side, OP_SEND));
         // SAFETY: the kernel reads `leg.sending[send_off..]`, a heap buffer owned by `calls`
-        // (outlives the ring, see arm_recv); `sending` is not modified, swapped or dropped
-        // while `send_inflight` is set (new bytes go to `queued`).
-        push(ring, &e)?;
+        // (dropped after the ring, leaked if an op is still in flight at the end); `sending`
+        // is not modified, swapped or dropped while `send_inflight` is set (new bytes go to
+        // `queued`).
+        unsafe { push(ring, &e)? };
         leg.send_inflight = true;
         *inflight += 1;
         Ok(())
@@ -1704,7 +1832,7 @@ mod uring {
         calls: Vec<RelayCall>,
         tally: &Tally,
         stop: &AtomicBool,
-        defer: bool,
+        mode: Mode,
     ) -> anyhow::Result<()> {
         // Declared before the ring: dropped after it.
         let mut calls: Vec<UCall> = calls
@@ -1727,48 +1855,68 @@ mod uring {
             })
             .collect();
         let entries = (4 * calls.len()).next_power_of_two().clamp(64, 32768) as u32;
+        let mut bufring = if mode.multishot {
+            Some(BufRing::new(
+                (2 * calls.len()).next_power_of_two().clamp(64, 32768) as u16,
+            )?)
+        } else {
+            None
+        };
         let mut b = IoUring::builder();
-        if defer {
+        if mode.defer {
             b.setup_single_issuer().setup_defer_taskrun();
         }
         b.setup_cqsize(2 * entries);
         let mut ring = b.build(entries).context("creating the io_uring")?;
+        if let Some(br) = &bufring {
+            // SAFETY: the entries stay allocated until `bufring` drops, after the ring.
+            unsafe {
+                ring.submitter()
+                    .register_buf_ring(br.entries as u64, br.count, BGID)
+                    .context("registering the provided-buffer ring")?
+            };
+        }
         let mut inflight = 0usize;
         for (i, c) in calls.iter_mut().enumerate() {
             for side in 0..2 {
-                arm_recv(&mut ring, c, i, side, &mut inflight)?;
+                arm_recv(&mut ring, mode, c, i, side, &mut inflight)?;
             }
         }
         let mut open = calls.len();
         let ts = types::Timespec::from(WAKE_EVERY);
         let args = types::SubmitArgs::new().timespec(&ts);
-        let mut done: Vec<(u64, i32)> = Vec::with_capacity(entries as usize * 2);
+        let mut done: Vec<(u64, i32, u32)> = Vec::with_capacity(entries as usize * 2);
         let mut result = Ok(());
         while open > 0 && !stop.load(Ordering::Relaxed) {
             match ring.submitter().submit_with_args(1, &args) {
                 Ok(_) => {}
                 Err(e)
                     if e.raw_os_error() == Some(libc::ETIME)
+                        || e.raw_os_error() == Some(libc::EBUSY)
                         || e.kind() == ErrorKind::Interrupted => {}
-                Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {} // completions to reap first
                 Err(e) => {
                     result = Err(anyhow::Error::new(e).context("io_uring submit_and_wait"));
                     break;
                 }
             }
             done.clear();
-            done.extend(ring.completion().map(|c| (c.user_data(), c.result())));
-            if let Err(e) = handle(
-                spec,
-                &mut ring,
-                &mut calls,
-                &done,
-                tally,
-                &mut inflight,
-                &mut open,
-            ) {
+            done.extend(
+                ring.completion()
+                    .map(|c| (c.user_data(), c.result(), c.flags())),
+            );
+            let mut turn = Turn {
+                ring: &mut ring,
+                mode,
+                bufring: bufring.as_mut(),
+                inflight: &mut inflight,
+                open: &mut open,
+            };
+            if let Err(e) = turn.handle(spec, &mut calls, &done, tally) {
                 result = Err(e);
                 break;
+            }
+            if let Some(br) = &bufring {
+                br.publish();
             }
         }
         // Nothing may be in flight when the buffers go: shut the sockets down (recvs complete
@@ -1781,82 +1929,110 @@ mod uring {
         let until = Instant::now() + Duration::from_secs(2);
         while inflight > 0 && Instant::now() < until {
             let _ = ring.submitter().submit_with_args(1, &args);
-            let n = ring.completion().count();
+            let n = ring
+                .completion()
+                .filter(|c| !cqueue::more(c.flags()))
+                .count();
             inflight = inflight.saturating_sub(n);
         }
         drop(ring);
         if inflight > 0 {
             std::mem::forget(calls);
+            std::mem::forget(bufring);
         }
         result
     }
 
-    fn handle(
-        spec: &Spec,
-        ring: &mut IoUring,
-        calls: &mut [UCall],
-        done: &[(u64, i32)],
-        tally: &Tally,
-        inflight: &mut usize,
-        open: &mut usize,
-    ) -> anyhow::Result<()> {
-        for &(user_data, res) in done {
-            *inflight -= 1;
-            let (i, side, op) = (
-                (user_data >> 2) as usize,
-                ((user_data >> 1) & 1) as usize,
-                user_data & 1,
-            );
-            let c = &mut calls[i];
-            if op == OP_RECV {
-                c.legs[side].recv_inflight = false;
-                if res < 0 {
-                    bail!("relay recv: {}", std::io::Error::from_raw_os_error(-res));
+    /// What one loop turn's completions work on.
+    struct Turn<'a> {
+        ring: &'a mut IoUring,
+        mode: Mode,
+        bufring: Option<&'a mut BufRing>,
+        inflight: &'a mut usize,
+        open: &'a mut usize,
+    }
+
+    impl Turn<'_> {
+        fn handle(
+            &mut self,
+            spec: &Spec,
+            calls: &mut [UCall],
+            done: &[(u64, i32, u32)],
+            tally: &Tally,
+        ) -> anyhow::Result<()> {
+            for &(user_data, res, flags) in done {
+                let more = cqueue::more(flags);
+                if !more {
+                    *self.inflight -= 1;
                 }
-                if res == 0 {
-                    c.legs[side].eof = true;
-                } else {
-                    let from = if side == 0 {
-                        Side::Caller
+                let (i, side, op) = (
+                    (user_data >> 2) as usize,
+                    ((user_data >> 1) & 1) as usize,
+                    user_data & 1,
+                );
+                let c = &mut calls[i];
+                if op == OP_RECV {
+                    if !more {
+                        c.legs[side].recv_inflight = false;
+                    }
+                    if res == -libc::ENOBUFS && self.mode.multishot {
+                        // Out of provided buffers: re-armed below, after this turn's give-backs.
+                    } else if res < 0 {
+                        bail!("relay recv: {}", std::io::Error::from_raw_os_error(-res));
+                    } else if res == 0 {
+                        c.legs[side].eof = true;
                     } else {
-                        Side::Upstream
-                    };
-                    let [a, b] = &mut c.legs;
-                    let (rx, tx) = if side == 0 { (a, b) } else { (b, a) };
-                    rx.rlen += res as usize;
-                    let used = relay_frames(
-                        &spec.shape,
-                        from,
-                        &rx.rbuf[..rx.rlen],
-                        &mut tx.queued,
-                        tally,
-                        &mut c.fault,
-                    )?;
-                    rx.rbuf.copy_within(used..rx.rlen, 0);
-                    rx.rlen -= used;
-                    start_send(ring, c, i, 1 - side, inflight)?;
-                    arm_recv(ring, c, i, side, inflight)?;
+                        let n = res as usize;
+                        let from = if side == 0 {
+                            Side::Caller
+                        } else {
+                            Side::Upstream
+                        };
+                        let [a, b] = &mut c.legs;
+                        let (rx, tx) = if side == 0 { (a, b) } else { (b, a) };
+                        if let Some(br) = self.bufring.as_deref_mut() {
+                            let bid = cqueue::buffer_select(flags)
+                                .context("a multishot recv completion without a buffer")?;
+                            if rx.rlen + n > rx.rbuf.len() {
+                                bail!("relay receive buffer overflow");
+                            }
+                            rx.rbuf[rx.rlen..rx.rlen + n].copy_from_slice(br.buf(bid, n));
+                            br.give_back(bid);
+                        }
+                        rx.rlen += n;
+                        let used = relay_frames(
+                            &spec.shape,
+                            from,
+                            &rx.rbuf[..rx.rlen],
+                            &mut tx.queued,
+                            tally,
+                            &mut c.fault,
+                        )?;
+                        rx.rbuf.copy_within(used..rx.rlen, 0);
+                        rx.rlen -= used;
+                        start_send(self.ring, c, i, 1 - side, self.inflight)?;
+                    }
+                    arm_recv(self.ring, self.mode, c, i, side, self.inflight)?;
+                } else {
+                    let leg = &mut c.legs[side];
+                    leg.send_inflight = false;
+                    if res < 0 {
+                        bail!("relay send: {}", std::io::Error::from_raw_os_error(-res));
+                    }
+                    leg.send_off += res as usize;
+                    start_send(self.ring, c, i, side, self.inflight)?;
                 }
-            } else {
-                let leg = &mut c.legs[side];
-                leg.send_inflight = false;
-                if res < 0 {
-                    bail!("relay send: {}", std::io::Error::from_raw_os_error(-res));
+                if c.open
+                    && c.legs
+                        .iter()
+                        .all(|l| l.eof && !l.recv_inflight && !l.send_inflight)
+                {
+                    c.open = false;
+                    *self.open -= 1;
                 }
-                leg.send_off += res as usize;
-                start_send(ring, c, i, side, inflight)?;
             }
-            let c = &mut calls[i];
-            if c.open
-                && c.legs
-                    .iter()
-                    .all(|l| l.eof && !l.recv_inflight && !l.send_inflight)
-            {
-                c.open = false;
-                *open -= 1;
-            }
+            Ok(())
         }
-        Ok(())
     }
 }
 
@@ -2113,6 +2289,11 @@ mod tests {
     #[test]
     fn short_run_uring_plain() {
         assert_clean(&short(IoModel::UringPlain, None));
+    }
+
+    #[test]
+    fn short_run_uring_multishot() {
+        assert_clean(&short(IoModel::UringMultishot, None));
     }
 
     #[test]
