@@ -1379,13 +1379,15 @@ struct EpollCall {
     open: bool,
 }
 
-/// Reads side `side` of call `c` (until a short read: on a TCP socket that means its receive
+/// Reads side `side` of call `c` until a short read (on a TCP socket that means its receive
 /// queue is empty, and edge-triggered epoll reports any later arrival), relays the frames and
-/// sends them on the other side.
+/// queues them for the other side. When the event also reported the peer's FIN
+/// (`read_closed`), reads on to the EOF: that edge will not be reported again.
 fn epoll_readable(
     shape: &Shape,
     c: &mut EpollCall,
     side: usize,
+    read_closed: bool,
     tally: &Tally,
 ) -> anyhow::Result<()> {
     let from = if side == 0 {
@@ -1414,7 +1416,7 @@ fn epoll_readable(
                 )?;
                 rx.rbuf.copy_within(used..rx.rlen, 0);
                 rx.rlen -= used;
-                if n < space {
+                if n < space && !read_closed {
                     break;
                 }
             }
@@ -1489,7 +1491,7 @@ fn relay_epoll(
                 continue;
             }
             if ev.is_readable() || ev.is_read_closed() {
-                epoll_readable(&spec.shape, c, side, tally)?;
+                epoll_readable(&spec.shape, c, side, ev.is_read_closed(), tally)?;
                 // What came in goes out on the other leg now.
                 let tx = &mut c.legs[1 - side];
                 if !tx.out.is_empty() && !tx.writable_armed && !epoll_flush(tx)? {
