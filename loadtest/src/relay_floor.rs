@@ -2247,6 +2247,53 @@ mod tests {
         assert!(s.sched_ns > 0);
     }
 
+    /// Data and the FIN arriving before the relay's first wait make one edge: every relay
+    /// must still see the EOF and finish the call (the epoll relay once stopped at the short
+    /// read and hung).
+    #[test]
+    fn data_and_fin_in_one_edge_end_the_call() {
+        for io in [
+            IoModel::Epoll,
+            IoModel::Tokio,
+            IoModel::Uring,
+            IoModel::UringMultishot,
+        ] {
+            let (relay_calls, gen_calls) = connect_calls(1).unwrap();
+            let g = &gen_calls[0];
+            let mut frame = Vec::new();
+            write_frame(&mut frame, KIND_UP, 0, 0, shape().up_in);
+            (&g.caller).write_all(&frame).unwrap();
+            g.caller.shutdown(std::net::Shutdown::Write).unwrap();
+            g.upstream.shutdown(std::net::Shutdown::Write).unwrap();
+            let spec = Spec {
+                calls: 1,
+                io,
+                ramp_up: Duration::ZERO,
+                duration: Duration::from_secs(1),
+                up_interval: Duration::from_millis(20),
+                down_interval: Duration::from_millis(113),
+                shape: shape(),
+                relay_cpu: None,
+                generator_cpu: None,
+                fault: None,
+            };
+            let tally = Arc::new(Tally::default());
+            let stop = Arc::new(AtomicBool::new(false));
+            let (tx, rx) = mpsc::channel();
+            let (t, st) = (Arc::clone(&tally), Arc::clone(&stop));
+            std::thread::spawn(move || {
+                let _ = tx.send(relay(&spec, relay_calls, &t, &st).map_err(|e| e.to_string()));
+            });
+            let r = rx.recv_timeout(Duration::from_secs(3));
+            stop.store(true, Ordering::Relaxed);
+            assert_eq!(r, Ok(Ok(())), "{io:?}: the relay did not finish the call");
+            assert_eq!(tally.snap().up, 1, "{io:?}");
+            let mut got = Vec::new();
+            (&g.upstream).read_to_end(&mut got).unwrap();
+            assert_eq!(got, frame[..shape().up_out], "{io:?}");
+        }
+    }
+
     fn short(io: IoModel, fault: Option<Fault>) -> FloorReport {
         let spec = Spec {
             calls: 20,
