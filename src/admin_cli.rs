@@ -368,6 +368,9 @@ pub fn numbers(args: NumbersArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Most listing requests one `calls list` makes to fill its page.
+const CLI_MAX_PAGES: usize = 50;
+
 /// Runs `callbridge calls …`.
 pub fn calls(args: CallsArgs) -> anyhow::Result<()> {
     let t = &args.target;
@@ -394,12 +397,26 @@ pub fn calls(args: CallsArgs) -> anyhow::Result<()> {
             if let Some(a) = agent {
                 q.push(format!("agent={}", seg(&a)));
             }
-            if let Some(c) = cursor {
-                q.push(format!("cursor={}", seg(&c)));
+            // A filtered page can come back short (the server examines a bounded number of
+            // records per page): ask on until `limit` calls are here or the listing ends.
+            let mut calls = Vec::new();
+            let mut cursor = cursor;
+            for _ in 0..CLI_MAX_PAGES {
+                let mut page_q = q.clone();
+                page_q[0] = format!("limit={}", limit - calls.len());
+                if let Some(c) = &cursor {
+                    page_q.push(format!("cursor={}", seg(c)));
+                }
+                let mut call = Call::get("/api/admin/calls".into());
+                call.query = Some(page_q.join("&"));
+                let page = send(t, call)?;
+                calls.extend(page["calls"].as_array().cloned().unwrap_or_default());
+                cursor = page["nextCursor"].as_str().map(str::to_owned);
+                if cursor.is_none() || calls.len() >= limit {
+                    break;
+                }
             }
-            let mut call = Call::get("/api/admin/calls".into());
-            call.query = Some(q.join("&"));
-            let v = send(t, call)?;
+            let v = serde_json::json!({"calls": calls, "nextCursor": cursor});
             if json {
                 print_json(&v);
                 return Ok(());

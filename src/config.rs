@@ -85,6 +85,9 @@ pub struct ServeArgs {
     /// can lose (README "Storage").
     #[arg(long, env = "STORE_FLUSH_MS", default_value_t = crate::store::DEFAULT_FLUSH_MS)]
     pub store_flush_ms: u64,
+    /// MiB of memory the store may use to cache what it wrote or read (sled's page cache).
+    #[arg(long, env = "STORE_CACHE_MB", default_value_t = crate::store::DEFAULT_CACHE_MB)]
+    pub store_cache_mb: u64,
     /// Bearer token of the admin API (`/api/admin/…`); unset: the admin API answers 404.
     #[arg(long, env = "ADMIN_TOKEN", hide_env_values = true)]
     pub admin_token: Option<String>,
@@ -316,6 +319,8 @@ pub struct Config {
     pub data_dir: PathBuf,
     /// Store flush interval (`STORE_FLUSH_MS`).
     pub store_flush: Duration,
+    /// Store page cache size in bytes (`STORE_CACHE_MB`).
+    pub store_cache_bytes: u64,
     /// Admin API token (`ADMIN_TOKEN`); `None` disables the admin API.
     pub admin_token: Option<String>,
     /// HTTP read timeout.
@@ -445,6 +450,12 @@ impl ServeArgs {
             store_flush: crate::store::flush_interval(self.store_flush_ms).map_err(|why| {
                 ConfigError::Invalid {
                     name: "STORE_FLUSH_MS",
+                    why,
+                }
+            })?,
+            store_cache_bytes: crate::store::cache_bytes(self.store_cache_mb).map_err(|why| {
+                ConfigError::Invalid {
+                    name: "STORE_CACHE_MB",
                     why,
                 }
             })?,
@@ -649,7 +660,10 @@ mod tests {
     #[test]
     fn bad_values_are_refused_by_name() {
         let base = ["--openai-url", "ws://127.0.0.1:9/"];
-        let cases: [(&[&str], &str); 8] = [
+        let cases: [(&[&str], &str); 11] = [
+            (&["--store-cache-mb", "0"], "STORE_CACHE_MB"),
+            (&["--store-cache-mb", "100000"], "STORE_CACHE_MB"),
+            (&["--store-flush-ms", "0"], "STORE_FLUSH_MS"),
             (&["--openai-pool-max", "5000"], "OPENAI_POOL_MAX"),
             (
                 &["--openai-pool-max-idle-secs", "0"],
@@ -677,6 +691,10 @@ mod tests {
     fn runtime_and_workers_parse_and_default_to_epoll_and_the_core_count() {
         let cfg = parse(&["--openai-url", "ws://127.0.0.1:9/"]).unwrap();
         assert_eq!(cfg.runtime, RuntimeChoice::Epoll);
+        assert_eq!(
+            cfg.store_cache_bytes,
+            crate::store::DEFAULT_CACHE_MB * 1024 * 1024
+        );
         assert!(cfg.workers >= 1);
         let cfg = parse(&[
             "--openai-url",

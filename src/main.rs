@@ -54,6 +54,13 @@ struct MockArgs {
     /// Validate every event the mock sends against the server schema.
     #[arg(long)]
     self_check: bool,
+    /// Serve `wss://` with this PEM certificate chain (with --tls-key); point callbridge's
+    /// OPENAI_EXTRA_CA_FILE at the CA that signed it.
+    #[arg(long, requires = "tls_key")]
+    tls_cert: Option<std::path::PathBuf>,
+    /// The PEM private key of --tls-cert.
+    #[arg(long, requires = "tls_cert")]
+    tls_key: Option<std::path::PathBuf>,
 }
 
 fn init_logging(filter: &str) {
@@ -146,14 +153,28 @@ async fn mock_openai(args: MockArgs) -> anyhow::Result<()> {
     };
     cfg.session.response_audio_ms = args.response_audio_ms;
     cfg.session.speedup = args.speedup;
+    if let (Some(cert), Some(key)) = (&args.tls_cert, &args.tls_key) {
+        let read = |p: &std::path::Path| {
+            std::fs::read(p).with_context(|| format!("reading {}", p.display()))
+        };
+        cfg.tls = Some(callbridge::openai::mock::server::tls_config(
+            &read(cert)?,
+            &read(key)?,
+        )?);
+    }
     let mock = MockServer::start(args.listen, cfg)
         .await
         .with_context(|| format!("binding {}", args.listen))?;
     tracing::info!(addr = %mock.addr, "mock OpenAI Realtime listening");
     println!("listening on {}", mock.addr);
     println!(
-        "point callbridge at it: OPENAI_REALTIME_URL={} OPENAI_REALTIME_API_KEY=sk-mock",
-        mock.url()
+        "point callbridge at it: OPENAI_REALTIME_URL={} OPENAI_REALTIME_API_KEY=sk-mock{}",
+        mock.url(),
+        if args.tls_cert.is_some() {
+            " OPENAI_EXTRA_CA_FILE=<the CA of --tls-cert>"
+        } else {
+            ""
+        }
     );
     shutdown_signal().await;
     Ok(())

@@ -18,6 +18,7 @@ mod hist;
 mod probe;
 mod procstat;
 mod proxy;
+mod proxy_metrics;
 mod relay_floor;
 mod report;
 mod run;
@@ -144,6 +145,10 @@ struct Common {
     /// The floor: no proxy; callers talk to callbridge's core and the mock inside this process.
     #[arg(long, conflicts_with_all = ["target", "server_bin", "server_cpus", "server_env"])]
     direct: bool,
+    /// The OpenAI leg over TLS, as in production: the mock serves `wss://` with a throw-away
+    /// certificate and the spawned server trusts it (OPENAI_EXTRA_CA_FILE).
+    #[arg(long, conflicts_with_all = ["direct", "target"])]
+    openai_tls: bool,
     /// Print the report as JSON on stdout (the progress and the table go to stderr).
     #[arg(long)]
     json: bool,
@@ -313,6 +318,13 @@ fn print_report(report: &Report, json: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A self-signed certificate for 127.0.0.1 and its key (PEM), for `--openai-tls`.
+fn throwaway_certificate() -> anyhow::Result<(String, String)> {
+    let c = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_owned()])
+        .context("generating a certificate")?;
+    Ok((c.cert.pem(), c.signing_key.serialize_pem()))
+}
+
 /// Starts the mock (and the proxy, or the direct facade) and describes the target.
 async fn setup(
     c: &Common,
@@ -346,6 +358,24 @@ async fn setup(
         };
         return Ok((target, None));
     }
+    let mut server_env = c.server_env.clone();
+    let ca_file = if c.openai_tls {
+        let (cert, key) = throwaway_certificate()?;
+        mock_cfg.tls = Some(
+            callbridge::openai::mock::server::tls_config(cert.as_bytes(), key.as_bytes())
+                .context("the mock's TLS configuration")?,
+        );
+        let path =
+            std::env::temp_dir().join(format!("callbridge-loadtest-ca-{}.pem", std::process::id()));
+        std::fs::write(&path, cert).with_context(|| format!("writing {}", path.display()))?;
+        server_env.push((
+            "OPENAI_EXTRA_CA_FILE".to_owned(),
+            path.display().to_string(),
+        ));
+        Some(path)
+    } else {
+        None
+    };
     let mock = MockServer::start(mock_listen, mock_cfg)
         .await
         .with_context(|| format!("starting the mock on {mock_listen}"))?;
@@ -364,9 +394,14 @@ async fn setup(
                 openai_url: mock.url(),
                 auth_token: c.auth_token.clone(),
                 max_calls: max_calls.saturating_add(100).max(2000),
-                extra_env: c.server_env.clone(),
+                extra_env: server_env,
             };
-            let p = Proxy::spawn(&spec)?;
+            let p = Proxy::spawn(&spec);
+            // The server has read the CA file at start (or failed).
+            if let Some(path) = &ca_file {
+                let _ = std::fs::remove_file(path);
+            }
+            let p = p?;
             eprintln!(
                 "spawned {} (pid {}) on {}{}{}",
                 spec.bin.display(),
@@ -444,6 +479,7 @@ async fn ramp(
             "max_p99_ms": p99, "calls_failed": r.calls_failed, "frame_errors": run::frame_errors(&r),
             "proxy_cpu_us_per_frame": r.proxy.as_ref().map(|p| p.cpu_us_per_frame),
             "proxy_rss_per_call_kib": r.proxy.as_ref().map(|p| p.rss_per_call_kib),
+            "proxy_latency": r.proxy_latency,
             "generator_cpu_pct": r.generator.cpu_pct, "problems": r.problems,
         }));
         if !passed {

@@ -163,6 +163,8 @@ pub struct Report {
     pub truncation: TruncationReport,
     /// The proxy (absent in direct mode).
     pub proxy: Option<ProxyReport>,
+    /// The proxy's own read → write latency over the run, from its `/metrics` (proxy mode).
+    pub proxy_latency: Option<crate::proxy_metrics::ProxyLatency>,
     /// The generator.
     pub generator: GeneratorReport,
     /// The first calls with frame errors or a failure (at most [`MAX_CALL_DETAILS`]), to start
@@ -323,6 +325,20 @@ impl Report {
                 "proxy (pid {}): {:.2} CPU s ({:.0}% of a core), {:.2} µs CPU per forwarded frame ({} frames), RSS idle {:.1} MiB, peak {:.1} MiB, {:.1} KiB per call",
                 p.pid, p.cpu_s, p.cpu_pct, p.cpu_us_per_frame, p.forwarded_frames, p.rss_idle_mib, p.rss_peak_mib, p.rss_per_call_kib
             );
+        }
+        if let Some(l) = &self.proxy_latency {
+            let ms = |v: Option<f64>| v.map_or("> 5000".to_owned(), |v| format!("{v}"));
+            for (name, b) in [
+                ("uplink", &l.uplink),
+                ("downlink", &l.downlink),
+                ("barge-in", &l.barge_in),
+            ] {
+                let _ = writeln!(
+                    s,
+                    "proxy read → write ({name}, its /metrics buckets): {} samples, p50 ≤ {} ms, p99 ≤ {} ms, p99.9 ≤ {} ms, {} over 5 ms",
+                    b.samples, ms(b.p50_le_ms), ms(b.p99_le_ms), ms(b.p999_le_ms), b.over_5ms
+                );
+            }
         }
         let _ = writeln!(
             s,

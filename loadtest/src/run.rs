@@ -15,6 +15,7 @@ use tokio::time::Instant;
 use crate::hist::Histogram;
 use crate::probe::{lock, CallState, Probe, Shared, SharedSlot};
 use crate::procstat::{self, ProcSample};
+use crate::proxy_metrics;
 use crate::report::{
     truncation_stats, CallDetail, FrameReport, GeneratorReport, LatencyReport, LatencyStats,
     ProxyReport, Report, MAX_CALL_DETAILS,
@@ -82,6 +83,18 @@ pub async fn run(target: &mut Target, spec: &RunSpec) -> anyhow::Result<Report> 
     *lock(&target.slot) = Arc::clone(&shared);
     let proxy_pid = target.proxy_pid.map(|p| p.to_string());
     let proxy0 = proxy_pid.as_deref().map(procstat::sample).transpose()?;
+    // The proxy's own latency histograms before the run (the run's share is the difference).
+    let metrics0 = if target.mode == "proxy" {
+        match proxy_metrics::scrape(target.addr).await {
+            Ok(s) => Some(s),
+            Err(e) => {
+                eprintln!("note: no proxy-side latency (GET /metrics: {e:#})");
+                None
+            }
+        }
+    } else {
+        None
+    };
     let gen0 = procstat::sample("self")?;
     if let Some(mock) = &target.mock {
         mock.take_closed_sessions(); // a previous step's records
@@ -172,6 +185,16 @@ pub async fn run(target: &mut Target, spec: &RunSpec) -> anyhow::Result<Report> 
             .sum();
     }
     let proxy1 = proxy_pid.as_deref().map(procstat::sample).transpose()?;
+    let proxy_latency = match &metrics0 {
+        Some(before) => match proxy_metrics::scrape(target.addr).await {
+            Ok(after) => Some(proxy_metrics::over_run(before, &after)),
+            Err(e) => {
+                eprintln!("note: no proxy-side latency (GET /metrics: {e:#})");
+                None
+            }
+        },
+        None => None,
+    };
     let gen1 = procstat::sample("self")?;
 
     let mut report = Report {
@@ -281,6 +304,7 @@ pub async fn run(target: &mut Target, spec: &RunSpec) -> anyhow::Result<Report> 
         });
     }
     let gcpu = gen1.cpu.saturating_sub(gen0.cpu).as_secs_f64();
+    report.proxy_latency = proxy_latency;
     report.generator = GeneratorReport {
         cpu_s: gcpu,
         cpu_pct: 100.0 * gcpu / wall.as_secs_f64().max(1e-9),

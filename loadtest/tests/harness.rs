@@ -104,6 +104,44 @@ fn ten_calls_through_the_proxy_deliver_every_frame_and_barge_in() {
     assert!(p["forwarded_frames"].as_u64().unwrap() > sent);
     assert!(p["rss_peak_mib"].as_f64().unwrap() >= p["rss_idle_mib"].as_f64().unwrap());
     assert!(r["problems"].as_array().unwrap().is_empty());
+    // The proxy's own read → write view, from its /metrics: a sample per forwarded uplink frame
+    // (frames held during session setup leave together, a few per sample).
+    let own = &r["proxy_latency"];
+    let samples = own["uplink"]["samples"].as_u64().unwrap();
+    assert!(
+        (l["uplink"]["count"].as_u64().unwrap()..=sent).contains(&samples),
+        "{own}"
+    );
+    assert!(own["uplink"]["p99_le_ms"].as_f64().unwrap() > 0.0, "{own}");
+    assert_eq!(own["barge_in"]["samples"], 10, "{own}");
+}
+
+#[test]
+fn the_openai_leg_runs_over_tls_with_every_frame_delivered() {
+    let out = loadtest(&[
+        "run",
+        "--calls",
+        "4",
+        "--duration",
+        "6s",
+        "--ramp-up",
+        "1s",
+        "--openai-tls",
+        "--json",
+        "--progress",
+        "0",
+    ]);
+    let r = json(&out);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(stderr.contains("OPENAI_EXTRA_CA_FILE"), "{stderr}");
+    assert_eq!(r["calls_completed"], 4, "{stderr}");
+    let f = &r["frames"];
+    assert!(f["uplink"]["ok"].as_u64().unwrap() > 0);
+    assert_eq!(f["uplink"]["ok"], f["uplink_sent"]);
+    assert_eq!(errors(&f["uplink"]), 0);
+    assert_eq!(errors(&f["downlink"]), 0);
+    assert!(f["downlink"]["ok"].as_u64().unwrap() > 0);
 }
 
 #[test]

@@ -8,16 +8,18 @@
 //! | `/api/admin/agents/{id}` | GET, PUT, DELETE | the agent; PUT body = an agent (`id` may be omitted): 201 created / 200 replaced; DELETE 204 (409 while a number routes to it) |
 //! | `/api/admin/numbers` | GET | `{"numbers": [{"number", "agentId"}…]}` |
 //! | `/api/admin/numbers/{number}` | PUT, DELETE | PUT body `{"agentId": "…"}` (`number` E.164 or `default`): 201/200, 422 for an unknown agent; DELETE 204 |
-//! | `/api/admin/calls` | GET | `?since=&until=` (unix ms), `&status=`, `&agent=`, `&limit=` (1–1000, default 50), `&cursor=`: `{"calls": […], "nextCursor": …}`, newest first |
+//! | `/api/admin/calls` | GET | `?since=&until=` (unix ms), `&status=`, `&agent=`, `&limit=` (1–1000, default 50), `&cursor=`: `{"calls": […], "nextCursor": …}`, newest first; a filtered page examines at most [`crate::store::MAX_SCAN`] records, so it can be short (even empty) with a `nextCursor`: follow it until it is `null` |
 //! | `/api/admin/calls/{callSid}` | GET | the record with `realtimeConversation` |
-//! | `/api/admin/calls.jsonl` | GET | export: one call with its conversation per line, same filters |
+//! | `/api/admin/calls.jsonl` | GET | export: one call with its conversation per line, same filters; an answer holds at most [`EXPORT_MAX_BYTES`] (and reads at most [`EXPORT_MAX_PAGES`] pages), then ends with an `X-Next-Cursor` header: pass it as `cursor` for the rest |
 //!
 //! Errors are `{"error": "…"}` with 400 (bad JSON, bad field, bad filter or cursor), 401, 404
 //! (unknown id), 405, 409, 422.
 //!
 //! Agent and number writes are flushed to disk before the answer (they are rare, and a caller
-//! who got 200 must find them after a crash); that fsync, a few ms, runs on the connection's
-//! worker thread. Call-path writes never do this: they go through the store's queue.
+//! who got 200 must find them after a crash). Every admin request runs on tokio's blocking
+//! pool, not on the IO thread that serves calls (both drivers, `runtime::epoll::connection`):
+//! an fsync or a listing never delays a call's audio. Call-path writes never wait for the disk:
+//! they go through the store's queue.
 
 use serde_json::json;
 
@@ -275,6 +277,18 @@ fn list_calls(store: &Store, req: &Request) -> Response {
     }
 }
 
+/// Most bytes of JSONL one export answer holds: past this the answer ends after the current
+/// call, with `X-Next-Cursor` to go on from. Bounds the memory an export takes (it is built in
+/// memory) and the time it keeps a blocking thread.
+pub const EXPORT_MAX_BYTES: usize = 8 * 1024 * 1024;
+
+/// Most listing pages one export answer reads ([`crate::store::MAX_SCAN`] records examined
+/// each), so a filter that matches almost nothing in a huge store still answers promptly.
+pub const EXPORT_MAX_PAGES: usize = 20;
+
+/// Header that carries the cursor of the rest of an export cut short by the bounds above.
+pub const NEXT_CURSOR_HEADER: &str = "X-Next-Cursor";
+
 fn export_calls(store: &Store, req: &Request) -> Response {
     let (filter, cursor, _) = match call_query(req) {
         Ok(q) => q,
@@ -282,12 +296,13 @@ fn export_calls(store: &Store, req: &Request) -> Response {
     };
     let mut body = Vec::new();
     let mut cursor = cursor;
-    loop {
+    let mut rest = None;
+    for page_no in 0.. {
         let page = match store.list_calls(&filter, cursor.as_deref(), MAX_PAGE) {
             Ok(p) => p,
             Err(e) => return store_error(e),
         };
-        for record in page.calls {
+        for (record, after) in page.calls.into_iter().zip(page.cursors) {
             let items = match store.call_items(&record.call_sid) {
                 Ok(i) => i,
                 Err(e) => return store_error(e),
@@ -298,8 +313,19 @@ fn export_calls(store: &Store, req: &Request) -> Response {
             };
             serde_json::to_writer(&mut body, &line).expect("a call serializes");
             body.push(b'\n');
+            if body.len() >= EXPORT_MAX_BYTES {
+                rest = Some(after);
+                break;
+            }
+        }
+        if rest.is_some() {
+            break;
         }
         match page.next_cursor {
+            Some(c) if page_no + 1 == EXPORT_MAX_PAGES => {
+                rest = Some(c);
+                break;
+            }
             Some(c) => cursor = Some(c),
             None => break,
         }
@@ -308,6 +334,8 @@ fn export_calls(store: &Store, req: &Request) -> Response {
         status: 200,
         content_type: "application/x-ndjson",
         body,
-        headers: vec![],
+        headers: rest
+            .map(|c| vec![(NEXT_CURSOR_HEADER, c)])
+            .unwrap_or_default(),
     }
 }

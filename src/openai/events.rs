@@ -19,15 +19,14 @@
 //! ([`ServerEventParser::parse_full`]), which is the reference: whenever the fast path answers,
 //! its answer equals the tape path's (a property test checks it on generated and mutated frames).
 
-use std::cell::RefCell;
 use std::ops::Range;
 
 use simd_json::prelude::*;
 use simd_json::tape::Value as TapeValue;
-use simd_json::{Buffers, Tape};
 
 use crate::wire::flat_json::{self, FlatObject, FlatValue};
 use crate::wire::json_out::{write_str, write_u64};
+use crate::wire::json_scratch;
 
 /// One server event the bridge cares about. Everything else is [`ServerEvent::Other`].
 #[derive(Debug, Clone, PartialEq)]
@@ -214,27 +213,14 @@ const UNKNOWN_EVENT: &str = "<no type>";
 
 /// Parses server frames with reusable scratch buffers.
 ///
-/// simd-json's [`Buffers`] and the node list of the last tape are kept per thread, not per
-/// parser: both keep their capacity from frame to frame, so steady-state parsing does not
-/// allocate, and they are sized by the largest non-delta event (`session.updated` with long
-/// instructions), ~15 KiB that every call kept for its whole life when they lived here. Parsing
-/// never yields, so a thread's scratch is used by one parse at a time.
+/// simd-json's scratch space and the node list of the last tape are kept per thread
+/// ([`json_scratch`]), not per parser: both keep their capacity from frame to frame, so
+/// steady-state parsing does not allocate, and they are sized by the largest non-delta event
+/// (`session.updated` with long instructions), ~15 KiB that every call kept for its whole life
+/// when they lived here.
 #[derive(Default)]
 pub struct ServerEventParser {
     _private: (),
-}
-
-/// simd-json's scratch space (padded input copy, structural indexes, string buffer) and the
-/// emptied tape of the previous parse, kept for its allocation.
-#[derive(Default)]
-struct Scratch {
-    buffers: Buffers,
-    /// `None` only before the first parse (the tape is taken out while a frame is parsed).
-    tape: Option<Tape<'static>>,
-}
-
-thread_local! {
-    static SCRATCH: RefCell<Scratch> = RefCell::new(Scratch::default());
 }
 
 impl ServerEventParser {
@@ -267,19 +253,8 @@ impl ServerEventParser {
         &mut self,
         frame: &'a mut [u8],
     ) -> Result<ServerEvent<'a>, OpenAiParseError> {
-        SCRATCH.with(|cell| {
-            let scratch = &mut *cell.borrow_mut();
-            let mut tape: Tape<'a> = scratch
-                .tape
-                .take()
-                .map_or_else(|| Tape(Vec::new()), Tape::reset);
-            let result = match simd_json::fill_tape(frame, &mut scratch.buffers, &mut tape) {
-                Ok(()) => event_from_root(tape.as_value()),
-                Err(e) => Err(OpenAiParseError::NotJson(e.to_string())),
-            };
-            scratch.tape = Some(tape.reset());
-            result
-        })
+        json_scratch::parse_tape(frame, event_from_root)
+            .unwrap_or_else(|e| Err(OpenAiParseError::NotJson(e.to_string())))
     }
 }
 

@@ -22,7 +22,7 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 
 use crate::bridge::{Call, CallConfig, CallEvent, EndReason, Leg};
-use crate::front::http::{self, Limits, Parsed};
+use crate::front::http::{self, Limits, Parsed, Request};
 use crate::front::routes::{App, Response, Routed, UpgradeGrant};
 use crate::front::ws::{self, Decoder, Encoder, Message, Role};
 use crate::metrics::{self, CallMeter};
@@ -52,16 +52,16 @@ pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long the closing handshake and the last flush may take when a call ends.
 pub const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// Initial capacity of a leg's input and output buffers, and what a read asks room for when the
-/// input has less than [`MIN_READ_SPACE`] free. Twilio frames are ~400 bytes and deltas a few
-/// KiB, so 4 KiB reads lose nothing, while 16 KiB chunks grew every buffer to 32 KiB (a reserve
-/// of 16 KiB on a 16 KiB buffer holding a few bytes doubles it) and cost ~100 KiB of RSS per
-/// call. A buffer still grows to hold a whole message (amortised doubling) and shrinks back
-/// above [`SHRINK_ABOVE`] once empty.
-const READ_CHUNK: usize = 4 * 1024;
+/// What a read asks room for when the input has less than [`MIN_READ_SPACE`] free. Twilio frames
+/// are ~400 bytes and deltas a few KiB, so 2 KiB reads lose nothing (a bigger message takes a
+/// second read). Buffers start empty and grow to what the call's messages need (amortised
+/// doubling), then stay there: a call's buffers rest at its largest message, not at a guess
+/// (4 KiB initial capacities on five buffers were ~20 KiB of every call's ~70 KiB), and shrink
+/// back above [`SHRINK_ABOVE`] once empty.
+const READ_CHUNK: usize = 2 * 1024;
 
 /// Free input space below which a read first reserves [`READ_CHUNK`] more.
-const MIN_READ_SPACE: usize = 1024;
+const MIN_READ_SPACE: usize = 512;
 
 /// An empty input or output buffer with more capacity than this (a burst, a big message, a slow
 /// peer up to [`HIGH_WATER_BYTES`]) is shrunk back to [`READ_CHUNK`], so a call's memory returns to
@@ -151,8 +151,8 @@ pub(crate) async fn connection<S: Transport, D: Dial>(
 ) {
     let limits = Limits::default();
     let read_timeout = app.config().http_read_timeout;
-    let mut buf: Vec<u8> = Vec::with_capacity(4096);
-    let mut out: Vec<u8> = Vec::with_capacity(1024);
+    let mut buf: Vec<u8> = Vec::with_capacity(READ_CHUNK);
+    let mut out: Vec<u8> = Vec::new();
     loop {
         let request = match read_request(&mut stream, &mut buf, &limits, read_timeout).await {
             Ok(Some(r)) => r,
@@ -166,7 +166,7 @@ pub(crate) async fn connection<S: Transport, D: Dial>(
             }
         };
         let keep_alive = request.keep_alive();
-        match app.route(&request, unix_now()) {
+        match route(&app, &request).await {
             Routed::Respond(resp) => {
                 tracing::debug!(%peer, method = %request.method, path = %request.path, status = resp.status, "http");
                 metrics::http_request(&request.path, resp.status);
@@ -183,9 +183,29 @@ pub(crate) async fn connection<S: Transport, D: Dial>(
                     return;
                 }
                 let leftover = std::mem::take(&mut buf);
+                // The response buffer is not needed by the call; freed, not kept for its life.
+                drop(std::mem::take(&mut out));
                 run_call(stream, leftover, grant, app, dialer).await;
                 return;
             }
+        }
+    }
+}
+
+/// Routes a request. Admin requests (sled reads and writes, fsyncs, listings) run on tokio's
+/// blocking pool, so they never hold up the IO thread that also moves calls' audio; everything
+/// else is answered here, at once.
+async fn route(app: &Arc<App>, request: &Request) -> Routed {
+    if !request.path.starts_with(crate::front::admin::PREFIX) {
+        return app.route(request, unix_now());
+    }
+    // A copy goes to the blocking thread (admin requests are rare and at most 64 KiB).
+    let (app, copy) = (Arc::clone(app), request.clone());
+    match tokio::task::spawn_blocking(move || app.route(&copy, unix_now())).await {
+        Ok(routed) => routed,
+        Err(e) => {
+            tracing::error!(path = %request.path, "admin request failed: {e}");
+            Routed::Respond(error_response(500, "internal error"))
         }
     }
 }
@@ -227,7 +247,9 @@ async fn read_request<S: AsyncRead + Unpin>(
         } else {
             *deadline.get_or_insert_with(|| tokio::time::Instant::now() + read_timeout)
         };
-        buf.reserve(4096);
+        if buf.capacity() - buf.len() < MIN_READ_SPACE {
+            buf.reserve(READ_CHUNK);
+        }
         match tokio::time::timeout_at(limit, stream.read_buf(buf)).await {
             Err(_) if buf.is_empty() => return Ok(None),
             Err(_) => return Err(error_response(408, "request not completed in time")),
@@ -270,13 +292,11 @@ struct LegIo<R, W> {
 
 impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> LegIo<R, W> {
     fn new(rd: R, wr: W, input: Vec<u8>, role: Role, max_message: usize) -> Self {
-        let mut input = input;
-        input.reserve(READ_CHUNK);
         LegIo {
             rd,
             wr,
             input,
-            output: Vec::with_capacity(READ_CHUNK),
+            output: Vec::new(),
             decoder: Decoder::new(role, max_message),
             encoder: Encoder::new(role),
             needs_flush: false,
@@ -305,13 +325,24 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> LegIo<R, W> {
     /// side was slow to read).
     async fn finish(&mut self, drain: bool) {
         let (wr, rd) = (&mut self.wr, &mut self.rd);
-        let out = &self.output;
+        let (out, sink) = (&self.output, &mut self.input);
+        // The drained bytes go through the leg's own input buffer: a stack array here would sit
+        // in every call's task for the call's whole life (an async fn's state is as large as
+        // its largest await point).
+        sink.clear();
+        sink.reserve(MIN_READ_SPACE);
         let _ = tokio::time::timeout(CLOSE_TIMEOUT, async {
             wr.write_all(out).await?;
             wr.flush().await?;
             wr.shutdown().await?;
-            let mut sink = [0u8; 4096];
-            while drain && rd.read(&mut sink).await? > 0 {}
+            if drain {
+                loop {
+                    sink.clear();
+                    if rd.read_buf(sink).await? == 0 {
+                        break;
+                    }
+                }
+            }
             Ok::<(), io::Error>(())
         })
         .await;
@@ -495,7 +526,7 @@ async fn run_call<S: Transport, D: Dial>(
     // Boxed, and dropped once it resolves: inline, the connect future (TCP connect, TLS
     // handshake state, its timeout) stayed in the call's task for the whole call.
     let mut connect = Some(Box::pin(dialer.dial()));
-    let mut scratch: Vec<u8> = Vec::with_capacity(READ_CHUNK);
+    let mut scratch: Vec<u8> = Vec::new();
     let mut tw_open = true;
     let mut oa_open = false;
     // One timer per call, moved only when the deadline comes earlier than the armed one or the

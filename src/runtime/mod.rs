@@ -201,6 +201,7 @@ impl Server {
 fn open_store(cfg: &Config) -> anyhow::Result<Store> {
     let opts = StoreOptions {
         flush_every: cfg.store_flush,
+        cache_bytes: cfg.store_cache_bytes,
         config_agent: Arc::clone(&cfg.agent),
     };
     let store = Store::open(&cfg.data_dir, opts)

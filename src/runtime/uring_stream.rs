@@ -39,8 +39,10 @@ pub const RX_CAP: usize = 64 * 1024;
 /// Unsent bytes accepted before `poll_write` returns `Pending`.
 pub const TX_CAP: usize = 64 * 1024;
 
-/// Bytes asked for per recv.
-const READ_CHUNK: usize = 16 * 1024;
+/// Bytes asked for per recv: the reader's one buffer. Twilio frames are ~400 bytes and deltas a
+/// few KiB; a bigger message takes more recvs. (16 KiB here, with 16 KiB initial `rx`/`tx`
+/// and writer buffers, was ~64 KiB of every socket's memory.)
+const READ_CHUNK: usize = 4 * 1024;
 
 /// How long the bytes still queued when the stream is dropped may take to leave.
 pub const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
@@ -113,11 +115,8 @@ impl UringStream {
     pub fn new(sock: TcpStream) -> UringStream {
         let inner = Rc::new(Inner {
             sock: Rc::new(sock),
-            shared: Rc::new(RefCell::new(Shared {
-                rx: Vec::with_capacity(READ_CHUNK),
-                tx: Vec::with_capacity(READ_CHUNK),
-                ..Shared::default()
-            })),
+            // `rx` and `tx` start empty and grow to what the connection's messages need.
+            shared: Rc::new(RefCell::new(Shared::default())),
             reader: Rc::new(Notify::new()),
             writer: Rc::new(Notify::new()),
         });
@@ -180,7 +179,7 @@ async fn reader(sock: Rc<TcpStream>, shared: Rc<RefCell<Shared>>, doorbell: Rc<N
 /// Sends what the owner queued, swapping `tx` with its own buffer; after the close, sends what
 /// is left (bounded by [`CLOSE_TIMEOUT`]) and shuts the write side.
 async fn writer(sock: Rc<TcpStream>, shared: Rc<RefCell<Shared>>, doorbell: Rc<Notify>) {
-    let mut out: Vec<u8> = Vec::with_capacity(READ_CHUNK);
+    let mut out: Vec<u8> = Vec::new();
     loop {
         let (idle, closing) = {
             let mut s = shared.borrow_mut();

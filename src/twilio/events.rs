@@ -33,10 +33,9 @@ use std::ops::Range;
 
 use simd_json::prelude::*;
 use simd_json::value::tape::{Object, Value};
-use simd_json::{Buffers, Tape};
 
 use crate::wire::flat_json::{self, FlatObject, FlatValue};
-use crate::wire::{b64, json_out};
+use crate::wire::{b64, json_out, json_scratch};
 
 /// One message received from Twilio on a Media Stream.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -157,24 +156,12 @@ impl TwilioParseError {
     }
 }
 
-/// Parses inbound frames; owns reusable scratch buffers so steady-state parsing does not
-/// allocate.
+/// Parses inbound frames. Frames the fast path does not take are parsed by simd-json with the
+/// thread's scratch space ([`json_scratch`]), so steady-state parsing does not allocate and a
+/// call keeps no parser memory of its own.
+#[derive(Default)]
 pub struct TwilioParser {
-    /// simd-json's scratch space (padded input copy, structural indexes, stack); grows to the
-    /// largest frame seen and is then reused.
-    buffers: Buffers,
-    /// The allocation of simd-json's tape, kept empty between frames (`Tape::reset` detaches
-    /// it from the previous frame's lifetime).
-    tape: Tape<'static>,
-}
-
-impl Default for TwilioParser {
-    fn default() -> Self {
-        TwilioParser {
-            buffers: Buffers::default(),
-            tape: Tape(Vec::new()),
-        }
-    }
+    _private: (),
 }
 
 impl TwilioParser {
@@ -203,13 +190,8 @@ impl TwilioParser {
         &mut self,
         frame: &'a mut [u8],
     ) -> Result<TwilioEvent<'a>, TwilioParseError> {
-        let mut tape: Tape<'a> = std::mem::replace(&mut self.tape, Tape(Vec::new())).reset();
-        let result = match simd_json::fill_tape(frame, &mut self.buffers, &mut tape) {
-            Ok(()) => event_from_tape(tape.as_value()),
-            Err(e) => Err(TwilioParseError::NotJson(e.to_string())),
-        };
-        self.tape = tape.reset();
-        result
+        json_scratch::parse_tape(frame, event_from_tape)
+            .unwrap_or_else(|e| Err(TwilioParseError::NotJson(e.to_string())))
     }
 }
 

@@ -464,7 +464,10 @@ impl RawStream {
                 .expect("callbridge sends valid websocket");
             let consumed = decoded.consumed;
             if let Some(Message::Pong(p)) = decoded.message {
-                return p.to_vec();
+                let payload = p.to_vec();
+                // Consumed, so the next call waits for the next pong.
+                self.input.drain(..consumed);
+                return payload;
             }
             self.input.drain(..consumed);
             if consumed > 0 {

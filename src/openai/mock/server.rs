@@ -8,13 +8,17 @@
 //!
 //! With [`MockServerConfig::self_check`] every event the mock sends is validated against the
 //! server JSON Schema and violations are recorded, so tests catch a mock that drifts from the API.
+//!
+//! With [`MockServerConfig::tls`] it serves `wss://` like the real endpoint, so the proxy's TLS
+//! client (rustls, on both drivers) is exercised end to end against a test CA
+//! (`OPENAI_EXTRA_CA_FILE`).
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use super::{MockConfig, MockSession, MockStats};
@@ -29,7 +33,7 @@ const MAX_CLIENT_MESSAGE_BYTES: usize = 16 * 1024 * 1024;
 const UPGRADE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Settings of the mock server.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct MockServerConfig {
     /// The script and behaviour of each session.
     pub session: MockConfig,
@@ -45,6 +49,59 @@ pub struct MockServerConfig {
     /// Keep every non-delta event sent in [`SessionRecord::sent_events`] (on by default; the
     /// load test turns it off so long runs do not grow the generator's memory).
     pub keep_sent_events: bool,
+    /// Serve TLS (`wss://`) with this configuration ([`tls_config`]); `None`: plain `ws://`.
+    pub tls: Option<Arc<rustls::ServerConfig>>,
+}
+
+impl std::fmt::Debug for MockServerConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MockServerConfig")
+            .field("session", &self.session)
+            .field("self_check", &self.self_check)
+            .field("latency", &self.latency)
+            .field("short_sessions", &self.short_sessions)
+            .field("keep_sent_events", &self.keep_sent_events)
+            .field("tls", &self.tls.is_some())
+            .finish()
+    }
+}
+
+/// Why a TLS certificate or key could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum MockTlsError {
+    /// The certificate PEM holds no certificate, or does not parse.
+    #[error("TLS certificate: {0}")]
+    Certificate(String),
+    /// The key PEM holds no private key, or does not parse.
+    #[error("TLS key: {0}")]
+    Key(String),
+    /// rustls refused the pair (e.g. the key does not match the certificate).
+    #[error("TLS configuration: {0}")]
+    Config(String),
+}
+
+/// A TLS server configuration from a PEM certificate chain and its PEM private key.
+pub fn tls_config(
+    cert_pem: &[u8],
+    key_pem: &[u8],
+) -> Result<Arc<rustls::ServerConfig>, MockTlsError> {
+    let certs: Vec<_> = rustls_pemfile::certs(&mut std::io::BufReader::new(cert_pem))
+        .collect::<Result<_, _>>()
+        .map_err(|e| MockTlsError::Certificate(e.to_string()))?;
+    if certs.is_empty() {
+        return Err(MockTlsError::Certificate("no PEM certificate found".into()));
+    }
+    let key = rustls_pemfile::private_key(&mut std::io::BufReader::new(key_pem))
+        .map_err(|e| MockTlsError::Key(e.to_string()))?
+        .ok_or_else(|| MockTlsError::Key("no PEM private key found".into()))?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| MockTlsError::Config(e.to_string()))?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .map_err(|e| MockTlsError::Config(e.to_string()))?;
+    Ok(Arc::new(config))
 }
 
 impl Default for MockServerConfig {
@@ -59,6 +116,7 @@ impl Default for MockServerConfig {
             latency: Duration::ZERO,
             short_sessions: None,
             keep_sent_events: true,
+            tls: None,
         }
     }
 }
@@ -101,6 +159,8 @@ pub struct SessionRecord {
 pub struct MockServer {
     /// Where it listens.
     pub addr: SocketAddr,
+    /// Whether it serves `wss://`.
+    tls: bool,
     records: Arc<Mutex<Vec<Arc<Mutex<SessionRecord>>>>>,
     shutdown: watch::Sender<bool>,
 }
@@ -110,6 +170,7 @@ impl MockServer {
     pub async fn start(listen: SocketAddr, cfg: MockServerConfig) -> std::io::Result<MockServer> {
         let listener = TcpListener::bind(listen).await?;
         let addr = listener.local_addr()?;
+        let tls = cfg.tls.is_some();
         let records: Arc<Mutex<Vec<Arc<Mutex<SessionRecord>>>>> = Arc::default();
         let (shutdown, mut rx) = watch::channel(false);
         let recs = Arc::clone(&records);
@@ -129,7 +190,19 @@ impl MockServer {
                                 session_cfg.max_session_ms = Some(ms);
                             }
                         }
-                        tokio::spawn(async move { connection(stream, conn_no, cfg, session_cfg, recs).await });
+                        tokio::spawn(async move {
+                            let _ = stream.set_nodelay(true);
+                            match cfg.tls.clone() {
+                                None => connection(stream, conn_no, cfg, session_cfg, recs).await,
+                                Some(tls) => {
+                                    let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+                                    let handshake = tokio::time::timeout(UPGRADE_TIMEOUT, acceptor.accept(stream));
+                                    if let Ok(Ok(stream)) = handshake.await {
+                                        connection(stream, conn_no, cfg, session_cfg, recs).await;
+                                    }
+                                }
+                            }
+                        });
                     }
                     _ = rx.changed() => return,
                 }
@@ -137,6 +210,7 @@ impl MockServer {
         });
         Ok(MockServer {
             addr,
+            tls,
             records,
             shutdown,
         })
@@ -144,7 +218,8 @@ impl MockServer {
 
     /// The `ws://` URL callbridge should use.
     pub fn url(&self) -> String {
-        format!("ws://{}/v1/realtime?model=gpt-realtime", self.addr)
+        let scheme = if self.tls { "wss" } else { "ws" };
+        format!("{scheme}://{}/v1/realtime?model=gpt-realtime", self.addr)
     }
 
     /// A snapshot of every session so far (live ones with stats as of their last update).
@@ -212,7 +287,9 @@ fn refuse(status: u16, message: &str) -> Vec<u8> {
 }
 
 /// Reads and checks the upgrade request; `Err` is the refusal to send.
-async fn accept_upgrade(stream: &mut TcpStream) -> Result<(String, Vec<u8>), Vec<u8>> {
+async fn accept_upgrade<S: AsyncRead + Unpin>(
+    stream: &mut S,
+) -> Result<(String, Vec<u8>), Vec<u8>> {
     let mut buf = Vec::with_capacity(2048);
     let limits = Limits::default();
     let deadline = tokio::time::Instant::now() + UPGRADE_TIMEOUT;
@@ -258,14 +335,13 @@ async fn accept_upgrade(stream: &mut TcpStream) -> Result<(String, Vec<u8>), Vec
     Ok((accept, buf))
 }
 
-async fn connection(
-    mut stream: TcpStream,
+async fn connection<S: AsyncRead + AsyncWrite + Unpin>(
+    mut stream: S,
     conn_no: u64,
     cfg: Arc<MockServerConfig>,
     session_cfg: MockConfig,
     recs: Arc<Mutex<Vec<Arc<Mutex<SessionRecord>>>>>,
 ) {
-    let _ = stream.set_nodelay(true);
     let (accept, mut input) = match accept_upgrade(&mut stream).await {
         Ok(x) => x,
         Err(refusal) => {
