@@ -11,6 +11,7 @@
 //! - `procstat`: CPU and RSS from `/proc`.
 //! - `run`: one fixed-N run; `report`: the report, its verdict, table and JSON.
 //! - `direct`: the floor: callers against the mock with callbridge's core in-process, no proxy.
+//! - `relay_floor`: the loopback relay floor: a minimal relay per IO model, no callbridge.
 
 mod direct;
 mod hist;
@@ -18,6 +19,7 @@ mod probe;
 mod procstat;
 mod proxy;
 mod proxy_metrics;
+mod relay_floor;
 mod report;
 mod run;
 mod scenario;
@@ -61,6 +63,9 @@ enum Command {
     Run(RunArgs),
     /// Raise N step by step until the p99 budget breaks; report the largest N within it.
     Ramp(RampArgs),
+    /// The loopback relay floor: what a minimal relay (epoll, tokio, io_uring) costs per frame
+    /// with this traffic shape (README "The loopback relay floor").
+    RelayFloor(relay_floor::FloorArgs),
 }
 
 #[derive(Args)]
@@ -180,7 +185,11 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
 
 fn main() {
     let cli = Cli::parse();
-    match real_main(cli) {
+    let result = match &cli.command {
+        Command::RelayFloor(a) => relay_floor::main(a),
+        _ => real_main(cli),
+    };
+    match result {
         Ok(true) => {}
         Ok(false) => std::process::exit(1),
         Err(e) => {
@@ -194,6 +203,7 @@ fn common(cli: &Cli) -> &Common {
     match &cli.command {
         Command::Run(a) => &a.common,
         Command::Ramp(a) => &a.common,
+        Command::RelayFloor(_) => unreachable!("relay-floor has no common options"),
     }
 }
 
@@ -237,6 +247,7 @@ async fn async_main(cli: Cli) -> anyhow::Result<bool> {
     let max_calls = match &cli.command {
         Command::Run(a) => a.calls,
         Command::Ramp(a) => a.max,
+        Command::RelayFloor(_) => unreachable!("handled in main"),
     };
     if max_calls == 0 || max_calls > MAX_CALLS {
         bail!("calls must be between 1 and {MAX_CALLS}");
@@ -278,6 +289,7 @@ async fn async_main(cli: Cli) -> anyhow::Result<bool> {
             Ok(report.passed())
         }
         Command::Ramp(a) => ramp(&mut target, &a, progress, json).await,
+        Command::RelayFloor(_) => unreachable!("handled in main"),
     }
 }
 
