@@ -365,6 +365,13 @@ impl RawStream {
         self.stream.write_all(bytes).await.expect("send raw");
     }
 
+    /// Sends a ping frame (masked, as a client's must be).
+    pub async fn send_ping(&mut self, payload: &[u8]) {
+        let mut out = Vec::new();
+        self.enc.ping(&mut out, payload);
+        self.stream.write_all(&out).await.expect("send ping");
+    }
+
     /// Sends a binary frame.
     pub async fn send_binary(&mut self, payload: &[u8]) {
         let mut out = Vec::new();
@@ -419,37 +426,56 @@ impl RawStream {
         self.send(json!({"event": "stop", "sequenceNumber": seq, "streamSid": sid, "stop": {"accountSid": webhook::sid("AC", 1), "callSid": call}})).await;
     }
 
-    /// The next message from callbridge: `Ok(Some(json))`, `Ok(None)` on timeout, `Err(close
-    /// code)` when it closed.
-    pub async fn recv(&mut self, within: Duration) -> Result<Option<Value>, Option<u16>> {
-        let deadline = tokio::time::Instant::now() + within;
+    /// The next frame from callbridge that `pick` takes (`Some`), skipping the others; `Ok(None)`
+    /// past `deadline`, `Err(())` when the socket closed or failed.
+    async fn next_frame<T>(
+        &mut self,
+        deadline: tokio::time::Instant,
+        mut pick: impl FnMut(Message<'_>) -> Option<T>,
+    ) -> Result<Option<T>, ()> {
         loop {
             let decoded = self
                 .dec
                 .decode(&mut self.input)
                 .expect("callbridge sends valid websocket");
             let consumed = decoded.consumed;
-            let msg = match decoded.message {
-                Some(Message::Text(t)) => Some(Ok(
-                    serde_json::from_slice::<Value>(t).expect("callbridge sends JSON")
-                )),
-                Some(Message::Close { code, .. }) => Some(Err(code)),
-                Some(Message::Binary(_)) => panic!("callbridge sent a binary frame to twilio"),
-                _ => None,
-            };
+            let picked = decoded.message.and_then(&mut pick);
+            // Consumed before returning, so the next call waits for the next frame.
             self.input.drain(..consumed);
-            match msg {
-                Some(Ok(v)) => return Ok(Some(v)),
-                Some(Err(code)) => return Err(code),
-                None if consumed > 0 => continue,
-                None => {}
+            if picked.is_some() {
+                return Ok(picked);
+            }
+            if consumed > 0 {
+                continue;
             }
             let mut chunk = [0u8; 16384];
             match tokio::time::timeout_at(deadline, self.stream.read(&mut chunk)).await {
                 Err(_) => return Ok(None),
-                Ok(Ok(0)) | Ok(Err(_)) => return Err(None),
+                Ok(Ok(0)) | Ok(Err(_)) => return Err(()),
                 Ok(Ok(n)) => self.input.extend_from_slice(&chunk[..n]),
             }
+        }
+    }
+
+    /// The next message from callbridge: `Ok(Some(json))`, `Ok(None)` on timeout, `Err(close
+    /// code)` when it closed.
+    pub async fn recv(&mut self, within: Duration) -> Result<Option<Value>, Option<u16>> {
+        let deadline = tokio::time::Instant::now() + within;
+        let next = self
+            .next_frame(deadline, |m| match m {
+                Message::Text(t) => Some(Ok(
+                    serde_json::from_slice::<Value>(t).expect("callbridge sends JSON")
+                )),
+                Message::Close { code, .. } => Some(Err(code)),
+                Message::Binary(_) => panic!("callbridge sent a binary frame to twilio"),
+                _ => None,
+            })
+            .await;
+        match next {
+            Ok(Some(Ok(v))) => Ok(Some(v)),
+            Ok(Some(Err(code))) => Err(code),
+            Ok(None) => Ok(None),
+            Err(()) => Err(None),
         }
     }
 
@@ -457,29 +483,16 @@ impl RawStream {
     /// skipped; [`RawStream::recv`] skips control frames, so it cannot see one).
     pub async fn expect_pong(&mut self, within: Duration) -> Vec<u8> {
         let deadline = tokio::time::Instant::now() + within;
-        loop {
-            let decoded = self
-                .dec
-                .decode(&mut self.input)
-                .expect("callbridge sends valid websocket");
-            let consumed = decoded.consumed;
-            if let Some(Message::Pong(p)) = decoded.message {
-                let payload = p.to_vec();
-                // Consumed, so the next call waits for the next pong.
-                self.input.drain(..consumed);
-                return payload;
-            }
-            self.input.drain(..consumed);
-            if consumed > 0 {
-                continue;
-            }
-            let mut chunk = [0u8; 16384];
-            let n = tokio::time::timeout_at(deadline, self.stream.read(&mut chunk))
-                .await
-                .expect("a pong in time")
-                .expect("read");
-            assert!(n > 0, "callbridge closed before the pong");
-            self.input.extend_from_slice(&chunk[..n]);
+        let pong = self
+            .next_frame(deadline, |m| match m {
+                Message::Pong(p) => Some(p.to_vec()),
+                _ => None,
+            })
+            .await;
+        match pong {
+            Ok(Some(p)) => p,
+            Ok(None) => panic!("no pong within {within:?}"),
+            Err(()) => panic!("callbridge closed before the pong"),
         }
     }
 
