@@ -299,15 +299,6 @@ fn parsers_and_encoders_of_the_hot_path_allocate_nothing_once_warm() {
     assert_eq!(n, 0, "{n} allocations in 1000 parses and encodes");
 }
 
-#[test]
-fn the_counter_counts_allocations_of_this_thread() {
-    let n = allocations_in(|| {
-        let v: Vec<u8> = Vec::with_capacity(std::hint::black_box(16));
-        std::hint::black_box(v);
-    });
-    assert_eq!(n, 1);
-}
-
 /// Histogram samples per block of the exporter's lock-free sample buffer (metrics-util's
 /// `AtomicBucket`, 64 on 64-bit targets): recording allocates one block per this many samples,
 /// until upkeep drains them.

@@ -79,3 +79,13 @@ pub fn allocations_in(f: impl FnOnce()) -> u64 {
     f();
     stop_counting()
 }
+
+/// The counter itself, in every test binary that installs it: one allocation is one count.
+#[test]
+fn the_counter_counts_allocations_of_this_thread() {
+    let n = allocations_in(|| {
+        let v: Vec<u8> = Vec::with_capacity(std::hint::black_box(16));
+        std::hint::black_box(v);
+    });
+    assert_eq!(n, 1);
+}
