@@ -571,13 +571,14 @@ impl StreamSession {
         // to clear (protocol.md 6.2 step 1 goes by what the proxy has been told): a clear that
         // arrives within CLEAR_RACE_WINDOW of the last echo crossed it, anything later is a
         // clear the proxy could have known to be pointless.
+        // After echo_due: an echo that became due in this same turn leaves now, and crossed it.
+        self.echo_due(now, out);
         let last_echo_at = self
             .echoed
             .iter()
             .rev()
             .find(|m| !m.discarded)
             .map(|m| m.at);
-        self.echo_due(now, out);
         let was_playing = self.playout.is_playing();
         let since_open = now.saturating_duration_since(self.opened_at);
         let crossed_last_echo = !was_playing
@@ -940,6 +941,19 @@ mod tests {
         assert_eq!(r.clears[0].item_id.as_deref(), Some("item_A"));
         assert_eq!(r.clears[0].item_played_ms, 20);
         assert_eq!(r.violations[0].kind, ViolationKind::ClearWhileIdle);
+    }
+
+    #[test]
+    fn a_clear_that_finds_the_last_echo_due_crossed_it() {
+        let (mut s, t0, _) = session(Script::hello_then_hang_up(5000));
+        let mut out = Vec::new();
+        s.handle_text(t0, media_msg(160).as_bytes(), &mut out);
+        s.handle_text(t0, mark_msg("e=0;i=item_A;ms=20").as_bytes(), &mut out);
+        // No timeout in between: the echo becomes due, and leaves, with the clear itself.
+        s.handle_text(t0 + ms(30), clear_msg().as_bytes(), &mut out);
+        let r = s.report(t0 + ms(30));
+        assert!(!r.clears[0].was_playing);
+        assert!(r.violations.is_empty(), "{:?}", r.violations);
     }
 
     #[test]
