@@ -5,7 +5,7 @@
 mod common;
 
 use std::collections::HashMap;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use callbridge::demo::demo_script;
 use callbridge::sim::caller::{run_call, CallerConfig};
@@ -18,13 +18,6 @@ const FLUSH_MS: u64 = 100;
 
 /// Time one batch write and its flush may take on top of the interval (a loaded 2-core VM).
 const BATCH_SLACK_MS: u64 = 100;
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as u64
-}
 
 /// `2026-11-30T08:22:22.930559Z` as unix ms.
 fn parse_rfc3339_ms(ts: &str) -> Option<u64> {
@@ -118,7 +111,7 @@ async fn kill_9_during_twenty_calls_loses_nothing_older_than_the_flush_interval(
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let killed_at = now_ms();
+    let killed_at = callbridge::store::unix_ms();
     proxy.kill();
     let log = proxy.log();
     for t in tasks {

@@ -302,7 +302,7 @@ fn export_calls(store: &Store, req: &Request) -> Response {
             Ok(p) => p,
             Err(e) => return store_error(e),
         };
-        for (record, after) in page.calls.into_iter().zip(page.cursors) {
+        for record in page.calls {
             let items = match store.call_items(&record.call_sid) {
                 Ok(i) => i,
                 Err(e) => return store_error(e),
@@ -314,7 +314,7 @@ fn export_calls(store: &Store, req: &Request) -> Response {
             serde_json::to_writer(&mut body, &line).expect("a call serializes");
             body.push(b'\n');
             if body.len() >= EXPORT_MAX_BYTES {
-                rest = Some(after);
+                rest = Some(crate::store::cursor_after(&line.record));
                 break;
             }
         }

@@ -148,8 +148,8 @@ pub fn signature(auth_token: &str, url: &str, params: &[(String, String)]) -> St
 }
 
 /// Appends an HTTP/1.1 request like Twilio's webhook requests: `Host`, Twilio's `User-Agent`,
-/// `extra_headers` (e.g. `X-Twilio-Signature`), a form `Content-Type` and `Content-Length` when
-/// there is a body, `Connection: close` (one request per connection keeps the client trivial).
+/// `extra_headers` (e.g. `X-Twilio-Signature`), a form `Content-Type` (unless `extra_headers`
+/// name one) and `Content-Length` when there is a body, `Connection: close` (one request per connection keeps the client trivial).
 pub fn write_request(
     out: &mut Vec<u8>,
     method: &str,
@@ -164,8 +164,13 @@ pub fn write_request(
     for (k, v) in extra_headers {
         head.push_str(&format!("{k}: {v}\r\n"));
     }
+    let typed = extra_headers
+        .iter()
+        .any(|(k, _)| k.eq_ignore_ascii_case("content-type"));
     if !body.is_empty() || method == "POST" {
-        head.push_str("Content-Type: application/x-www-form-urlencoded\r\n");
+        if !typed {
+            head.push_str("Content-Type: application/x-www-form-urlencoded\r\n");
+        }
         head.push_str(&format!("Content-Length: {}\r\n", body.len()));
     }
     head.push_str("Connection: close\r\n\r\n");
@@ -450,6 +455,22 @@ mod tests {
         assert!(text.contains("\r\nX-Twilio-Signature: abc=\r\n"));
         assert!(text.contains("\r\nContent-Type: application/x-www-form-urlencoded\r\n"));
         assert!(text.ends_with("Content-Length: 3\r\nConnection: close\r\n\r\na=1"));
+    }
+
+    #[test]
+    fn a_named_content_type_is_the_only_one() {
+        let mut out = Vec::new();
+        write_request(
+            &mut out,
+            "PUT",
+            "h",
+            "/x",
+            &[("Content-Type", "application/json")],
+            b"{}",
+        );
+        let text = String::from_utf8(out).unwrap();
+        assert_eq!(text.matches("Content-Type:").count(), 1, "{text}");
+        assert!(text.contains("\r\nContent-Type: application/json\r\n"));
     }
 
     #[test]

@@ -33,6 +33,7 @@ pub mod sink;
 pub mod writer;
 
 use std::collections::HashMap;
+use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -212,10 +213,12 @@ pub struct CallPage {
     /// than `limit` calls (even none) and still have a next one: a filtered listing examines
     /// at most [`MAX_SCAN`] records per page.
     pub next_cursor: Option<String>,
-    /// For each call of `calls`, the cursor that continues right after it (a caller that uses
-    /// only part of a page, like the byte-bounded export, resumes from here).
-    #[serde(skip)]
-    pub cursors: Vec<String>,
+}
+
+/// The cursor that continues a listing right after `record` (for a caller that uses only part of
+/// a page, like the byte-bounded export): its key in the time index.
+pub fn cursor_after(record: &CallRecord) -> String {
+    encode_cursor(&time_key(record.started_at_ms, &record.call_sid))
 }
 
 /// A call with its whole conversation.
@@ -258,7 +261,6 @@ pub struct Store {
 
 struct Inner {
     trees: Trees,
-    dir: PathBuf,
     tx: Sender<Op>,
     writer: Mutex<Option<std::thread::JoinHandle<()>>>,
     queue_full: metrics::Counter,
@@ -328,7 +330,6 @@ impl Store {
         let store = Store {
             inner: Arc::new(Inner {
                 trees: trees.clone(),
-                dir: dir.to_owned(),
                 tx,
                 writer: Mutex::new(None),
                 queue_full: metrics::counter!(crate::metrics::STORE_QUEUE_FULL),
@@ -350,11 +351,6 @@ impl Store {
             })?;
         *store.inner.writer.lock().unwrap_or_else(|e| e.into_inner()) = Some(handle);
         Ok(store)
-    }
-
-    /// The directory.
-    pub fn dir(&self) -> &Path {
-        &self.inner.dir
     }
 
     /// Hands an op to the writer without waiting: `false` when it was dropped (queue full,
@@ -669,7 +665,6 @@ impl Store {
             }
         }
         let mut calls = Vec::new();
-        let mut cursors = Vec::new();
         let mut last_key = None;
         if lower < upper {
             let mut examined: Option<sled::IVec> = None;
@@ -702,7 +697,6 @@ impl Store {
                         .is_none_or(|a| record.agent_id.as_deref() == Some(a));
                 if keep {
                     calls.push(record);
-                    cursors.push(encode_cursor(&k));
                     if calls.len() == limit {
                         last_key = Some(k.to_vec());
                         break;
@@ -713,7 +707,6 @@ impl Store {
         Ok(CallPage {
             calls,
             next_cursor: last_key.map(|k| encode_cursor(&k)),
-            cursors,
         })
     }
 }
@@ -732,7 +725,11 @@ fn parse_doc<T: serde::de::DeserializeOwned>(
 
 /// A cursor is the hex of the last index key handed out (the next page lists what is below it).
 fn encode_cursor(key: &[u8]) -> String {
-    key.iter().map(|b| format!("{b:02x}")).collect()
+    let mut hex = String::with_capacity(2 * key.len());
+    for b in key {
+        let _ = write!(hex, "{b:02x}");
+    }
+    hex
 }
 
 fn decode_cursor(c: &str) -> Option<Vec<u8>> {

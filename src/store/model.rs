@@ -287,30 +287,6 @@ impl Agent {
             noise_reduction: self.noise_reduction.clone(),
         }
     }
-
-    /// An agent document for settings that came from the configuration (`AGENT_*`).
-    pub fn from_settings(s: &AgentSettings) -> Agent {
-        Agent {
-            id: s.id.clone(),
-            name: format!("{} (from the configuration)", s.id),
-            voice: s.voice.clone(),
-            instructions: s.instructions.clone(),
-            greeting: s.greeting.clone(),
-            transcription: s.transcription_model.as_ref().map(|m| Transcription {
-                model: m.clone(),
-                language: s.language.clone(),
-            }),
-            turn_detection: TurnDetection {
-                kind: SERVER_VAD.to_owned(),
-                threshold: s.turn_detection.threshold,
-                prefix_padding_ms: s.turn_detection.prefix_padding_ms,
-                silence_duration_ms: s.turn_detection.silence_duration_ms,
-            },
-            tools: s.tools.clone(),
-            speed: s.speed,
-            noise_reduction: s.noise_reduction.clone(),
-        }
-    }
 }
 
 /// Where a call is.
@@ -353,14 +329,6 @@ impl CallStatus {
         ]
         .into_iter()
         .find(|c| c.as_str() == s)
-    }
-
-    /// Whether the call is over.
-    pub fn is_final(self) -> bool {
-        matches!(
-            self,
-            CallStatus::Completed | CallStatus::Failed | CallStatus::Fallback
-        )
     }
 }
 
