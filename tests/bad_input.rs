@@ -14,7 +14,10 @@ use callbridge::openai::mock::server::{strict_client_check, MockServer, SessionR
 use callbridge::sim::script::{read_tag, tag_frame, FRAME_BYTES};
 use callbridge::sim::twiml::Twiml;
 use callbridge::sim::webhook::{self, parse_response, HttpResponse};
-use common::{after_stream, closed_sessions, http, http_raw, mock, webhook, Proxy, RawStream};
+use common::{
+    after_stream, closed_sessions, eventually, http, http_raw, logged, mock, webhook, Proxy,
+    RawStream,
+};
 use serde_json::{json, Value};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
@@ -33,20 +36,6 @@ fn media(sid: &str, seq: u64, payload: &str) -> Value {
     json!({"event": "media", "sequenceNumber": seq.to_string(), "streamSid": sid,
         "media": {"track": "inbound", "chunk": seq.to_string(), "timestamp": (seq * 20).to_string(),
             "payload": payload}})
-}
-
-/// Polls `cond` every 10 ms until it holds or `within` passed; returns whether it held.
-async fn eventually(within: Duration, mut cond: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + within;
-    loop {
-        if cond() {
-            return true;
-        }
-        if Instant::now() > deadline {
-            return false;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
 }
 
 /// Whether the mock has confirmed a session (sent `session.updated`).
@@ -102,11 +91,6 @@ fn appended_tags(s: &SessionRecord) -> Vec<(u32, u32)> {
         .iter()
         .map(|a| read_tag(&B64.decode(a).expect("base64 append")).expect("tagged frame"))
         .collect()
-}
-
-/// Waits (up to 2 s: stderr is read by another thread) until the log contains `needle`.
-async fn logged(proxy: &Proxy, needle: &str) -> bool {
-    eventually(Duration::from_secs(2), || proxy.log().contains(needle)).await
 }
 
 /// Waits for the "call finished" summary line (logged after both legs are closed).

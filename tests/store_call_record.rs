@@ -215,13 +215,7 @@ async fn an_agent_with_a_greeting_speaks_first_and_an_unknown_agent_id_gets_the_
     .await;
     assert_eq!(rec["agentId"], "greeter");
     let warned = "unknown agent: using the default agent";
-    for _ in 0..100 {
-        if proxy.log().contains(warned) {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    assert!(proxy.log().contains(warned), "{}", proxy.log());
+    assert!(common::logged(&proxy, warned).await, "{}", proxy.log());
     raw.stop().await;
     let rec = wait_for_call(addr, &sid("CA", 42), Duration::from_secs(5), |v| {
         v["status"] == "completed"

@@ -122,13 +122,7 @@ async fn kill_9_during_twenty_calls_loses_nothing_older_than_the_flush_interval(
     let proxy = Proxy::with_mock(&mock, &env);
     // (stderr is read by another thread: give the line a moment to arrive.)
     let marked = "marked calls left in progress by a previous process as failed";
-    for _ in 0..100 {
-        if proxy.log().contains(marked) {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    assert!(proxy.log().contains(marked), "{}", proxy.log());
+    assert!(common::logged(&proxy, marked).await, "{}", proxy.log());
     // Every record parses (the listing reads them all) ...
     let (status, page) = admin(proxy.addr, "GET", "/api/admin/calls?limit=1000", "").await;
     assert_eq!(status, 200, "{page}");

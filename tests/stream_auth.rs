@@ -12,7 +12,8 @@ use callbridge::openai::mock::server::{MockServer, SessionRecord};
 use callbridge::sim::twiml::{StreamVerb, Twiml, Verb};
 use callbridge::sim::webhook::{self, CallIdentity, HttpResponse};
 use common::{
-    after_stream, closed_sessions, http, mock, signed_post, webhook, Proxy, RawStream, AUTH_TOKEN,
+    after_stream, closed_sessions, eventually, http, logged, mock, signed_post, webhook, Proxy,
+    RawStream, AUTH_TOKEN,
 };
 use serde_json::{json, Value};
 
@@ -55,25 +56,6 @@ fn call_id(stream: &StreamVerb) -> &str {
 async fn upgrade_signed(addr: SocketAddr, path: &str, token: &str) -> Result<RawStream, u16> {
     let sig = webhook::signature(token, &format!("wss://{addr}{path}"), &[]);
     RawStream::connect(addr, path, &[("x-twilio-signature", &sig)]).await
-}
-
-/// Polls `cond` every 10 ms until it holds or `within` passed; returns whether it held.
-async fn eventually(within: Duration, mut cond: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + within;
-    loop {
-        if cond() {
-            return true;
-        }
-        if Instant::now() > deadline {
-            return false;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-}
-
-/// Waits (stderr is read by another thread) until the log contains `needle`.
-async fn logged(proxy: &Proxy, needle: &str) -> bool {
-    eventually(Duration::from_secs(2), || proxy.log().contains(needle)).await
 }
 
 /// The conference TwiML for call `n`: the Japanese `<Say>`, then `support-{CallSid}`.

@@ -47,6 +47,25 @@ pub async fn run_signed_call(proxy: &Proxy, mut caller: CallerConfig) -> CallRep
     report
 }
 
+/// Polls `cond` every 10 ms until it holds or `within` passed; returns whether it held.
+pub async fn eventually(within: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + within;
+    loop {
+        if cond() {
+            return true;
+        }
+        if Instant::now() > deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Waits up to 2 s (stderr is read by another thread) until the proxy's log contains `needle`.
+pub async fn logged(proxy: &Proxy, needle: &str) -> bool {
+    eventually(Duration::from_secs(2), || proxy.log().contains(needle)).await
+}
+
 /// A fresh, unique directory path under the system temp dir (not created).
 pub fn temp_data_dir(tag: &str) -> std::path::PathBuf {
     static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
