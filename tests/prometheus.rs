@@ -17,8 +17,9 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use callbridge::demo::demo_script;
-use callbridge::sim::caller::{run_call, CallOutcome, CallerConfig};
-use common::{mock, Proxy, AUTH_TOKEN};
+use callbridge::sim::caller::CallerConfig;
+use callbridge::sim::webhook;
+use common::{mock, run_signed_call, Proxy};
 use serde_json::Value;
 
 /// Simulated calls of the load, all at once; each has one barge-in.
@@ -113,19 +114,12 @@ fn exported_names(scrape: &str) -> HashSet<String> {
 }
 
 /// Problems of `exprs` against the exported series names: each name an expression uses must be
-/// exported (histograms by their `_bucket`/`_sum`/`_count` series), or be in `allowed_absent`.
-fn unexported_names(
-    exprs: &[String],
-    exported: &HashSet<String>,
-    allowed_absent: &[&str],
-) -> Vec<String> {
+/// exported (histograms by their `_bucket`/`_sum`/`_count` series).
+fn unexported_names(exprs: &[String], exported: &HashSet<String>) -> Vec<String> {
     let mut problems = Vec::new();
     for expr in exprs {
         for name in metric_names(expr) {
-            let allowed = allowed_absent
-                .iter()
-                .any(|a| name == *a || name.strip_prefix(a).is_some_and(|s| s.starts_with('_')));
-            if !exported.contains(&name) && !allowed {
+            if !exported.contains(&name) {
                 problems.push(format!(
                     "{name} (in `{expr}`) is not exported by callbridge"
                 ));
@@ -184,14 +178,14 @@ fn a_panel_naming_a_metric_the_server_does_not_export_fails_the_check() {
         "sum(callbridge_active_calls)".to_owned(),
         "histogram_quantile(0.5, rate(callbridge_uplink_latency_seconds_bucket[1m]))".to_owned(),
     ];
-    assert!(unexported_names(&good, &exported, &[]).is_empty());
+    assert!(unexported_names(&good, &exported).is_empty());
     let bogus = vec!["sum(rate(callbridge_bogus_frames_total[1m]))".to_owned()];
-    let problems = unexported_names(&bogus, &exported, &[]);
+    let problems = unexported_names(&bogus, &exported);
     assert_eq!(problems.len(), 1, "{problems:?}");
     assert!(problems[0].contains("callbridge_bogus_frames_total"));
     // A histogram is exported by its series, not by its base name alone.
     let base = vec!["callbridge_uplink_latency_seconds".to_owned()];
-    assert_eq!(unexported_names(&base, &exported, &[]).len(), 1);
+    assert_eq!(unexported_names(&base, &exported).len(), 1);
 }
 
 #[test]
@@ -313,17 +307,6 @@ fn http_get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String)> {
     Ok((status, body.to_owned()))
 }
 
-fn percent_encode(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
-}
-
 /// A Prometheus server in a temporary directory, killed (and its directory removed) on drop.
 struct Prometheus {
     child: Child,
@@ -333,13 +316,7 @@ struct Prometheus {
 
 impl Prometheus {
     fn start(binary: &Path, target: SocketAddr) -> Prometheus {
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos());
-        let dir = std::env::temp_dir().join(format!(
-            "callbridge-prometheus-{}-{nanos}",
-            std::process::id()
-        ));
+        let dir = common::temp_data_dir("prometheus");
         std::fs::create_dir_all(dir.join("data")).unwrap();
         let rules = repo().join("dashboards/alerts.yml");
         std::fs::write(
@@ -403,7 +380,10 @@ impl Prometheus {
 
     /// An instant query: its result vector.
     fn query(&self, expr: &str) -> Result<Vec<Value>, String> {
-        let data = self.api(&format!("/api/v1/query?query={}", percent_encode(expr)))?;
+        let data = self.api(&format!(
+            "/api/v1/query?{}",
+            webhook::form_encode(&[("query".into(), expr.into())])
+        ))?;
         Ok(data["result"].as_array().cloned().unwrap_or_default())
     }
 }
@@ -435,22 +415,13 @@ async fn prometheus_scrapes_a_live_server_and_answers_every_dashboard_and_alert_
     let prom = Prometheus::start(&prometheus, proxy.addr);
 
     // A short load: a few concurrent calls, each with a barge-in, while Prometheus scrapes.
-    let calls: Vec<_> = (0..CALLS)
-        .map(|n| {
-            let mut caller = CallerConfig::new(proxy.addr, 700 + n, demo_script());
-            caller.auth_token = Some(AUTH_TOKEN.into());
-            tokio::spawn(run_call(caller))
-        })
-        .collect();
-    for call in calls {
-        let report = call.await.unwrap().expect("call ran");
-        assert_eq!(
-            report.outcome,
-            CallOutcome::Completed,
-            "log:\n{}",
-            proxy.log()
-        );
-    }
+    futures_util::future::join_all((0..CALLS).map(|n| {
+        run_signed_call(
+            &proxy,
+            CallerConfig::new(proxy.addr, 700 + n, demo_script()),
+        )
+    }))
+    .await;
     // One refused request, so an error status is in the HTTP counts too.
     let _ = http_get(proxy.addr, "/no-such-route");
 
@@ -559,7 +530,7 @@ async fn prometheus_scrapes_a_live_server_and_answers_every_dashboard_and_alert_
     // Each metric named is exported by the server, and Prometheus has data for it.
     let exported = exported_names(&scrape);
     let named: Vec<String> = all_exprs.iter().chain(&variable_defs).cloned().collect();
-    problems.extend(unexported_names(&named, &exported, &[]));
+    problems.extend(unexported_names(&named, &exported));
     let mut names: BTreeSet<String> = named.iter().flat_map(|e| metric_names(e)).collect();
     names.retain(|n| exported.contains(n));
     for name in &names {
@@ -573,7 +544,7 @@ async fn prometheus_scrapes_a_live_server_and_answers_every_dashboard_and_alert_
 
     // The check has teeth against the real server: a bogus panel is reported.
     let bogus = vec!["sum(rate(callbridge_bogus_frames_total[1m]))".to_owned()];
-    assert_eq!(unexported_names(&bogus, &exported, &[]).len(), 1);
+    assert_eq!(unexported_names(&bogus, &exported).len(), 1);
     assert!(prom
         .query("count(callbridge_bogus_frames_total)")
         .unwrap()

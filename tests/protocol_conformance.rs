@@ -50,13 +50,6 @@ async fn post(addr: SocketAddr, target: &str, body: &str, signature: &str) -> Ht
     .await
 }
 
-fn header<'a>(resp: &'a HttpResponse, name: &str) -> Option<&'a str> {
-    resp.headers
-        .iter()
-        .find(|(n, _)| n.eq_ignore_ascii_case(name))
-        .map(|(_, v)| v.as_str())
-}
-
 /// protocol.md 3.3 example 2, as Twilio puts it on the wire.
 const EXAMPLE_2_BODY: &str = "AccountSid=AC00000000000000000000000000000001&ApiVersion=2010-04-01\
 &CallSid=CA00000000000000000000000000000001&CallStatus=ringing&Called=%2B81501234567\
@@ -77,10 +70,7 @@ async fn voice_webhook_example_2_is_accepted_with_either_port_form_and_answers_t
             "{sig}: {}",
             String::from_utf8_lossy(&resp.body)
         );
-        assert_eq!(
-            header(&resp, "content-type"),
-            Some("text/xml; charset=utf-8")
-        );
+        assert_eq!(resp.header("content-type"), Some("text/xml; charset=utf-8"));
         let body = std::str::from_utf8(&resp.body).unwrap();
         assert!(body.starts_with(r#"<?xml version="1.0" encoding="UTF-8"?><Response><Connect><Stream url="wss://bridge.example.com/api/twilio/media-stream/"#), "{body}");
         let twiml = Twiml::parse(body).expect("valid twiml");
@@ -139,10 +129,7 @@ async fn after_stream_example_4_with_call_id_path_and_query_is_answered() {
     )
     .await;
     assert_eq!(resp.status, 200, "{}", String::from_utf8_lossy(&resp.body));
-    assert_eq!(
-        header(&resp, "content-type"),
-        Some("text/xml; charset=utf-8")
-    );
+    assert_eq!(resp.header("content-type"), Some("text/xml; charset=utf-8"));
     let body = std::str::from_utf8(&resp.body).unwrap();
     assert!(
         body.contains("<Response>") && body.contains("<Hangup/>"),
