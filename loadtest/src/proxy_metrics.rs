@@ -66,6 +66,18 @@ pub async fn scrape(addr: SocketAddr) -> anyhow::Result<Scrape> {
         .collect())
 }
 
+/// [`scrape`], or `None` with a note on stderr (an older server, a refused connection): the
+/// run goes on without the proxy-side latency.
+pub async fn scrape_or_note(addr: SocketAddr) -> Option<Scrape> {
+    match scrape(addr).await {
+        Ok(s) => Some(s),
+        Err(e) => {
+            eprintln!("note: no proxy-side latency (GET /metrics: {e:#})");
+            None
+        }
+    }
+}
+
 async fn get_metrics(addr: SocketAddr) -> anyhow::Result<String> {
     let mut req = Vec::new();
     write_request(&mut req, "GET", &addr.to_string(), "/metrics", &[], b"");

@@ -85,13 +85,7 @@ pub async fn run(target: &mut Target, spec: &RunSpec) -> anyhow::Result<Report> 
     let proxy0 = proxy_pid.as_deref().map(procstat::sample).transpose()?;
     // The proxy's own latency histograms before the run (the run's share is the difference).
     let metrics0 = if target.mode == "proxy" {
-        match proxy_metrics::scrape(target.addr).await {
-            Ok(s) => Some(s),
-            Err(e) => {
-                eprintln!("note: no proxy-side latency (GET /metrics: {e:#})");
-                None
-            }
-        }
+        proxy_metrics::scrape_or_note(target.addr).await
     } else {
         None
     };
@@ -186,13 +180,9 @@ pub async fn run(target: &mut Target, spec: &RunSpec) -> anyhow::Result<Report> 
     }
     let proxy1 = proxy_pid.as_deref().map(procstat::sample).transpose()?;
     let proxy_latency = match &metrics0 {
-        Some(before) => match proxy_metrics::scrape(target.addr).await {
-            Ok(after) => Some(proxy_metrics::over_run(before, &after)),
-            Err(e) => {
-                eprintln!("note: no proxy-side latency (GET /metrics: {e:#})");
-                None
-            }
-        },
+        Some(before) => proxy_metrics::scrape_or_note(target.addr)
+            .await
+            .map(|after| proxy_metrics::over_run(before, &after)),
         None => None,
     };
     let gen1 = procstat::sample("self")?;
