@@ -10,11 +10,9 @@ use callbridge::runtime::Server;
 use clap::Parser;
 use common::{closed_sessions, http, mock, Proxy, RawStream};
 
-/// Whether this machine allows io_uring (the sysctl; the probe may still find seccomp).
-fn uring_allowed_by_sysctl() -> bool {
-    std::fs::read_to_string("/proc/sys/kernel/io_uring_disabled")
-        .map(|s| s.trim() == "0")
-        .unwrap_or(false)
+/// Whether io_uring works here: the server's own start-up probe (sysctl, seccomp, kernel).
+fn uring_allowed() -> bool {
+    callbridge::runtime::uring::probe().is_ok()
 }
 
 /// The proxy's log once it contains `needle` (the log is read by another thread), or after 2 s.
@@ -37,7 +35,7 @@ async fn auto_probes_io_uring_and_logs_the_driver_and_why() {
     assert_eq!(resp.status, 200);
     let log = log_with(&proxy, "io driver");
     assert!(log.contains("RUNTIME=auto"), "log:\n{log}");
-    if uring_allowed_by_sysctl() {
+    if uring_allowed() {
         assert!(
             log.contains("io driver: uring")
                 && log.contains("probe (ring setup + a no-op) succeeded"),
@@ -60,7 +58,7 @@ async fn explicit_runtimes_are_used_and_workers_share_the_port() {
         log.contains("io driver: epoll (RUNTIME=epoll)"),
         "log:\n{log}"
     );
-    if !uring_allowed_by_sysctl() {
+    if !uring_allowed() {
         return;
     }
     let uring = Proxy::with_mock(&mock, &[("RUNTIME", "uring"), ("WORKERS", "3")]);
@@ -174,7 +172,7 @@ async fn stop_closes_everything_on_epoll() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stop_closes_everything_on_uring() {
-    if !uring_allowed_by_sysctl() {
+    if !uring_allowed() {
         return;
     }
     stop_closes_a_live_call("uring").await;

@@ -313,8 +313,14 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> LegIo<R, W> {
         }
     }
 
+    /// When the leg counts as stalled if its queued output makes no progress: `None` while
+    /// nothing is queued.
+    fn stall_deadline(&self) -> Option<Instant> {
+        (!self.output.is_empty()).then(|| self.last_progress + WRITE_STALL_TIMEOUT)
+    }
+
     fn stalled(&self, now: Instant) -> bool {
-        !self.output.is_empty() && now.duration_since(self.last_progress) > WRITE_STALL_TIMEOUT
+        self.stall_deadline().is_some_and(|d| now > d)
     }
 
     /// Writes out everything buffered and shuts the write side, within [`CLOSE_TIMEOUT`]; with
@@ -562,11 +568,7 @@ async fn run_call<S: Transport, D: Dial>(
             tw.output.len(),
             oa.as_ref().map_or(0, |o| o.output.len()),
         );
-        while let Some(ev) = call.poll_event() {
-            meter.on_event(&ev);
-            recorder.on_event(&mut call, &ev);
-            on_call_event(&app, &grant, ev);
-        }
+        dispatch_events(&mut call, &mut meter, &mut recorder, &app, &grant);
         if call.has_pending_transmit() {
             // The agent handed over at `start` releases session.update.
             pump_transmits(&mut call, &mut scratch, &mut tw, oa.as_mut());
@@ -574,7 +576,8 @@ async fn run_call<S: Transport, D: Dial>(
         if call.is_ended() {
             break;
         }
-        let now = Instant::now();
+        // Nothing above waits: the turn's clock reading still stands.
+        let now = turn;
         meter.tick(now, call.outstanding_marks());
         if tw.stalled(now) || oa.as_ref().is_some_and(|o| o.stalled(now)) {
             let leg = if tw.stalled(now) { "twilio" } else { "openai" };
@@ -586,18 +589,15 @@ async fn run_call<S: Transport, D: Dial>(
             );
             continue;
         }
-        let call_deadline = call.poll_timeout();
-        let stall_deadline = [
-            tw.last_progress,
-            oa.as_ref().map_or(now, |o| o.last_progress),
+        let deadline = [
+            call.poll_timeout(),
+            tw.stall_deadline(),
+            oa.as_ref().and_then(LegIo::stall_deadline),
         ]
         .into_iter()
+        .flatten()
         .min()
-        .map(|t| t + WRITE_STALL_TIMEOUT);
-        let deadline = match (call_deadline, stall_deadline) {
-            (Some(a), Some(b)) => a.min(b),
-            (a, b) => a.or(b).unwrap_or(now + Duration::from_secs(3600)),
-        };
+        .unwrap_or(now + Duration::from_secs(3600));
         if deadline < armed || armed <= now {
             timer.as_mut().reset(deadline.into());
             armed = deadline;
@@ -715,11 +715,7 @@ async fn run_call<S: Transport, D: Dial>(
 
     // The call is over: say goodbye on both legs and flush, bounded in time.
     pump_transmits(&mut call, &mut scratch, &mut tw, oa.as_mut());
-    while let Some(ev) = call.poll_event() {
-        meter.on_event(&ev);
-        recorder.on_event(&mut call, &ev);
-        on_call_event(&app, &grant, ev);
-    }
+    dispatch_events(&mut call, &mut meter, &mut recorder, &app, &grant);
     if let Some(o) = oa.as_mut() {
         if !o.closing {
             o.encoder.close(&mut o.output, 1000, "call ended");
@@ -749,6 +745,21 @@ async fn run_call<S: Transport, D: Dial>(
         protocol_errors = stats.protocol_errors,
         "call finished"
     );
+}
+
+/// Hands every event the call produced to the metrics, the store and the app.
+fn dispatch_events(
+    call: &mut Call,
+    meter: &mut CallMeter,
+    recorder: &mut CallRecorder,
+    app: &App,
+    grant: &UpgradeGrant,
+) {
+    while let Some(ev) = call.poll_event() {
+        meter.on_event(&ev);
+        recorder.on_event(call, &ev);
+        on_call_event(app, grant, ev);
+    }
 }
 
 fn on_call_event(app: &App, grant: &UpgradeGrant, ev: CallEvent) {

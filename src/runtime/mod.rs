@@ -183,10 +183,7 @@ impl Server {
                 let _ = task.await;
             }
             Running::Uring(workers) => {
-                while !workers.finished() {
-                    tokio::time::sleep(Duration::from_millis(5)).await;
-                }
-                workers.join();
+                let _ = tokio::task::spawn_blocking(move || workers.join()).await;
             }
         }
         // Everything the calls recorded is written and flushed before the process exits.

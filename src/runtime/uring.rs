@@ -126,12 +126,8 @@ pub struct Workers {
 }
 
 impl Workers {
-    /// Whether every worker thread has ended.
-    pub fn finished(&self) -> bool {
-        self.threads.iter().all(|t| t.is_finished())
-    }
-
-    /// Joins the worker threads (call once [`Workers::finished`]; blocks otherwise).
+    /// Joins the worker threads (blocks until they have ended: from async code, on a blocking
+    /// thread).
     pub fn join(self) {
         for t in self.threads {
             let _ = t.join();
