@@ -153,6 +153,9 @@ async fn reader(sock: Rc<TcpStream>, shared: Rc<RefCell<Shared>>, doorbell: Rc<N
             doorbell.notified().await;
         }
         buf.clear();
+        if buf.capacity() < READ_CHUNK {
+            buf.reserve(READ_CHUNK);
+        }
         let (res, b) = sock.read(buf).await;
         buf = b;
         let mut s = shared.borrow_mut();
@@ -163,7 +166,14 @@ async fn reader(sock: Rc<TcpStream>, shared: Rc<RefCell<Shared>>, doorbell: Rc<N
                 return;
             }
             Ok(n) => {
-                s.rx.extend_from_slice(&buf[..n]);
+                if s.rx.is_empty() {
+                    // Hand the received buffer over instead of copying it (the usual case: the
+                    // owner read everything before); `buf` takes the emptied one for the next recv.
+                    buf.truncate(n);
+                    std::mem::swap(&mut s.rx, &mut buf);
+                } else {
+                    s.rx.extend_from_slice(&buf[..n]);
+                }
                 wake(&mut s.rx_waker);
             }
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
