@@ -420,8 +420,6 @@ pub struct Call {
     /// OpenAI session id from `session.created`.
     session_id: Option<String>,
     ledger: Ledger,
-    twilio_parser: TwilioParser,
-    openai_parser: ServerEventParser,
     outbox: Outbox,
     events: VecDeque<CallEvent>,
     /// Caller audio (base64) received before the session was ready, oldest first.
@@ -457,8 +455,6 @@ impl Call {
             openai: OpenAiPhase::AwaitingCreated,
             session_id: None,
             ledger: Ledger::new(),
-            twilio_parser: TwilioParser::new(),
-            openai_parser: ServerEventParser::new(),
             outbox: Outbox::default(),
             events: VecDeque::new(),
             presession: VecDeque::new(),
@@ -621,10 +617,8 @@ impl Call {
         if self.ended.is_some() {
             return;
         }
-        // The event borrows the frame, not the parser, so the parser can be used in place.
-        // (Taking it out with `mem::take` would build a default parser per frame, and simd-json's
-        // default `Buffers` allocate.)
-        match self.twilio_parser.parse(frame) {
+        // The parser is stateless (simd-json's scratch is per thread, `wire::json_scratch`).
+        match TwilioParser::new().parse(frame) {
             Ok(ev) => self.on_twilio(now, ev),
             Err(e) => self.protocol_error(Leg::Twilio, e.kind(), format_args!("{e}")),
         }
@@ -636,8 +630,7 @@ impl Call {
         if self.ended.is_some() {
             return;
         }
-        // In place, as for Twilio: no per-frame parser (and scratch allocation) is built.
-        match self.openai_parser.parse(frame) {
+        match ServerEventParser::new().parse(frame) {
             Ok(ev) => self.on_openai(now, ev),
             Err(e) => self.protocol_error(Leg::OpenAi, e.kind(), format_args!("{e}")),
         }

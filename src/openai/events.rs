@@ -224,7 +224,7 @@ pub struct ServerEventParser {
 }
 
 impl ServerEventParser {
-    /// A parser with empty scratch buffers.
+    /// A parser (zero-sized: the scratch space is per thread, so building one costs nothing).
     pub fn new() -> Self {
         Self::default()
     }

@@ -165,7 +165,7 @@ pub struct TwilioParser {
 }
 
 impl TwilioParser {
-    /// A parser with empty scratch buffers.
+    /// A parser (zero-sized: the scratch space is per thread, so building one costs nothing).
     pub fn new() -> Self {
         Self::default()
     }
