@@ -812,4 +812,18 @@ mod tests {
         leg.note_idle(later);
         assert!(leg.stalled(later));
     }
+
+    #[test]
+    fn only_a_leg_with_queued_output_has_a_stall_deadline() {
+        let mut leg = idle_leg();
+        let now = Instant::now();
+        leg.note_idle(now);
+        // Nothing queued: no deadline, so an idle call sets no stall timer at all.
+        assert_eq!(leg.stall_deadline(), None);
+        assert!(!leg.stalled(now + WRITE_STALL_TIMEOUT * 10));
+        leg.encoder.text(&mut leg.output, b"{}");
+        assert_eq!(leg.stall_deadline(), Some(now + WRITE_STALL_TIMEOUT));
+        assert!(!leg.stalled(now + WRITE_STALL_TIMEOUT));
+        assert!(leg.stalled(now + WRITE_STALL_TIMEOUT + Duration::from_millis(1)));
+    }
 }
