@@ -241,6 +241,9 @@ pub struct StoreOptions {
     pub cache_bytes: u64,
     /// The agent from the configuration (`AGENT_*`): the default when no route names one.
     pub config_agent: Arc<AgentSettings>,
+    /// Ops the queue holds before [`Store::enqueue`] drops ([`QUEUE_CAPACITY`]; lowered by tests
+    /// to make a stuck writer fill it).
+    pub queue_capacity: usize,
 }
 
 impl Default for StoreOptions {
@@ -249,6 +252,7 @@ impl Default for StoreOptions {
             flush_every: Duration::from_millis(DEFAULT_FLUSH_MS),
             cache_bytes: DEFAULT_CACHE_MB * 1024 * 1024,
             config_agent: Arc::new(AgentSettings::default()),
+            queue_capacity: QUEUE_CAPACITY,
         }
     }
 }
@@ -262,6 +266,8 @@ pub struct Store {
 struct Inner {
     trees: Trees,
     tx: Sender<Op>,
+    /// [`StoreOptions::queue_capacity`].
+    capacity: usize,
     writer: Mutex<Option<std::thread::JoinHandle<()>>>,
     queue_full: metrics::Counter,
     /// Agent id → settings, for call starts (never the disk on the call path).
@@ -331,6 +337,7 @@ impl Store {
             inner: Arc::new(Inner {
                 trees: trees.clone(),
                 tx,
+                capacity: opts.queue_capacity,
                 writer: Mutex::new(None),
                 queue_full: metrics::counter!(crate::metrics::STORE_QUEUE_FULL),
                 agents: RwLock::new(HashMap::new()),
@@ -360,7 +367,7 @@ impl Store {
     pub fn enqueue(&self, op: Op) -> bool {
         // Concurrent callers may overshoot the capacity by at most one op each: harmless, the
         // bound is there to stop unbounded growth when the disk is stuck.
-        if self.inner.tx.len() >= QUEUE_CAPACITY {
+        if self.inner.tx.len() >= self.inner.capacity {
             self.inner.queue_full.increment(1);
             return false;
         }

@@ -246,6 +246,81 @@ fn the_writer_records_a_call_in_order_with_interruptions_and_usage() {
 }
 
 #[test]
+fn a_stuck_writer_fills_the_queue_then_ops_are_dropped_counted_and_the_record_says_so() {
+    const CAPACITY: usize = 8;
+    let dir = TempDir::new("stuck");
+    let opts = StoreOptions {
+        queue_capacity: CAPACITY,
+        ..StoreOptions::default()
+    };
+    let store = Store::open(&dir.0, opts).unwrap();
+    let sid = "CA9";
+    let webhook = RecordChange::Webhook {
+        from: "+819012345678".into(),
+        to: "+81501234567".into(),
+        agent_id: None,
+        fallback: None,
+    };
+    assert!(store.enqueue(op_record(sid, 1000, webhook)));
+    store.flush(WAIT).unwrap();
+    // A stuck disk: the writer blocks handing this flush's ack to a rendezvous channel that
+    // nobody reads until the test says so.
+    let (gate_tx, gate) = crossbeam_channel::bounded::<()>(0);
+    assert!(store.enqueue(Op::Flush(gate_tx)));
+    let t0 = std::time::Instant::now();
+    while store.queue_len() > 0 {
+        assert!(t0.elapsed() < WAIT, "the writer never took the flush");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    let mut rec = sink::CallRecorder::new(Some(&store), sid);
+    let mut call = crate::bridge::Call::new(
+        crate::bridge::CallConfig::new("m", Arc::new(Default::default()), sid),
+        std::time::Instant::now(),
+    );
+    // The call goes on recording; once the queue holds CAPACITY ops, each further one is
+    // dropped at once (the call path never waits) and counted by the recorder. The writer may
+    // still take a batch in the turn it got stuck in, so up to MAX_BATCH more go in first.
+    let mut accepted = 0;
+    while rec.lost() == 0 {
+        assert!(
+            accepted <= CAPACITY + writer::MAX_BATCH,
+            "the queue never filled"
+        );
+        let digit = char::from(b'0' + (accepted % 10) as u8).to_string();
+        rec.on_event(&mut call, &crate::bridge::CallEvent::Dtmf { digit });
+        accepted += usize::from(rec.lost() == 0);
+    }
+    assert!(store.queue_len() >= CAPACITY);
+    for _ in 0..4 {
+        rec.on_event(
+            &mut call,
+            &crate::bridge::CallEvent::Dtmf { digit: "#".into() },
+        );
+    }
+    assert_eq!(rec.lost(), 5);
+    // The disk recovers: everything accepted is written, in order; nothing dropped shows up.
+    gate.recv_timeout(WAIT)
+        .expect("the writer is stuck on the gate");
+    store.flush(WAIT).unwrap();
+    let items = store.call_items(sid).unwrap();
+    assert_eq!(items.len(), accepted);
+    assert!(items
+        .iter()
+        .all(|i| !matches!(&i.kind, ItemKind::Dtmf { digit } if digit == "#")));
+    // The end of the call records how many items were lost.
+    rec.on_event(
+        &mut call,
+        &crate::bridge::CallEvent::Ended {
+            reason: crate::bridge::EndReason::TwilioStop,
+        },
+    );
+    store.flush(WAIT).unwrap();
+    let record = store.get_call(sid).unwrap();
+    assert_eq!(record.items_lost, 5);
+    assert_eq!(record.status, CallStatus::Completed);
+}
+
+#[test]
 fn a_stopped_writer_drops_and_counts_instead_of_waiting() {
     let dir = TempDir::new("full");
     let store = Store::open(&dir.0, StoreOptions::default()).unwrap();
