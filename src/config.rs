@@ -94,6 +94,10 @@ pub struct ServeArgs {
     /// Seconds without any frame from Twilio after which a stream is taken for dead.
     #[arg(long, env = "TWILIO_IDLE_TIMEOUT_SECS", default_value_t = 10.0)]
     pub twilio_idle_timeout_secs: f64,
+    /// Seconds a call's output to a peer (Twilio or OpenAI) may make no progress before the
+    /// peer counts as gone and the call ends.
+    #[arg(long, env = "WRITE_STALL_TIMEOUT_SECS", default_value_t = 10.0)]
+    pub write_stall_timeout_secs: f64,
     /// Seconds to wait for a complete HTTP request head and body.
     #[arg(long, env = "HTTP_READ_TIMEOUT_SECS", default_value_t = 10.0)]
     pub http_read_timeout_secs: f64,
@@ -327,6 +331,8 @@ pub struct Config {
     pub http_read_timeout: Duration,
     /// A started Twilio stream silent for this long is dead.
     pub twilio_idle_timeout: Duration,
+    /// A peer whose queued output makes no progress for this long is gone.
+    pub write_stall_timeout: Duration,
     /// The agent (until the store provides agents).
     pub agent: Arc<AgentSettings>,
     /// IO driver choice.
@@ -462,6 +468,7 @@ impl ServeArgs {
             admin_token: self.admin_token.clone().filter(|t| !t.is_empty()),
             http_read_timeout: secs("HTTP_READ_TIMEOUT_SECS", self.http_read_timeout_secs)?,
             twilio_idle_timeout: secs("TWILIO_IDLE_TIMEOUT_SECS", self.twilio_idle_timeout_secs)?,
+            write_stall_timeout: secs("WRITE_STALL_TIMEOUT_SECS", self.write_stall_timeout_secs)?,
             agent: Arc::new(agent),
             runtime: self.runtime,
             workers,

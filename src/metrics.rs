@@ -366,7 +366,8 @@ pub const OUTCOMES: &[&str] = &[
     "openai_connect_failed",
     "openai_setup_failed",
     "openai_closed",
-    "driver",
+    "twilio_stalled",
+    "openai_stalled",
     "fallback_realtime_off",
     "fallback_overloaded",
 ];
@@ -499,15 +500,12 @@ impl Handles {
         }
     }
 
-    /// Counts a call outcome (an [`OUTCOMES`] label; others are counted as `driver`).
+    /// Counts a call outcome, an [`OUTCOMES`] label (every end reason's label is one:
+    /// `every_end_reason_label_is_a_registered_outcome`).
     pub fn call_outcome(&self, outcome: &str) {
-        if let Some((_, c)) = self
-            .outcomes
-            .iter()
-            .find(|(o, _)| *o == outcome)
-            .or_else(|| self.outcomes.iter().find(|(o, _)| *o == "driver"))
-        {
-            c.increment(1);
+        match self.outcomes.iter().find(|(o, _)| *o == outcome) {
+            Some((_, c)) => c.increment(1),
+            None => tracing::warn!(outcome, "call outcome without a registered label"),
         }
     }
 
@@ -909,7 +907,8 @@ pub fn call_fallback(reason: &str) {
     let outcome = match reason {
         "realtime_off" => "fallback_realtime_off",
         "overloaded" => "fallback_overloaded",
-        _ => "driver",
+        // Not a registered label: `call_outcome` says so in the log.
+        other => other,
     };
     handles().call_outcome(outcome);
 }
@@ -1052,6 +1051,55 @@ mod tests {
 
     fn at(base: Instant, us: u64) -> Instant {
         base + Duration::from_micros(us)
+    }
+
+    #[test]
+    fn every_end_reason_label_is_a_registered_outcome() {
+        use crate::bridge::{EndReason, Leg};
+        let s = || "x".to_owned();
+        // A new variant must be added here (the match below stops compiling without it).
+        let all = [
+            EndReason::TwilioStop,
+            EndReason::TwilioClosed,
+            EndReason::StartTimeout,
+            EndReason::TwilioSilent(Duration::from_secs(1)),
+            EndReason::Unauthorized("x"),
+            EndReason::BadMediaFormat(s()),
+            EndReason::OpenAiConnectFailed(s()),
+            EndReason::OpenAiSetupFailed(s()),
+            EndReason::OpenAiClosed(s()),
+            EndReason::PeerStalled {
+                leg: Leg::Twilio,
+                after: Duration::from_secs(1),
+            },
+            EndReason::PeerStalled {
+                leg: Leg::OpenAi,
+                after: Duration::from_secs(1),
+            },
+        ];
+        for r in &all {
+            match r {
+                EndReason::TwilioStop
+                | EndReason::TwilioClosed
+                | EndReason::StartTimeout
+                | EndReason::TwilioSilent(_)
+                | EndReason::Unauthorized(_)
+                | EndReason::BadMediaFormat(_)
+                | EndReason::OpenAiConnectFailed(_)
+                | EndReason::OpenAiSetupFailed(_)
+                | EndReason::OpenAiClosed(_)
+                | EndReason::PeerStalled { .. } => {}
+            }
+            assert!(
+                OUTCOMES.contains(&r.label()),
+                "{} is not in OUTCOMES",
+                r.label()
+            );
+        }
+        let labels: std::collections::HashSet<_> = all.iter().map(EndReason::label).collect();
+        assert_eq!(labels.len(), all.len(), "labels are distinct");
+        // A hung OpenAI leg sends the caller to the fallback; a caller that stopped reading does not.
+        assert!(all[10].is_ai_failure() && !all[9].is_ai_failure());
     }
 
     #[test]

@@ -808,3 +808,121 @@ async fn a_media_stream_request_without_upgrade_headers_gets_426_advising_versio
     assert_eq!(resp.header("Sec-WebSocket-Version"), Some("13"));
     assert!(proxy.is_running());
 }
+
+/// The conference room `after-stream` names for call `n`, if any.
+async fn after_stream_conference(proxy: &Proxy, n: u32) -> Option<String> {
+    let resp = after_stream(proxy.addr, n).await;
+    assert_eq!(resp.status, 200);
+    let twiml = Twiml::parse(std::str::from_utf8(&resp.body).unwrap()).expect("valid TwiML");
+    twiml.conference().map(str::to_owned)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_openai_server_that_stops_reading_ends_the_call_after_the_stall_timeout_and_sends_the_caller_to_the_conference(
+) {
+    let n = 41;
+    // The mock hangs after 10 frames of caller audio: the socket stays open, nothing is read.
+    let mock = mock(|cfg| cfg.stop_reading_after_audio_bytes = Some(10 * 160)).await;
+    let mut proxy = Proxy::with_mock(&mock, &[("WRITE_STALL_TIMEOUT_SECS", "1")]);
+    let mut raw = established(&mock, &proxy, n).await;
+    // The caller keeps talking as fast as the proxy takes it: the OpenAI leg's socket buffers
+    // fill, then the proxy's own output buffer, then (backpressure) the proxy stops reading the
+    // caller and a send here blocks.
+    let mut sent = 0u32;
+    loop {
+        let payload = frame(n, sent);
+        match tokio::time::timeout(Duration::from_millis(300), raw.try_media(&payload)).await {
+            Ok(Ok(())) => sent += 1,
+            // Blocked (backpressure), or the proxy already ended the call and closed.
+            Err(_) | Ok(Err(_)) => break,
+        }
+        assert!(sent < 1_000_000, "the proxy never pushed back");
+    }
+    let ended = eventually(Duration::from_secs(30), || {
+        proxy.log().contains("call finished")
+    })
+    .await;
+    assert!(ended, "the call did not end; log:\n{}", proxy.log());
+    let summary = finished_line(&proxy).await;
+    assert!(summary.contains("reason=\"openai_stalled\""), "{summary}");
+    assert!(
+        logged(
+            &proxy,
+            "openai peer stopped reading: no write progress for 1.0s"
+        )
+        .await,
+        "log:\n{}",
+        proxy.log()
+    );
+    assert!(sent > 10, "only {sent} frames went out before the stall");
+    // An AI leg that hangs is an AI failure: the caller goes to the conference, not to silence.
+    let room = format!("support-{}", webhook::sid("CA", u128::from(n)));
+    assert_eq!(
+        after_stream_conference(&proxy, n).await.as_deref(),
+        Some(room.as_str())
+    );
+    assert!(proxy.is_running());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_twilio_peer_that_stops_reading_ends_the_call_after_the_stall_timeout_and_closes_the_openai_session(
+) {
+    let n = 42;
+    // One long answer, generated 200× faster than real time (~2 MB/s of media to Twilio).
+    let mock = mock(|cfg| {
+        cfg.session.energy_vad = false;
+        cfg.session
+            .scripted_speech
+            .push(callbridge::openai::mock::SpeechSpan {
+                start_ms: 0,
+                duration_ms: 100,
+            });
+        cfg.session.response_audio_ms = 600_000;
+        cfg.session.delta_sizes_ms = vec![200];
+        cfg.session.speedup = 200.0;
+        cfg.session.first_delta_delay_ms = 0;
+    })
+    .await;
+    let mut proxy = Proxy::with_mock(
+        &mock,
+        &[
+            ("WRITE_STALL_TIMEOUT_SECS", "1"),
+            // Not what ends this call: the caller goes quiet after its turn.
+            ("TWILIO_IDLE_TIMEOUT_SECS", "60"),
+        ],
+    );
+    let mut raw = established(&mock, &proxy, n).await;
+    // The caller's turn (speech, then silence for the VAD to end it), then it reads nothing.
+    for seq in 0..50 {
+        raw.media(&frame(n, seq)).await;
+    }
+    let summary = tokio::time::timeout(Duration::from_secs(30), async {
+        while !proxy.log().contains("call finished") {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    assert!(
+        summary.is_ok(),
+        "the call did not end; log:\n{}",
+        proxy.log()
+    );
+    let summary = finished_line(&proxy).await;
+    assert!(summary.contains("reason=\"twilio_stalled\""), "{summary}");
+    assert!(
+        logged(
+            &proxy,
+            "twilio peer stopped reading: no write progress for 1.0s"
+        )
+        .await,
+        "log:\n{}",
+        proxy.log()
+    );
+    // The OpenAI session is closed by the proxy, and the mock saw real audio go out first.
+    let sessions = closed_sessions(&mock, 1, Duration::from_secs(5)).await;
+    assert_eq!(sessions.len(), 1, "the OpenAI leg is closed");
+    assert!(sessions[0].stats.responses_created >= 1);
+    // A caller that stopped reading is not an AI failure: no conference.
+    assert_eq!(after_stream_conference(&proxy, n).await, None);
+    assert!(proxy.is_running());
+}

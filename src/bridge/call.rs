@@ -163,8 +163,15 @@ pub enum EndReason {
     OpenAiSetupFailed(String),
     /// The OpenAI socket closed.
     OpenAiClosed(String),
-    /// The driver ended the call (slow peer, shutdown, …).
-    Driver(String),
+    /// A peer stopped reading: output queued for it made no progress for `after` (a hung
+    /// peer, or one whose network vanished without a reset). An OpenAI leg that stalls is an
+    /// AI failure: the caller gets the fallback path.
+    PeerStalled {
+        /// The leg that stopped reading.
+        leg: Leg,
+        /// How long its queued output made no progress.
+        after: Duration,
+    },
 }
 
 impl EndReason {
@@ -175,6 +182,10 @@ impl EndReason {
             EndReason::OpenAiConnectFailed(_)
                 | EndReason::OpenAiSetupFailed(_)
                 | EndReason::OpenAiClosed(_)
+                | EndReason::PeerStalled {
+                    leg: Leg::OpenAi,
+                    ..
+                }
         )
     }
 
@@ -190,7 +201,12 @@ impl EndReason {
             EndReason::OpenAiConnectFailed(_) => "openai_connect_failed",
             EndReason::OpenAiSetupFailed(_) => "openai_setup_failed",
             EndReason::OpenAiClosed(_) => "openai_closed",
-            EndReason::Driver(_) => "driver",
+            EndReason::PeerStalled {
+                leg: Leg::Twilio, ..
+            } => "twilio_stalled",
+            EndReason::PeerStalled {
+                leg: Leg::OpenAi, ..
+            } => "openai_stalled",
         }
     }
 }
@@ -211,7 +227,12 @@ impl std::fmt::Display for EndReason {
             EndReason::OpenAiConnectFailed(why) => write!(f, "openai connect failed: {why}"),
             EndReason::OpenAiSetupFailed(why) => write!(f, "openai session setup failed: {why}"),
             EndReason::OpenAiClosed(why) => write!(f, "openai closed the session: {why}"),
-            EndReason::Driver(why) => write!(f, "{why}"),
+            EndReason::PeerStalled { leg, after } => write!(
+                f,
+                "{} peer stopped reading: no write progress for {:.1}s",
+                leg.label(),
+                after.as_secs_f32()
+            ),
         }
     }
 }

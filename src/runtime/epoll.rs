@@ -43,7 +43,8 @@ pub const MAX_OPENAI_MESSAGE_BYTES: usize = 4 * 1024 * 1024;
 /// Output buffered for one leg before the other leg stops being read (backpressure).
 pub const HIGH_WATER_BYTES: usize = 1024 * 1024;
 
-/// A leg with pending output and no write progress for this long is a vanished peer.
+/// A leg with pending output and no write progress for this long is a vanished peer: the default
+/// of `WRITE_STALL_TIMEOUT_SECS` (`Config::write_stall_timeout`).
 pub const WRITE_STALL_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// How long a keep-alive connection may sit idle between requests.
@@ -286,12 +287,21 @@ struct LegIo<R, W> {
     needs_flush: bool,
     /// Last time a write made progress (or the buffer was empty).
     last_progress: Instant,
+    /// Queued output with no progress for this long: the peer is gone.
+    stall_timeout: Duration,
     /// We sent a close frame (nothing more is sent).
     closing: bool,
 }
 
 impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> LegIo<R, W> {
-    fn new(rd: R, wr: W, input: Vec<u8>, role: Role, max_message: usize) -> Self {
+    fn new(
+        rd: R,
+        wr: W,
+        input: Vec<u8>,
+        role: Role,
+        max_message: usize,
+        stall_timeout: Duration,
+    ) -> Self {
         LegIo {
             rd,
             wr,
@@ -301,6 +311,7 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> LegIo<R, W> {
             encoder: Encoder::new(role),
             needs_flush: false,
             last_progress: Instant::now(),
+            stall_timeout,
             closing: false,
         }
     }
@@ -316,7 +327,7 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> LegIo<R, W> {
     /// When the leg counts as stalled if its queued output makes no progress: `None` while
     /// nothing is queued.
     fn stall_deadline(&self) -> Option<Instant> {
-        (!self.output.is_empty()).then(|| self.last_progress + WRITE_STALL_TIMEOUT)
+        (!self.output.is_empty()).then(|| self.last_progress + self.stall_timeout)
     }
 
     fn stalled(&self, now: Instant) -> bool {
@@ -527,6 +538,7 @@ async fn run_call<S: Transport, D: Dial>(
         leftover,
         Role::Server,
         MAX_TWILIO_MESSAGE_BYTES,
+        cfg.write_stall_timeout,
     );
     let mut oa: Option<OpenAiLeg<D::Conn>> = None;
     // Boxed, and dropped once it resolves: inline, the connect future (TCP connect, TLS
@@ -580,12 +592,17 @@ async fn run_call<S: Transport, D: Dial>(
         let now = turn;
         meter.tick(now, call.outstanding_marks());
         if tw.stalled(now) || oa.as_ref().is_some_and(|o| o.stalled(now)) {
-            let leg = if tw.stalled(now) { "twilio" } else { "openai" };
+            let leg = if tw.stalled(now) {
+                Leg::Twilio
+            } else {
+                Leg::OpenAi
+            };
             call.hang_up(
                 now,
-                EndReason::Driver(format!(
-                    "{leg} peer stopped reading for {WRITE_STALL_TIMEOUT:?}"
-                )),
+                EndReason::PeerStalled {
+                    leg,
+                    after: cfg.write_stall_timeout,
+                },
             );
             continue;
         }
@@ -693,7 +710,7 @@ async fn run_call<S: Transport, D: Dial>(
                     Ok((conn, rest)) => {
                         tracing::debug!(call_sid = %grant.call_sid, ms = now.duration_since(started).as_millis() as u64, "openai connected");
                         let (rd, wr) = tokio::io::split(conn);
-                        let mut leg = LegIo::new(rd, wr, rest, Role::Client, MAX_OPENAI_MESSAGE_BYTES);
+                        let mut leg = LegIo::new(rd, wr, rest, Role::Client, MAX_OPENAI_MESSAGE_BYTES, cfg.write_stall_timeout);
                         oa_open = true;
                         if !leg.input.is_empty() {
                             meter.on_read(Leg::OpenAi, leg.input.len(), now);
@@ -791,6 +808,7 @@ mod tests {
             Vec::new(),
             Role::Server,
             MAX_TWILIO_MESSAGE_BYTES,
+            WRITE_STALL_TIMEOUT,
         )
     }
 

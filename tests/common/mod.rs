@@ -374,9 +374,14 @@ impl RawStream {
 
     /// Sends one text frame.
     pub async fn send_text(&mut self, text: &[u8]) {
+        self.try_send_text(text).await.expect("send");
+    }
+
+    /// Sends one text frame; the error when the proxy has closed the socket.
+    pub async fn try_send_text(&mut self, text: &[u8]) -> std::io::Result<()> {
         let mut out = Vec::new();
         self.enc.text(&mut out, text);
-        self.stream.write_all(&out).await.expect("send");
+        self.stream.write_all(&out).await
     }
 
     /// Sends bytes as they are (hand-made frames).
@@ -427,15 +432,18 @@ impl RawStream {
 
     /// One `media` frame with `payload`.
     pub async fn media(&mut self, payload: &str) {
+        self.try_media(payload).await.expect("send media");
+    }
+
+    /// One `media` frame with `payload`; the error when the proxy has closed the socket.
+    pub async fn try_media(&mut self, payload: &str) -> std::io::Result<()> {
         let seq = self.next_seq();
         let chunk = (self.seq - 1).to_string();
         let ts = ((self.seq - 2) * 20).to_string();
         let sid = self.stream_sid.clone();
-        self.send(
-            json!({"event": "media", "sequenceNumber": seq, "streamSid": sid,
-            "media": {"track": "inbound", "chunk": chunk, "timestamp": ts, "payload": payload}}),
-        )
-        .await;
+        let msg = json!({"event": "media", "sequenceNumber": seq, "streamSid": sid,
+            "media": {"track": "inbound", "chunk": chunk, "timestamp": ts, "payload": payload}});
+        self.try_send_text(msg.to_string().as_bytes()).await
     }
 
     /// `stop`.

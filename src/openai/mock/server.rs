@@ -51,6 +51,10 @@ pub struct MockServerConfig {
     pub keep_sent_events: bool,
     /// Serve TLS (`wss://`) with this configuration ([`tls_config`]); `None`: plain `ws://`.
     pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// A hung server: each session stops reading its socket (but keeps it open and keeps
+    /// sending what it has) once it has received this many bytes of caller audio. For tests of
+    /// a peer that stops reading.
+    pub stop_reading_after_audio_bytes: Option<u64>,
 }
 
 impl std::fmt::Debug for MockServerConfig {
@@ -62,6 +66,10 @@ impl std::fmt::Debug for MockServerConfig {
             .field("short_sessions", &self.short_sessions)
             .field("keep_sent_events", &self.keep_sent_events)
             .field("tls", &self.tls.is_some())
+            .field(
+                "stop_reading_after_audio_bytes",
+                &self.stop_reading_after_audio_bytes,
+            )
             .finish()
     }
 }
@@ -117,6 +125,7 @@ impl Default for MockServerConfig {
             short_sessions: None,
             keep_sent_events: true,
             tls: None,
+            stop_reading_after_audio_bytes: None,
         }
     }
 }
@@ -413,8 +422,11 @@ async fn connection<S: AsyncRead + AsyncWrite + Unpin>(
         let deadline = session.poll_timeout().map(tokio::time::Instant::from_std);
         let next_due = in_flight.front().map(|(due, _)| *due);
         input.reserve(16 * 1024);
+        let reading = cfg
+            .stop_reading_after_audio_bytes
+            .is_none_or(|limit| session.stats().input_audio_bytes < limit);
         tokio::select! {
-            r = stream.read_buf(&mut input) => {
+            r = stream.read_buf(&mut input), if reading => {
                 match r {
                     Ok(0) | Err(_) => break "client closed the connection without a close frame".to_owned(),
                     Ok(_) => {}
