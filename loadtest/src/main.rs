@@ -149,6 +149,11 @@ struct Common {
     /// certificate and the spawned server trusts it (OPENAI_EXTRA_CA_FILE).
     #[arg(long, conflicts_with_all = ["direct", "target"])]
     openai_tls: bool,
+    /// Simulated network delay of the OpenAI leg, ms: the mock answers the handshake and sends
+    /// each frame this much later (`mock-openai --latency-ms`). Shows what the connection pool
+    /// (`--server-env OPENAI_POOL_MAX=N`) saves at call setup; downlink latencies grow by it.
+    #[arg(long, default_value_t = 0, conflicts_with = "direct")]
+    openai_latency_ms: u64,
     /// Print the report as JSON on stdout (the progress and the table go to stderr).
     #[arg(long)]
     json: bool,
@@ -337,6 +342,7 @@ async fn setup(
     require_loopback(mock_listen, "--mock-listen")?;
     let mut mock_cfg = MockServerConfig {
         keep_sent_events: false,
+        latency: Duration::from_millis(c.openai_latency_ms),
         ..MockServerConfig::default()
     };
     // The load test measures the proxy, not the schema validator: the cheap structural check

@@ -17,7 +17,8 @@
 //!
 //! Sizing follows the recent call arrival rate: enough connections for the calls expected while
 //! one connection warms (rate × warm time, plus a second of margin), at least one, at most
-//! `OPENAI_POOL_MAX` (0 disables the pool).
+//! `OPENAI_POOL_MAX` (0 disables the pool). The rate is the higher of the last 30 s's and the
+//! last 2 s's, so a burst raises the pool within two seconds and a lull lowers it over thirty.
 
 use std::collections::VecDeque;
 use std::future::Future;
@@ -41,6 +42,11 @@ pub const TICK: Duration = Duration::from_secs(1);
 
 /// The window over which the call arrival rate is measured.
 pub const RATE_WINDOW: Duration = Duration::from_secs(30);
+
+/// The short window whose rate counts when it is higher (a burst): averaged over
+/// [`RATE_WINDOW`] alone, 1,000 calls arriving within 5 s read as 33 calls/s, and the pool
+/// stayed at a tenth of what the burst needed.
+pub const BURST_WINDOW: Duration = Duration::from_secs(2);
 
 /// Added to the warm time when sizing: calls arriving while a replacement warms.
 const SIZING_MARGIN: Duration = Duration::from_secs(1);
@@ -289,7 +295,14 @@ impl<C> Pool<C> {
             return 0;
         }
         self.forget_old_arrivals(now);
-        let rate = self.arrivals.len() as f64 / RATE_WINDOW.as_secs_f64();
+        let recent = self
+            .arrivals
+            .iter()
+            .rev()
+            .take_while(|&&t| now.saturating_duration_since(t) < BURST_WINDOW)
+            .count();
+        let rate = (self.arrivals.len() as f64 / RATE_WINDOW.as_secs_f64())
+            .max(recent as f64 / BURST_WINDOW.as_secs_f64());
         let expected = rate * (self.warm_time + SIZING_MARGIN).as_secs_f64();
         (expected.ceil() as usize).clamp(1, self.cfg.max)
     }
@@ -572,6 +585,23 @@ mod tests {
         assert_eq!(p.target(t0 + Duration::from_millis(59 * 500)), 3);
         // Long after the burst, back to one.
         assert_eq!(p.target(t0 + Duration::from_secs(120)), 1);
+    }
+
+    #[test]
+    fn a_burst_raises_the_target_at_once_and_it_falls_back_over_the_long_window() {
+        let t0 = Instant::now();
+        let mut p: Pool<u32> = Pool::new(cfg(1000));
+        // 200 calls/s for 1 s after a quiet start: 200 in the last 2 s → 100/s × 1.5 s = 150
+        // (the 30 s average alone: 200 / 30 × 1.5 = 10).
+        for i in 0..200 {
+            p.note_arrival(t0 + Duration::from_millis(i * 5));
+        }
+        let end = t0 + Duration::from_millis(995);
+        assert_eq!(p.target(end), 150);
+        // 3 s after the burst only the 30 s average counts: 200 / 30 × 1.5 = 10.
+        assert_eq!(p.target(end + Duration::from_secs(3)), 10);
+        // After 30 s, nothing.
+        assert_eq!(p.target(end + Duration::from_secs(31)), 1);
     }
 
     #[test]
