@@ -39,7 +39,8 @@ pub struct ServeArgs {
     /// Realtime model.
     #[arg(long, env = "OPENAI_REALTIME_MODEL", default_value = "gpt-realtime")]
     pub openai_model: String,
-    /// Realtime WebSocket URL (`ws://` allowed for a local mock); `{model}` is substituted.
+    /// Realtime WebSocket URL (`ws://` allowed for a local mock); `{model}` is substituted, and a
+    /// URL without a `model` query parameter gets `model=OPENAI_REALTIME_MODEL` appended.
     #[arg(long, env = "OPENAI_REALTIME_URL", default_value = DEFAULT_OPENAI_URL)]
     pub openai_url: String,
     /// Extra CA certificates (PEM) trusted for the OpenAI connection, besides the webpki roots.
@@ -162,6 +163,40 @@ pub enum RuntimeChoice {
     Epoll,
     /// io_uring if a probe at start succeeds, else epoll.
     Auto,
+}
+
+/// The bearer token sent to a loopback OpenAI endpoint (a mock) when no key is configured.
+pub const LOCAL_PLACEHOLDER_API_KEY: &str = "sk-callbridge-local-placeholder";
+
+/// `url` with a `model` query parameter: the one it has, else `model` appended. The Realtime
+/// endpoint selects the model from the URL (protocol.md 5.1), so a URL configured without it
+/// (`ws://127.0.0.1:9100/v1/realtime`) would be refused by the server.
+fn with_model_param(url: &str, model: &str) -> String {
+    let (base, fragment) = match url.find('#') {
+        Some(i) => url.split_at(i),
+        None => (url, ""),
+    };
+    let query = base.split_once('?').map(|(_, q)| q);
+    let has_model =
+        query.is_some_and(|q| q.split('&').any(|kv| kv.split('=').next() == Some("model")));
+    if has_model {
+        return url.to_owned();
+    }
+    let encoded: String = model
+        .bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect();
+    let sep = match query {
+        None => "?",
+        Some("") => "",
+        Some(_) => "&",
+    };
+    format!("{base}{sep}model={encoded}{fragment}")
 }
 
 /// Why the configuration was refused.
@@ -353,7 +388,10 @@ impl ServeArgs {
             .clone()
             .or_else(|| std::env::var("OPENAI_API_KEY").ok())
             .filter(|k| !k.is_empty());
-        let url_text = self.openai_url.replace("{model}", &self.openai_model);
+        let url_text = with_model_param(
+            &self.openai_url.replace("{model}", &self.openai_model),
+            &self.openai_model,
+        );
         let openai_url = WsUrl::parse(&url_text).map_err(|why| ConfigError::BadOpenAiUrl {
             url: url_text.clone(),
             why,
@@ -361,6 +399,9 @@ impl ServeArgs {
         if self.use_openai_realtime && api_key.is_none() && !openai_url.is_loopback() {
             return Err(ConfigError::MissingApiKey);
         }
+        // A local endpoint without a key still gets an `Authorization` header: protocol.md 5.1
+        // requires one on every upgrade, and a strict server refuses the upgrade without it.
+        let api_key = api_key.or_else(|| Some(LOCAL_PLACEHOLDER_API_KEY.to_owned()));
         let agent = self.agent()?;
         agent.validate().map_err(|e| ConfigError::Invalid {
             name: "AGENT_*",
@@ -606,6 +647,46 @@ mod tests {
             .expect("flags parse")
             .serve
             .into_config()
+    }
+
+    #[test]
+    fn the_openai_url_always_names_the_model() {
+        assert_eq!(
+            with_model_param("ws://127.0.0.1:9100/v1/realtime", "gpt-realtime"),
+            "ws://127.0.0.1:9100/v1/realtime?model=gpt-realtime"
+        );
+        assert_eq!(
+            with_model_param("ws://h/v1/realtime?foo=1", "gpt-realtime-2025-08-28"),
+            "ws://h/v1/realtime?foo=1&model=gpt-realtime-2025-08-28"
+        );
+        assert_eq!(with_model_param("ws://h/r?", "m"), "ws://h/r?model=m");
+        assert_eq!(
+            with_model_param("ws://h/r?model=x", "m"),
+            "ws://h/r?model=x"
+        );
+        assert_eq!(
+            with_model_param("ws://h/r?a=1&model=x", "m"),
+            "ws://h/r?a=1&model=x"
+        );
+        // `models=` is another parameter; odd bytes are escaped.
+        assert_eq!(
+            with_model_param("ws://h/r?models=x", "a b/c"),
+            "ws://h/r?models=x&model=a%20b%2Fc"
+        );
+        let cfg = parse(&["--openai-url", "ws://127.0.0.1:9/v1/realtime"]).unwrap();
+        assert_eq!(
+            cfg.openai_url.path_and_query,
+            "/v1/realtime?model=gpt-realtime"
+        );
+    }
+
+    #[test]
+    fn a_local_endpoint_without_a_key_gets_a_placeholder_bearer_token() {
+        let cfg = parse(&["--openai-url", "ws://127.0.0.1:9/v1/realtime?model=m"]).unwrap();
+        assert_eq!(
+            cfg.openai_api_key.as_deref(),
+            Some(LOCAL_PLACEHOLDER_API_KEY)
+        );
     }
 
     #[test]

@@ -37,9 +37,12 @@ where
     A: AsyncReadExt + AsyncWriteExt + Unpin,
     B: AsyncReadExt + AsyncWriteExt + Unpin,
 {
+    // Flushed, as the call loop does: the stream sends what it queued on flush.
     a.write_all(out).await.unwrap();
+    a.flush().await.unwrap();
     b.read_exact(buf).await.unwrap();
     b.write_all(out).await.unwrap();
+    b.flush().await.unwrap();
     a.read_exact(buf).await.unwrap();
 }
 

@@ -453,6 +453,11 @@ pub struct Call {
     /// `interrupt_response` cancels it when the caller starts speaking (protocol.md 5.5), even
     /// when none of its audio is playing yet.
     active_response: Option<String>,
+    /// Tool results, `(call_id, output)`, waiting for the response that asked for them to end:
+    /// they go out with one `response.create` on its `response.done` (a `response.create` while
+    /// a response is active is refused, `conversation_already_has_active_response`, and a
+    /// response may carry several calls).
+    tool_outputs: Vec<(String, String)>,
     /// Items interrupted by barge-in.
     interrupted_items: VecDeque<String>,
     stats: CallStats,
@@ -482,6 +487,7 @@ impl Call {
             presession_bytes: 0,
             interrupted_responses: VecDeque::new(),
             active_response: None,
+            tool_outputs: Vec::new(),
             interrupted_items: VecDeque::new(),
             stats: CallStats::default(),
             logged_kinds: Vec::new(),
@@ -689,6 +695,18 @@ impl Call {
             tracing::warn!(call_sid = %self.cfg.expected_call_sid, %reason, "call ended");
         } else {
             tracing::info!(call_sid = %self.cfg.expected_call_sid, %reason, "call ended");
+        }
+        if self.active_response.is_some()
+            && self.openai == OpenAiPhase::Ready
+            && !reason.is_ai_failure()
+        {
+            // Hanging up mid-response (protocol.md 5.3): stop the generation (and its billing)
+            // before the close frame that follows.
+            let id = self.event_id();
+            self.outbox.push(Leg::OpenAi, |out| {
+                oa::encode_response_cancel(out, id.as_str())
+            });
+            self.active_response = None;
         }
         self.events.push_back(CallEvent::Ended {
             reason: reason.clone(),
@@ -931,6 +949,11 @@ impl Call {
                 if self.active_response.as_deref() == Some(response_id) || response_id.is_empty() {
                     self.active_response = None;
                 }
+                if self.active_response.is_none() && !self.tool_outputs.is_empty() {
+                    // A response cut short by the caller: server VAD answers the new turn by
+                    // itself (and sees the outputs); asking for another would be refused.
+                    self.send_tool_outputs(status != "cancelled");
+                }
                 self.events.push_back(CallEvent::ResponseDone {
                     response_id: response_id.to_owned(),
                     status: status.to_owned(),
@@ -1152,14 +1175,27 @@ impl Call {
             "{{\"error\":\"the tool {} is not available right now\"}}",
             name.replace(['"', '\\'], "")
         );
-        let id = self.event_id();
-        self.outbox.push(Leg::OpenAi, |out| {
-            oa::encode_function_output(out, id.as_str(), call_id, &output)
-        });
-        let id = self.event_id();
-        self.outbox.push(Leg::OpenAi, |out| {
-            oa::encode_response_create(out, id.as_str(), None)
-        });
+        self.tool_outputs.push((call_id.to_owned(), output));
+        if self.active_response.is_none() {
+            // No `response.created` seen for it (unusual): nothing to wait for.
+            self.send_tool_outputs(true);
+        }
+    }
+
+    /// Sends the waiting tool results, then (with `respond`) one `response.create` for all.
+    fn send_tool_outputs(&mut self, respond: bool) {
+        for (call_id, output) in std::mem::take(&mut self.tool_outputs) {
+            let id = self.event_id();
+            self.outbox.push(Leg::OpenAi, |out| {
+                oa::encode_function_output(out, id.as_str(), &call_id, &output)
+            });
+        }
+        if respond {
+            let id = self.event_id();
+            self.outbox.push(Leg::OpenAi, |out| {
+                oa::encode_response_create(out, id.as_str(), None)
+            });
+        }
     }
 
     /// The agent for this call, resolved by the driver after `start` (see

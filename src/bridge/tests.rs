@@ -903,3 +903,90 @@ fn responses_cancelled_while_nothing_played_are_remembered_within_the_bound() {
         s.twilio_out
     );
 }
+
+/// `response.function_call_arguments.done` of response `resp` for call `call_id`.
+fn arguments_done(resp: &str, call_id: &str) -> Value {
+    json!({"type": "response.function_call_arguments.done", "event_id": "e", "response_id": resp, "item_id": format!("item_{call_id}"), "output_index": 0, "call_id": call_id, "name": "lookup_order", "arguments": "{}"})
+}
+
+fn response_created(resp: &str) -> Value {
+    json!({"type": "response.created", "event_id": "e", "response": {"id": resp, "object": "realtime.response", "status": "in_progress", "output": []}})
+}
+
+fn response_done(resp: &str, status: &str) -> Value {
+    json!({"type": "response.done", "event_id": "e", "response": {"id": resp, "object": "realtime.response", "status": status, "output": []}})
+}
+
+/// The OpenAI event types sent so far, and the `call_id`s of the function outputs among them.
+fn openai_types_and_outputs(s: &Sim) -> (Vec<String>, Vec<String>) {
+    let types = s
+        .openai_out
+        .iter()
+        .map(|v| v["type"].as_str().unwrap().to_owned())
+        .collect();
+    let outputs = s
+        .openai_out
+        .iter()
+        .filter(|v| v["item"]["type"] == "function_call_output")
+        .map(|v| v["item"]["call_id"].as_str().unwrap().to_owned())
+        .collect();
+    (types, outputs)
+}
+
+#[test]
+fn tool_results_wait_for_the_end_of_their_response_then_one_response_create_asks_for_the_answer() {
+    let mut s = Sim::ready();
+    s.openai_out.clear();
+    s.openai(response_created("resp_T"));
+    // Two calls in one response (parallel tool calls).
+    s.openai(arguments_done("resp_T", "call_1"));
+    s.openai(arguments_done("resp_T", "call_2"));
+    assert!(
+        s.openai_out.is_empty(),
+        "nothing while the response is active: {:?}",
+        s.openai_out
+    );
+    s.openai(response_done("resp_T", "completed"));
+    let (types, outputs) = openai_types_and_outputs(&s);
+    assert_eq!(
+        types,
+        [
+            "conversation.item.create",
+            "conversation.item.create",
+            "response.create"
+        ]
+    );
+    assert_eq!(outputs, ["call_1", "call_2"]);
+}
+
+#[test]
+fn tool_results_of_a_response_the_caller_cut_short_go_out_without_a_response_create() {
+    let mut s = Sim::ready();
+    s.openai_out.clear();
+    s.openai(response_created("resp_T"));
+    s.openai(arguments_done("resp_T", "call_1"));
+    s.openai(response_done("resp_T", "cancelled"));
+    // Server VAD answers the caller's new turn by itself (and sees the output).
+    let (types, outputs) = openai_types_and_outputs(&s);
+    assert_eq!(types, ["conversation.item.create"]);
+    assert_eq!(outputs, ["call_1"]);
+}
+
+#[test]
+fn hanging_up_mid_response_cancels_it_and_not_otherwise() {
+    let mut s = Sim::ready();
+    s.openai_out.clear();
+    s.openai(response_created("resp_R"));
+    s.twilio(json!({"event": "stop", "sequenceNumber": "9", "streamSid": STREAM_SID, "stop": {"accountSid": "AC1", "callSid": CALL_SID}}));
+    let (types, _) = openai_types_and_outputs(&s);
+    assert_eq!(types, ["response.cancel"]);
+    assert_eq!(s.ended(), Some(&EndReason::TwilioStop));
+
+    // A response that already ended is not cancelled.
+    let mut s = Sim::ready();
+    s.openai_out.clear();
+    s.openai(response_created("resp_R"));
+    s.openai(response_done("resp_R", "completed"));
+    s.twilio(json!({"event": "stop", "sequenceNumber": "9", "streamSid": STREAM_SID, "stop": {"accountSid": "AC1", "callSid": CALL_SID}}));
+    assert!(s.openai_out.is_empty(), "{:?}", s.openai_out);
+}

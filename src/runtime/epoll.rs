@@ -162,7 +162,7 @@ pub(crate) async fn connection<S: Transport, D: Dial>(
                 tracing::warn!(%peer, status = resp.status, "bad request: {}", String::from_utf8_lossy(&resp.body).trim_end());
                 metrics::http_request("", resp.status);
                 write_response(&mut out, &resp, false);
-                let _ = tokio::time::timeout(CLOSE_TIMEOUT, stream.write_all(&out)).await;
+                let _ = tokio::time::timeout(CLOSE_TIMEOUT, send_all(&mut stream, &out)).await;
                 return;
             }
         };
@@ -172,7 +172,7 @@ pub(crate) async fn connection<S: Transport, D: Dial>(
                 tracing::debug!(%peer, method = %request.method, path = %request.path, status = resp.status, "http");
                 metrics::http_request(&request.path, resp.status);
                 write_response(&mut out, &resp, keep_alive);
-                if stream.write_all(&out).await.is_err() || !keep_alive {
+                if send_all(&mut stream, &out).await.is_err() || !keep_alive {
                     return;
                 }
             }
@@ -180,7 +180,7 @@ pub(crate) async fn connection<S: Transport, D: Dial>(
                 metrics::http_request(&request.path, 101);
                 out.clear();
                 ws::write_upgrade_response(&mut out, &grant.accept);
-                if stream.write_all(&out).await.is_err() {
+                if send_all(&mut stream, &out).await.is_err() {
                     return;
                 }
                 let leftover = std::mem::take(&mut buf);
@@ -191,6 +191,12 @@ pub(crate) async fn connection<S: Transport, D: Dial>(
             }
         }
     }
+}
+
+/// Writes all of `out` and flushes (a transport that queues writes sends them on flush).
+async fn send_all<S: AsyncWrite + Unpin>(stream: &mut S, out: &[u8]) -> io::Result<()> {
+    stream.write_all(out).await?;
+    stream.flush().await
 }
 
 /// Routes a request. Admin requests (sled reads and writes, fsyncs, listings) run on tokio's
@@ -670,14 +676,15 @@ async fn run_call<S: Transport, D: Dial>(
                     }
                 }
             }
-            r = write_leg(Some(&mut tw.wr), &tw.output, false) => match r {
+            r = write_leg(Some(&mut tw.wr), &tw.output, tw.needs_flush) => match r {
                 Ok(Progress::Wrote(n)) => {
                     tw.output.drain(..n);
                     shrink_if_idle(&mut tw.output);
                     tw.last_progress = Instant::now();
                     meter.on_written(Leg::Twilio, n, tw.last_progress);
+                    tw.needs_flush = S::WRITES_NEED_FLUSH;
                 }
-                Ok(Progress::Flushed) => {}
+                Ok(Progress::Flushed) => tw.needs_flush = false,
                 Err(_) => {
                     tw_open = false;
                     tw.output.clear();
@@ -792,6 +799,9 @@ fn on_call_event(app: &App, grant: &UpgradeGrant, ev: CallEvent) {
         }
         CallEvent::AssistantTranscript { text, .. } => {
             tracing::info!(call_sid = %grant.call_sid, "assistant: {text}")
+        }
+        CallEvent::ToolCall { name, call_id, .. } => {
+            tracing::info!(call_sid = %grant.call_sid, tool = %name, %call_id, "tool call (tools are not executed yet: answered with an error result)")
         }
         _ => {}
     }

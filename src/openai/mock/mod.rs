@@ -403,6 +403,10 @@ pub struct MockSession {
     speech_item: Option<String>,
     /// The audio response being generated.
     active: Option<AudioResponse>,
+    /// A function-call response whose arguments are out but whose `response.done` is not yet:
+    /// it is still the active response (a `response.create` now is refused, as by the real
+    /// server).
+    tool_response: Option<response::ToolResponse>,
     /// Responses started (the [`mock_audio`] key of the next is this + 1).
     responses_started: u32,
     /// Next line of [`MockConfig::user_transcripts`].
@@ -451,6 +455,7 @@ impl MockSession {
             vad: Vad::new(),
             speech_item: None,
             active: None,
+            tool_response: None,
             responses_started: 0,
             user_line: 0,
             assistant_line: 0,
@@ -511,10 +516,11 @@ impl MockSession {
             return None;
         }
         let delta_at = self.active.as_ref().map(|response| response.next_at);
-        match (delta_at, self.close_at) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        let tool_done_at = self.tool_response.as_ref().map(|t| t.done_at);
+        [delta_at, tool_done_at, self.close_at]
+            .into_iter()
+            .flatten()
+            .min()
     }
 
     /// The next server event to send, as JSON text.
@@ -558,6 +564,7 @@ impl MockSession {
             return;
         }
         self.step_response(now);
+        self.finish_tool_response(now);
         if self.close_at.is_some_and(|at| at <= now) {
             self.reject(None, None, MockRejection::SessionExpired);
             self.closing = Some((1000, "session expired".to_owned()));
@@ -716,7 +723,7 @@ impl MockSession {
         }));
         self.commit_user_audio(item_id);
         // With a response still running (interrupt_response off) the mock starts none.
-        if create_response && self.active.is_none() {
+        if create_response && self.active.is_none() && self.tool_response.is_none() {
             self.start_response(now);
         }
     }
@@ -981,7 +988,7 @@ impl MockSession {
     /// `response.create`: refused during a response, or while the scripted call waits for its
     /// output.
     fn on_response_create(&mut self, now: Instant) -> Result<(), MockRejection> {
-        if self.active.is_some() {
+        if self.active.is_some() || self.tool_response.is_some() {
             return Err(MockRejection::ActiveResponse);
         }
         let waiting = self.items.values().find_map(|item| match &item.kind {
@@ -1001,6 +1008,12 @@ impl MockSession {
     /// `response.cancel`: cancel the active response (an optional `response_id` must match).
     fn on_response_cancel(&mut self, event: &Value) -> Result<(), MockRejection> {
         let wanted = event.get("response_id").and_then(Value::as_str);
+        if let Some(tool) = &self.tool_response {
+            if wanted.is_none_or(|id| id == tool.id) {
+                self.cancel_tool_response("client_cancelled");
+                return Ok(());
+            }
+        }
         let matches = match (&self.active, wanted) {
             (None, _) => false,
             (Some(_), None) => true,

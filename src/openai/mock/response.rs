@@ -179,7 +179,7 @@ impl MockSession {
             .filter(|script| script.on_response == seq)
             .cloned();
         if let Some(script) = scripted_call {
-            self.function_call_response(&id, &script.name, &script.arguments);
+            self.function_call_response(now, &id, &script.name, &script.arguments);
             return;
         }
         let item_id = self.ids.next("item");
@@ -355,9 +355,12 @@ impl MockSession {
         true
     }
 
-    /// The scripted function call: the whole response at once (it carries no audio to pace),
-    /// then the mock waits for the `function_call_output`.
-    fn function_call_response(&mut self, id: &str, name: &str, arguments: &str) {
+    /// The scripted function call: everything up to the finished item at once (it carries no
+    /// audio to pace); its `response.done` follows [`TOOL_RESPONSE_DONE_AFTER`] later, and until
+    /// then the response is active (as with the real server, a `response.create` sent on
+    /// `…arguments.done` instead of on `response.done` is refused). Then the mock waits for the
+    /// `function_call_output`.
+    fn function_call_response(&mut self, now: Instant, id: &str, name: &str, arguments: &str) {
         let item_id = self.ids.next("item");
         let call_id = self.ids.next("call");
         let created = self.response_object(id, "in_progress", Value::Null, vec![], Value::Null);
@@ -390,11 +393,58 @@ impl MockSession {
             stored.value = item.clone();
         }
         let usage = usage(self.input_tokens(), arguments.chars().count() as u64, 0);
-        let done = self.response_object(id, "completed", Value::Null, vec![item], usage);
-        self.push_event(json!({"type": "response.done", "response": done}));
-        self.stats.responses_completed += 1;
         self.stats.function_calls.push(call_id);
+        self.tool_response = Some(ToolResponse {
+            id: id.to_owned(),
+            item,
+            usage,
+            done_at: now + TOOL_RESPONSE_DONE_AFTER,
+        });
     }
+
+    /// Sends the open function-call response's `response.done` once it is due.
+    pub(super) fn finish_tool_response(&mut self, now: Instant) {
+        if self
+            .tool_response
+            .as_ref()
+            .is_some_and(|t| t.done_at <= now)
+        {
+            if let Some(t) = self.tool_response.take() {
+                let done =
+                    self.response_object(&t.id, "completed", Value::Null, vec![t.item], t.usage);
+                self.push_event(json!({"type": "response.done", "response": done}));
+                self.stats.responses_completed += 1;
+            }
+        }
+    }
+
+    /// Ends the open function-call response as cancelled (`response.cancel`).
+    pub(super) fn cancel_tool_response(&mut self, reason: &str) {
+        if let Some(t) = self.tool_response.take() {
+            let details = json!({"type": "cancelled", "reason": reason});
+            let done = self.response_object(&t.id, "cancelled", details, vec![t.item], t.usage);
+            self.push_event(json!({"type": "response.done", "response": done}));
+            self.stats.responses_cancelled += 1;
+        }
+    }
+}
+
+/// How long after its `…arguments.done` a function-call response ends (`response.done`): the
+/// real server sends them apart, so a client must wait for `response.done` before asking for the
+/// next response.
+pub(super) const TOOL_RESPONSE_DONE_AFTER: Duration = Duration::from_millis(40);
+
+/// A function-call response whose `response.done` is still to come.
+#[derive(Debug)]
+pub(super) struct ToolResponse {
+    /// The response id.
+    pub(super) id: String,
+    /// The finished `function_call` item.
+    item: Value,
+    /// Its usage.
+    usage: Value,
+    /// When `response.done` goes out.
+    pub(super) done_at: Instant,
 }
 
 #[cfg(test)]

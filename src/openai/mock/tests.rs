@@ -811,14 +811,23 @@ fn function_call_script_waits_for_the_output_then_answers_with_audio() {
         ]
     );
     assert_eq!(
-        call_events[call_events.len() - 4..],
+        call_events[call_events.len() - 3..],
         [
             "response.function_call_arguments.done",
             "response.output_item.done",
             "conversation.item.done",
-            "response.done",
         ]
     );
+    // The response is still active until its `response.done`, a moment later: a
+    // `response.create` sent on `…arguments.done` is refused, as by the real server.
+    let too_soon = h.send(json!({"type": "response.create", "event_id": "evt_too_soon"}));
+    assert_eq!(
+        only_error(&too_soon)["code"],
+        "conversation_already_has_active_response"
+    );
+    let later = h.advance(response::TOOL_RESPONSE_DONE_AFTER.as_millis() as u64);
+    assert_eq!(types(&later), ["response.done"]);
+    assert_eq!(later[0]["response"]["status"], "completed");
     let arg_deltas: String = of_type(&events, "response.function_call_arguments.delta")
         .iter()
         .map(|d| d["delta"].as_str().unwrap())
