@@ -696,18 +696,6 @@ impl Call {
         } else {
             tracing::info!(call_sid = %self.cfg.expected_call_sid, %reason, "call ended");
         }
-        if self.active_response.is_some()
-            && self.openai == OpenAiPhase::Ready
-            && !reason.is_ai_failure()
-        {
-            // Hanging up mid-response (protocol.md 5.3): stop the generation (and its billing)
-            // before the close frame that follows.
-            let id = self.event_id();
-            self.outbox.push(Leg::OpenAi, |out| {
-                oa::encode_response_cancel(out, id.as_str())
-            });
-            self.active_response = None;
-        }
         self.events.push_back(CallEvent::Ended {
             reason: reason.clone(),
         });

@@ -973,20 +973,14 @@ fn tool_results_of_a_response_the_caller_cut_short_go_out_without_a_response_cre
 }
 
 #[test]
-fn hanging_up_mid_response_cancels_it_and_not_otherwise() {
+fn hanging_up_mid_response_sends_no_cancel_the_close_ends_the_session() {
+    // Deliberate (README "Protocol conformance"): the close frame that follows ends the session
+    // and its generation; a `response.cancel` would race the response's own end and draw a
+    // `response_cancel_not_active` error (the load test saw 13 in 1,000 calls).
     let mut s = Sim::ready();
     s.openai_out.clear();
     s.openai(response_created("resp_R"));
     s.twilio(json!({"event": "stop", "sequenceNumber": "9", "streamSid": STREAM_SID, "stop": {"accountSid": "AC1", "callSid": CALL_SID}}));
-    let (types, _) = openai_types_and_outputs(&s);
-    assert_eq!(types, ["response.cancel"]);
     assert_eq!(s.ended(), Some(&EndReason::TwilioStop));
-
-    // A response that already ended is not cancelled.
-    let mut s = Sim::ready();
-    s.openai_out.clear();
-    s.openai(response_created("resp_R"));
-    s.openai(response_done("resp_R", "completed"));
-    s.twilio(json!({"event": "stop", "sequenceNumber": "9", "streamSid": STREAM_SID, "stop": {"accountSid": "AC1", "callSid": CALL_SID}}));
     assert!(s.openai_out.is_empty(), "{:?}", s.openai_out);
 }

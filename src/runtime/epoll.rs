@@ -398,8 +398,9 @@ async fn connect_some<F: std::future::Future + Unpin>(connect: &mut Option<F>) -
 
 /// What a write future achieved.
 enum Progress {
-    /// Bytes taken from the output buffer.
-    Wrote(usize),
+    /// Bytes taken from the output buffer, and whether they were flushed at once too (else the
+    /// leg needs a flush: TLS holding records, or an io_uring stream with a send in flight).
+    Wrote { n: usize, flushed: bool },
     /// Buffered TLS bytes were flushed.
     Flushed,
 }
@@ -414,7 +415,16 @@ async fn write_leg<W: AsyncWrite + Unpin>(
     match wr {
         Some(wr) if !buf.is_empty() => match wr.write(buf).await? {
             0 => Err(io::ErrorKind::WriteZero.into()),
-            n => Ok(Progress::Wrote(n)),
+            n => {
+                // One flush attempt right away: it usually completes at once (a plain socket;
+                // TLS with room in the socket), which saves the call loop a turn per write.
+                let once = std::future::poll_fn(|cx| {
+                    std::task::Poll::Ready(std::pin::Pin::new(&mut *wr).poll_flush(cx))
+                })
+                .await;
+                let flushed = matches!(once, std::task::Poll::Ready(Ok(())));
+                Ok(Progress::Wrote { n, flushed })
+            }
         },
         Some(wr) if needs_flush => wr.flush().await.map(|()| Progress::Flushed),
         _ => std::future::pending().await,
@@ -677,12 +687,12 @@ async fn run_call<S: Transport, D: Dial>(
                 }
             }
             r = write_leg(Some(&mut tw.wr), &tw.output, tw.needs_flush) => match r {
-                Ok(Progress::Wrote(n)) => {
+                Ok(Progress::Wrote { n, flushed }) => {
                     tw.output.drain(..n);
                     shrink_if_idle(&mut tw.output);
                     tw.last_progress = Instant::now();
                     meter.on_written(Leg::Twilio, n, tw.last_progress);
-                    tw.needs_flush = S::WRITES_NEED_FLUSH;
+                    tw.needs_flush = !flushed;
                 }
                 Ok(Progress::Flushed) => tw.needs_flush = false,
                 Err(_) => {
@@ -694,12 +704,12 @@ async fn run_call<S: Transport, D: Dial>(
             r = write_leg(oa_wr, oa_out, oa_flush) => {
                 let oa_leg = oa.as_mut().expect("writing implies connected");
                 match r {
-                    Ok(Progress::Wrote(n)) => {
+                    Ok(Progress::Wrote { n, flushed }) => {
                         oa_leg.output.drain(..n);
                         shrink_if_idle(&mut oa_leg.output);
                         oa_leg.last_progress = Instant::now();
                         meter.on_written(Leg::OpenAi, n, oa_leg.last_progress);
-                        oa_leg.needs_flush = true;
+                        oa_leg.needs_flush = !flushed;
                     }
                     Ok(Progress::Flushed) => oa_leg.needs_flush = false,
                     Err(e) => {

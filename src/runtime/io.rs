@@ -19,9 +19,6 @@ pub trait Transport: AsyncRead + AsyncWrite + Unpin + Sized {
     type Read: AsyncRead + Unpin;
     /// The write half.
     type Write: AsyncWrite + Unpin;
-    /// Whether written bytes leave only on `flush` (a stream that queues writes and sends them
-    /// from `poll_flush`); a plain socket's writes go out at once.
-    const WRITES_NEED_FLUSH: bool = false;
     /// Splits the stream; dropping both halves closes it.
     fn into_halves(self) -> (Self::Read, Self::Write);
 }

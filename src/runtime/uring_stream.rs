@@ -19,9 +19,13 @@
 //!   nothing unread is left and polls it. Dropping a read future (the call loop's `select!` does
 //!   every turn) cancels nothing: the operation stays in the stream, so no bytes are lost.
 //! - **Writes:** `poll_write` queues into `tx` (bounded by [`TX_CAP`]: above it, `Pending` until a
-//!   send completes) and starts a send when none is in flight; `poll_flush` drives sends until
-//!   everything queued is handed to the kernel (a short send is resent from where it stopped).
-//!   So a writer must flush ([`Transport::WRITES_NEED_FLUSH`]), as with any buffered stream.
+//!   send completes) and starts a send when none is in flight, so what is written goes to the
+//!   kernel at once unless a send is still in flight. `poll_flush` is `Ready` once nothing waits
+//!   behind a send in flight (everything is handed to the kernel, as after a `write` syscall); it
+//!   does not wait for the completion, so the writer is not woken once more per frame. Sends carry
+//!   `MSG_WAITALL` (the kernel finishes a send before completing it); a short send is resent from
+//!   where it stopped at the next write, flush or shutdown. `poll_shutdown` waits for every send
+//!   to complete, then sends the FIN.
 //! - **Buffers** are owned by the stream for its life and handed to the kernel and back (`Vec`s
 //!   moved into the operation, never copied, never reallocated once warm): 0 allocations per
 //!   frame (`tests/no_alloc_uring.rs`). The receive buffer is initialised once (zeros), so the
@@ -105,10 +109,11 @@ fn submit_recv(sock: &Rc<TcpStream>, mut buf: Vec<u8>) -> InFlight {
     UnsubmittedOneshot::new(data, OpResult, entry).submit()
 }
 
-/// Starts a send of all of `buf`; `MSG_NOSIGNAL`: a closed peer is an `EPIPE`, not a signal.
+/// Starts a send of all of `buf`; `MSG_NOSIGNAL`: a closed peer is an `EPIPE`, not a signal;
+/// `MSG_WAITALL`: the kernel completes it only when all is sent (or on an error).
 fn submit_send(sock: &Rc<TcpStream>, buf: Vec<u8>) -> InFlight {
     let entry = opcode::Send::new(types::Fd(sock.as_raw_fd()), buf.as_ptr(), buf.len() as u32)
-        .flags(libc::MSG_NOSIGNAL)
+        .flags(libc::MSG_NOSIGNAL | libc::MSG_WAITALL)
         .build();
     let data = OpData {
         buf,
@@ -205,9 +210,10 @@ impl Io {
         if data.is_empty() {
             return Poll::Ready(Ok(0));
         }
-        // Reap a send that completed (freeing the slot for the next one); when one is still in
-        // flight this registers the waker, so a full `tx` is woken by its completion.
-        if let Poll::Ready(Err(e)) = self.poll_sent(cx) {
+        // Reap a send that completed (freeing the slot for the next one; frames come ms apart,
+        // so it usually has); when one is still in flight this registers the waker, so a full
+        // `tx` is woken by its completion.
+        if let Poll::Ready(Err(e)) = self.poll_drained(cx) {
             return Poll::Ready(Err(e));
         }
         if self.tx.len() >= TX_CAP {
@@ -229,9 +235,24 @@ impl Io {
         }
     }
 
+    /// `flush`: `Ready` once nothing waits behind a send in flight (all written bytes are handed
+    /// to the kernel); a send in flight with nothing behind it is not waited for.
+    fn poll_handed_over(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        if let Some(kind) = self.tx_err {
+            return Poll::Ready(Err(kind.into()));
+        }
+        if self.tx.is_empty() {
+            return Poll::Ready(Ok(()));
+        }
+        match self.poll_drained(cx) {
+            Poll::Pending if self.tx.is_empty() => Poll::Ready(Ok(())),
+            other => other,
+        }
+    }
+
     /// Drives sends until nothing is queued or in flight (`Ready(Ok)`), one is pending, or one
     /// failed.
-    fn poll_sent(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+    fn poll_drained(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         loop {
             if let Some(kind) = self.tx_err {
                 return Poll::Ready(Err(kind.into()));
@@ -355,7 +376,7 @@ impl UringStream {
 /// Flushes, then shuts the write side (FIN).
 fn poll_shutdown_inner(inner: &Inner, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
     let mut io = inner.io.borrow_mut();
-    match io.poll_sent(cx) {
+    match io.poll_drained(cx) {
         Poll::Ready(Ok(())) => {
             let _ = io.sock.shutdown(Shutdown::Write);
             Poll::Ready(Ok(()))
@@ -392,7 +413,7 @@ macro_rules! impl_async_write {
             }
 
             fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-                self.inner.io.borrow_mut().poll_sent(cx)
+                self.inner.io.borrow_mut().poll_handed_over(cx)
             }
 
             fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -420,7 +441,6 @@ impl_async_write!(UringWrite);
 impl Transport for UringStream {
     type Read = UringRead;
     type Write = UringWrite;
-    const WRITES_NEED_FLUSH: bool = true;
 
     fn into_halves(self) -> (UringRead, UringWrite) {
         (
