@@ -370,6 +370,7 @@ pub const OUTCOMES: &[&str] = &[
     "openai_stalled",
     "fallback_realtime_off",
     "fallback_overloaded",
+    "fallback_openai_down",
 ];
 
 /// Call setup phases, the `phase` label of [`CALL_SETUP`].
@@ -907,6 +908,7 @@ pub fn call_fallback(reason: &str) {
     let outcome = match reason {
         "realtime_off" => "fallback_realtime_off",
         "overloaded" => "fallback_overloaded",
+        "openai_down" => "fallback_openai_down",
         // Not a registered label: `call_outcome` says so in the log.
         other => other,
     };

@@ -11,6 +11,7 @@
 //! | `/api/admin/…` | * | the admin API ([`super::admin`]) |
 //! | `/metrics` | GET | Prometheus text format ([`crate::metrics::render`]) |
 
+use crate::front::openai_health::OpenAiHealth;
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -102,6 +103,8 @@ pub enum FallbackReason {
     Overloaded,
     /// The AI leg failed during the stream.
     AiFailed,
+    /// OpenAI looks unreachable (the last connects failed): no stream is opened.
+    OpenAiDown,
 }
 
 /// The application state shared by the connections of a server.
@@ -111,6 +114,8 @@ pub struct App {
     active_calls: AtomicUsize,
     /// Recent calls whose AI leg failed (callSid), for `after-stream`.
     ai_failures: Mutex<VecDeque<String>>,
+    /// How the last OpenAI connects went: the webhook skips the AI while it looks down.
+    openai_health: Mutex<OpenAiHealth>,
     /// Agents, routes and call records; `None`: nothing is recorded (library use, tests).
     store: Option<Store>,
 }
@@ -124,6 +129,7 @@ impl App {
             stream_key,
             active_calls: AtomicUsize::new(0),
             ai_failures: Mutex::new(VecDeque::new()),
+            openai_health: Mutex::new(OpenAiHealth::default()),
             store: None,
         })
     }
@@ -172,6 +178,24 @@ impl App {
         while q.len() > MAX_REMEMBERED_OUTCOMES {
             q.pop_front();
         }
+    }
+
+    /// Notes how a call's OpenAI connect went (see [`OpenAiHealth`]).
+    pub fn note_openai_connect(&self, ok: bool) {
+        let now = std::time::Instant::now();
+        let mut h = self.openai_health.lock().unwrap_or_else(|e| e.into_inner());
+        if h.on_connect(ok, now) {
+            tracing::error!(
+                failures_in_a_row = h.failures_in_a_row(),
+                "OpenAI unreachable: new calls go to the legacy conference for {:?}",
+                crate::front::openai_health::OPEN_FOR
+            );
+        }
+    }
+
+    fn openai_down(&self) -> bool {
+        let h = self.openai_health.lock().unwrap_or_else(|e| e.into_inner());
+        h.is_open(std::time::Instant::now())
     }
 
     fn ai_failed(&self, call_sid: &str) -> bool {
@@ -284,6 +308,16 @@ impl App {
             );
             return self.conference(call_sid, FallbackReason::RealtimeOff);
         }
+        if self.openai_down() {
+            tracing::warn!(call_sid, "OpenAI unreachable: legacy conference");
+            self.record(
+                call_sid,
+                record(Some(
+                    "OpenAI unreachable (its last connects failed): legacy conference",
+                )),
+            );
+            return self.conference(call_sid, FallbackReason::OpenAiDown);
+        }
         if self.active_calls() >= self.cfg.max_calls {
             tracing::warn!(
                 call_sid,
@@ -333,6 +367,7 @@ impl App {
         match reason {
             FallbackReason::RealtimeOff => crate::metrics::call_fallback("realtime_off"),
             FallbackReason::Overloaded => crate::metrics::call_fallback("overloaded"),
+            FallbackReason::OpenAiDown => crate::metrics::call_fallback("openai_down"),
             // Counted when the call ended (its end reason).
             FallbackReason::AiFailed => {}
         }

@@ -723,6 +723,7 @@ async fn run_call<S: Transport, D: Dial>(
                 connect = None;
                 let now = Instant::now();
                 meter.on_openai_connect(now.duration_since(started), r.is_ok());
+                app.note_openai_connect(r.is_ok());
                 match r {
                     Ok((conn, rest)) => {
                         tracing::debug!(call_sid = %grant.call_sid, ms = now.duration_since(started).as_millis() as u64, "openai connected");

@@ -1,0 +1,68 @@
+//! OpenAI unreachable: the first calls try, fail fast and are sent to the conference by
+//! `after-stream`; after three failed connects in a row the webhook sends callers straight to
+//! the conference without opening a stream (protocol.md 2.2), with the metric and the log saying
+//! why.
+
+mod common;
+
+use std::time::Duration;
+
+use callbridge::sim::twiml::Twiml;
+use callbridge::sim::webhook;
+use common::{after_stream, logged, webhook as post_webhook, Proxy, RawStream};
+
+/// The conference room `after-stream` or the webhook names for call `n`.
+fn room(n: u32) -> String {
+    format!("support-{}", webhook::sid("CA", u128::from(n)))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_three_failed_connects_the_webhook_sends_callers_straight_to_the_conference() {
+    // Nothing listens on port 1: every connect is refused at once.
+    let proxy = Proxy::spawn(&[
+        ("OPENAI_REALTIME_URL", "ws://127.0.0.1:1/v1/realtime"),
+        ("OPENAI_REALTIME_API_KEY", "sk-test"),
+        ("TWILIO_AUTH_TOKEN", common::AUTH_TOKEN),
+    ]);
+    for n in 61..64 {
+        // RawStream::open posts the webhook and upgrades: the webhook still streams.
+        // The proxy dials OpenAI at the upgrade; refused, it ends the stream (it may do so before
+        // a `start` could even be sent).
+        let mut raw = RawStream::open(proxy.addr, n).await;
+        assert_eq!(
+            raw.until_closed(Duration::from_secs(5)).await,
+            Some(1000),
+            "log:\n{}",
+            proxy.log()
+        );
+        let resp = after_stream(proxy.addr, n).await;
+        let twiml = Twiml::parse(std::str::from_utf8(&resp.body).unwrap()).expect("TwiML");
+        assert_eq!(twiml.conference(), Some(room(n).as_str()));
+    }
+    assert!(
+        logged(
+            &proxy,
+            "OpenAI unreachable: new calls go to the legacy conference"
+        )
+        .await,
+        "log:\n{}",
+        proxy.log()
+    );
+    // The fourth call: no stream at all.
+    let resp = post_webhook(proxy.addr, 64).await;
+    assert_eq!(resp.status, 200);
+    let body = std::str::from_utf8(&resp.body).unwrap();
+    assert!(!body.contains("<Connect>"), "{body}");
+    let twiml = Twiml::parse(body).expect("TwiML");
+    assert_eq!(twiml.conference(), Some(room(64).as_str()));
+    let metrics = common::http(proxy.addr, "GET", "/metrics", &[], b"").await;
+    let text = String::from_utf8_lossy(&metrics.body).into_owned();
+    assert!(
+        text.contains("callbridge_calls_total{outcome=\"fallback_openai_down\"} 1"),
+        "{}",
+        text.lines()
+            .filter(|l| l.contains("calls_total"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+}
