@@ -809,6 +809,18 @@ async fn a_media_stream_request_without_upgrade_headers_gets_426_advising_versio
     assert!(proxy.is_running());
 }
 
+/// The call ended because `leg`'s peer stopped reading (1 s stall timeout): the summary and
+/// the log say so.
+async fn assert_ended_as_stalled(proxy: &Proxy, leg: &str) {
+    let summary = finished_line(proxy).await;
+    assert!(
+        summary.contains(&format!("reason=\"{leg}_stalled\"")),
+        "{summary}"
+    );
+    let why = format!("{leg} peer stopped reading: no write progress for 1.0s");
+    assert!(logged(proxy, &why).await, "log:\n{}", proxy.log());
+}
+
 /// The conference room `after-stream` names for call `n`, if any.
 async fn after_stream_conference(proxy: &Proxy, n: u32) -> Option<String> {
     let resp = after_stream(proxy.addr, n).await;
@@ -843,17 +855,7 @@ async fn an_openai_server_that_stops_reading_ends_the_call_after_the_stall_timeo
     })
     .await;
     assert!(ended, "the call did not end; log:\n{}", proxy.log());
-    let summary = finished_line(&proxy).await;
-    assert!(summary.contains("reason=\"openai_stalled\""), "{summary}");
-    assert!(
-        logged(
-            &proxy,
-            "openai peer stopped reading: no write progress for 1.0s"
-        )
-        .await,
-        "log:\n{}",
-        proxy.log()
-    );
+    assert_ended_as_stalled(&proxy, "openai").await;
     assert!(sent > 10, "only {sent} frames went out before the stall");
     // An AI leg that hangs is an AI failure: the caller goes to the conference, not to silence.
     let room = format!("support-{}", webhook::sid("CA", u128::from(n)));
@@ -907,17 +909,7 @@ async fn a_twilio_peer_that_stops_reading_ends_the_call_after_the_stall_timeout_
         "the call did not end; log:\n{}",
         proxy.log()
     );
-    let summary = finished_line(&proxy).await;
-    assert!(summary.contains("reason=\"twilio_stalled\""), "{summary}");
-    assert!(
-        logged(
-            &proxy,
-            "twilio peer stopped reading: no write progress for 1.0s"
-        )
-        .await,
-        "log:\n{}",
-        proxy.log()
-    );
+    assert_ended_as_stalled(&proxy, "twilio").await;
     // The OpenAI session is closed by the proxy, and the mock saw real audio go out first.
     let sessions = closed_sessions(&mock, 1, Duration::from_secs(5)).await;
     assert_eq!(sessions.len(), 1, "the OpenAI leg is closed");
