@@ -1007,12 +1007,10 @@ impl Call {
             session_id: self.session_id.clone().filter(|s| !s.is_empty()),
             setup: now.saturating_duration_since(self.created_at),
         });
-        while let Some(payload) = self.presession.pop_front() {
-            self.stats.audio_frames_up += 1;
-            self.outbox
-                .push(Leg::OpenAi, |out| oa::encode_append(out, &payload));
-        }
-        self.presession_bytes = 0;
+        // The greeting first: sent after the held caller audio, it would meet the server's own
+        // response whenever that audio already holds a whole turn (refused:
+        // `conversation_already_has_active_response`, and the greeting lost). Sent first, it
+        // starts at once, and caller speech in the held audio interrupts it like any barge-in.
         if let Some(greeting) = self.cfg.agent.greeting.clone() {
             let id = self.event_id();
             let instructions = format!("Greet the caller by saying exactly: {greeting}");
@@ -1020,6 +1018,12 @@ impl Call {
                 oa::encode_response_create(out, id.as_str(), Some(&instructions))
             });
         }
+        while let Some(payload) = self.presession.pop_front() {
+            self.stats.audio_frames_up += 1;
+            self.outbox
+                .push(Leg::OpenAi, |out| oa::encode_append(out, &payload));
+        }
+        self.presession_bytes = 0;
     }
 
     fn on_api_error(&mut self, err: oa::ApiError<'_>) {

@@ -984,3 +984,36 @@ fn hanging_up_mid_response_sends_no_cancel_the_close_ends_the_session() {
     assert_eq!(s.ended(), Some(&EndReason::TwilioStop));
     assert!(s.openai_out.is_empty(), "{:?}", s.openai_out);
 }
+
+#[test]
+fn the_greeting_is_asked_for_before_the_held_caller_audio_goes_out() {
+    let agent = AgentSettings {
+        greeting: Some("Thank you for calling.".into()),
+        ..AgentSettings::default()
+    };
+    let mut s = Sim::with(|cfg| cfg.agent = Arc::new(agent));
+    s.start();
+    s.media("AAAA").media("BBBB");
+    s.openai(json!({"type": "session.created", "event_id": "e1", "session": {"id": "sess_1"}}));
+    s.openai_out.clear();
+    s.openai(session_updated("audio/pcmu", "audio/pcmu"));
+    let types: Vec<_> = s
+        .openai_out
+        .iter()
+        .map(|v| v["type"].as_str().unwrap().to_owned())
+        .collect();
+    // Held audio holding a whole turn would otherwise start the server's own response first,
+    // and the greeting's `response.create` would be refused.
+    assert_eq!(
+        types,
+        [
+            "response.create",
+            "input_audio_buffer.append",
+            "input_audio_buffer.append"
+        ]
+    );
+    assert!(s.openai_out[0]["response"]["instructions"]
+        .as_str()
+        .unwrap()
+        .contains("Thank you for calling."));
+}
