@@ -172,7 +172,13 @@ impl Io {
                 continue;
             };
             let (res, b) = match Pin::new(op).poll(cx) {
-                Poll::Pending => return Poll::Pending,
+                Poll::Pending => {
+                    // Reads are polled every loop turn: a good moment to re-send the rest of a
+                    // short send that completed since (nothing else would look at it until the
+                    // next write).
+                    self.reap_send();
+                    return Poll::Pending;
+                }
                 Poll::Ready(done) => done,
             };
             self.recv = None;
@@ -211,13 +217,19 @@ impl Io {
             return Poll::Ready(Ok(0));
         }
         // Reap a send that completed (freeing the slot for the next one; frames come ms apart,
-        // so it usually has); when one is still in flight this registers the waker, so a full
-        // `tx` is woken by its completion.
-        if let Poll::Ready(Err(e)) = self.poll_drained(cx) {
-            return Poll::Ready(Err(e));
+        // so it usually has), without asking to be woken when it has not.
+        self.reap_send();
+        if let Some(kind) = self.tx_err {
+            return Poll::Ready(Err(kind.into()));
         }
         if self.tx.len() >= TX_CAP {
-            return Poll::Pending;
+            // Full: wait for the send in flight (this registers the waker).
+            if let Poll::Ready(Err(e)) = self.poll_drained(cx) {
+                return Poll::Ready(Err(e));
+            }
+            if self.tx.len() >= TX_CAP {
+                return Poll::Pending;
+            }
         }
         let n = (TX_CAP - self.tx.len()).min(data.len());
         self.tx.extend_from_slice(&data[..n]);
@@ -232,6 +244,17 @@ impl Io {
             out.clear();
             std::mem::swap(&mut out, &mut self.tx);
             self.send = Some(submit_send(&self.sock, out));
+        }
+    }
+
+    /// Takes the result of a send that has completed, if one has (re-sending the rest of a short
+    /// one), without registering a waker: the completion of a send with nothing behind it must
+    /// not wake the writer for another loop turn. Only while nothing is queued behind the send:
+    /// then a flush is waiting for it with its own waker, which a no-op waker must not replace.
+    fn reap_send(&mut self) {
+        if self.send.is_some() && self.tx.is_empty() {
+            let mut quiet = Context::from_waker(std::task::Waker::noop());
+            let _ = self.poll_drained(&mut quiet);
         }
     }
 
