@@ -458,6 +458,12 @@ pub struct Call {
     /// a response is active is refused, `conversation_already_has_active_response`, and a
     /// response may carry several calls).
     tool_outputs: Vec<(String, String)>,
+    /// The response whose `response.done` releases [`Call::tool_outputs`] (the `response_id` of
+    /// its `…arguments.done`: also right when a barge-in already ended our view of it).
+    tool_response: Option<String>,
+    /// Between `speech_started` and `speech_stopped`: server VAD will answer this turn itself,
+    /// so a `response.create` now would collide with its response.
+    caller_speaking: bool,
     /// Items interrupted by barge-in.
     interrupted_items: VecDeque<String>,
     stats: CallStats,
@@ -488,6 +494,8 @@ impl Call {
             interrupted_responses: VecDeque::new(),
             active_response: None,
             tool_outputs: Vec::new(),
+            tool_response: None,
+            caller_speaking: false,
             interrupted_items: VecDeque::new(),
             stats: CallStats::default(),
             logged_kinds: Vec::new(),
@@ -920,11 +928,13 @@ impl Call {
                 });
             }
             ServerEvent::FunctionCallArgumentsDone {
+                response_id,
                 call_id,
                 name,
                 arguments,
                 ..
-            } => self.on_tool_call(call_id, name, arguments),
+            } => self.on_tool_call(response_id, call_id, name, arguments),
+            ServerEvent::SpeechStopped { .. } => self.caller_speaking = false,
             ServerEvent::ResponseCreated { response_id } if !response_id.is_empty() => {
                 self.active_response = Some(response_id.to_owned());
             }
@@ -937,10 +947,12 @@ impl Call {
                 if self.active_response.as_deref() == Some(response_id) || response_id.is_empty() {
                     self.active_response = None;
                 }
-                if self.active_response.is_none() && !self.tool_outputs.is_empty() {
-                    // A response cut short by the caller: server VAD answers the new turn by
-                    // itself (and sees the outputs); asking for another would be refused.
-                    self.send_tool_outputs(status != "cancelled");
+                if !response_id.is_empty() && self.tool_response.as_deref() == Some(response_id) {
+                    self.tool_response = None;
+                    // A response cut short by the caller, or a caller speaking now: server VAD
+                    // answers that turn by itself (and sees the outputs); asking for another
+                    // response would collide with it.
+                    self.send_tool_outputs(status != "cancelled" && !self.caller_speaking);
                 }
                 self.events.push_back(CallEvent::ResponseDone {
                     response_id: response_id.to_owned(),
@@ -1097,6 +1109,7 @@ impl Call {
     }
 
     fn on_speech_started(&mut self, now: Instant) {
+        self.caller_speaking = true;
         // The server cancels the response in progress (interrupt_response): deltas of it that
         // are still in flight must not play after the caller started speaking (protocol.md 6.1
         // flaw 6), also when nothing of it is playing at this moment.
@@ -1153,7 +1166,7 @@ impl Call {
         });
     }
 
-    fn on_tool_call(&mut self, call_id: &str, name: &str, arguments: &str) {
+    fn on_tool_call(&mut self, response_id: &str, call_id: &str, name: &str, arguments: &str) {
         self.events.push_back(CallEvent::ToolCall {
             call_id: call_id.to_owned(),
             name: name.to_owned(),
@@ -1168,9 +1181,14 @@ impl Call {
             name.replace(['"', '\\'], "")
         );
         self.tool_outputs.push((call_id.to_owned(), output));
-        if self.active_response.is_none() {
-            // No `response.created` seen for it (unusual): nothing to wait for.
-            self.send_tool_outputs(true);
+        let carrier = Some(response_id)
+            .filter(|id| !id.is_empty())
+            .map(str::to_owned)
+            .or_else(|| self.active_response.clone());
+        match carrier {
+            Some(id) => self.tool_response = Some(id),
+            // No response known to carry it (unusual): nothing to wait for.
+            None => self.send_tool_outputs(!self.caller_speaking),
         }
     }
 

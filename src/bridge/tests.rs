@@ -1017,3 +1017,36 @@ fn the_greeting_is_asked_for_before_the_held_caller_audio_goes_out() {
         .unwrap()
         .contains("Thank you for calling."));
 }
+
+#[test]
+fn tool_results_wait_for_their_own_response_even_after_a_barge_in_cleared_the_active_one() {
+    let mut s = Sim::ready();
+    s.openai_out.clear();
+    s.openai(response_created("resp_T"));
+    // The caller starts speaking (the server cancels resp_T), then the call's arguments arrive.
+    s.speech_started();
+    s.openai(arguments_done("resp_T", "call_1"));
+    assert!(
+        s.openai_out.is_empty(),
+        "nothing before resp_T is done: {:?}",
+        s.openai_out
+    );
+    s.openai(json!({"type": "input_audio_buffer.speech_stopped", "event_id": "e", "audio_end_ms": 900, "item_id": "item_U2"}));
+    s.openai(response_done("resp_T", "cancelled"));
+    // Server VAD answers the caller's turn and sees the output: no response.create of ours.
+    let (types, outputs) = openai_types_and_outputs(&s);
+    assert_eq!(types, ["conversation.item.create"]);
+    assert_eq!(outputs, ["call_1"]);
+}
+
+#[test]
+fn tool_results_of_a_completed_response_ask_for_nothing_while_the_caller_speaks() {
+    let mut s = Sim::ready();
+    s.openai_out.clear();
+    s.openai(response_created("resp_T"));
+    s.openai(arguments_done("resp_T", "call_1"));
+    s.speech_started();
+    s.openai(response_done("resp_T", "completed"));
+    let (types, _) = openai_types_and_outputs(&s);
+    assert_eq!(types, ["conversation.item.create"]);
+}
