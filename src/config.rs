@@ -401,7 +401,11 @@ impl ServeArgs {
         }
         // A local endpoint without a key still gets an `Authorization` header: protocol.md 5.1
         // requires one on every upgrade, and a strict server refuses the upgrade without it.
-        let api_key = api_key.or_else(|| Some(LOCAL_PLACEHOLDER_API_KEY.to_owned()));
+        let api_key = api_key.or_else(|| {
+            openai_url
+                .is_loopback()
+                .then(|| LOCAL_PLACEHOLDER_API_KEY.to_owned())
+        });
         let agent = self.agent()?;
         agent.validate().map_err(|e| ConfigError::Invalid {
             name: "AGENT_*",
@@ -681,11 +685,18 @@ mod tests {
     }
 
     #[test]
-    fn a_local_endpoint_without_a_key_gets_a_placeholder_bearer_token() {
+    fn a_local_endpoint_without_a_key_gets_a_placeholder_bearer_token_and_only_it() {
         let cfg = parse(&["--openai-url", "ws://127.0.0.1:9/v1/realtime?model=m"]).unwrap();
         assert_eq!(
             cfg.openai_api_key.as_deref(),
             Some(LOCAL_PLACEHOLDER_API_KEY)
+        );
+        // The real endpoint never gets it (realtime off: no key needed, none sent).
+        let cfg = parse(&["--use-openai-realtime", "false", "--openai-pool-max", "4"]).unwrap();
+        assert_eq!(cfg.openai_api_key, None);
+        assert!(
+            crate::openai::pool::PoolConfig::from_config(&cfg).is_none(),
+            "no pool dialing OpenAI when realtime is off"
         );
     }
 

@@ -68,7 +68,8 @@ pub struct PoolConfig {
 impl PoolConfig {
     /// The pool settings of `cfg`; `None` when the pool is off (`OPENAI_POOL_MAX=0`).
     pub fn from_config(cfg: &crate::config::Config) -> Option<PoolConfig> {
-        (cfg.openai_pool_max > 0).then(|| PoolConfig {
+        // No pool when calls never use OpenAI (`USE_OPENAI_REALTIME=false`).
+        (cfg.openai_pool_max > 0 && cfg.use_openai_realtime).then(|| PoolConfig {
             max: cfg.openai_pool_max,
             max_idle: cfg.openai_pool_max_idle,
             warm_timeout: cfg.openai_connect_timeout + cfg.openai_session_timeout,
