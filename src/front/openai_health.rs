@@ -1,55 +1,89 @@
-//! Whether OpenAI looks reachable, from how the last connects went: a circuit breaker for the
-//! webhook.
+//! Whether OpenAI looks reachable, from how the last calls' AI legs went: a circuit breaker for
+//! the webhook.
 //!
 //! When OpenAI is down, every call answered with `<Connect><Stream>` waits in silence until its
-//! connect fails (up to `OPENAI_CONNECT_TIMEOUT_SECS`) before the `<Redirect>` sends it to the
-//! conference. After [`TRIP_AFTER`] failed connects in a row the breaker opens: for [`OPEN_FOR`]
-//! the webhook sends callers straight to the conference (protocol.md 2.2: "OpenAI unavailable —
-//! do not open a stream at all"). Then the next call streams again as a probe: one success
-//! closes the breaker, one more failure opens it again at once.
+//! AI leg fails (a refused or timed-out connect, or no `session.updated` in time) before the
+//! `<Redirect>` sends it to the conference. After [`TRIP_AFTER`] failed AI legs in a row the
+//! breaker opens: for [`OPEN_FOR`] the webhook sends callers straight to the conference
+//! (protocol.md 2.2: "OpenAI unavailable — do not open a stream at all"). Then one call streams
+//! as a probe while the others still go to the conference; its session becoming ready closes the
+//! breaker, its failure opens it again at once, and if it ends without either (the caller hung
+//! up) the next call probes once the probe window has passed.
 //!
 //! Sans-IO: the time comes in as an argument, so the rule is tested with a fake clock.
 
 use std::time::{Duration, Instant};
 
-/// Failed connects in a row that open the breaker.
+/// Failed AI legs in a row that open the breaker.
 pub const TRIP_AFTER: u32 = 3;
 
 /// How long an open breaker sends callers to the conference before a call probes again.
 pub const OPEN_FOR: Duration = Duration::from_secs(15);
 
+/// What the webhook should do with a new call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Admit {
+    /// Open the stream (normal, or as the probe).
+    Stream,
+    /// Send the caller to the conference: OpenAI looks down.
+    Conference,
+}
+
 /// The breaker's state.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct OpenAiHealth {
-    /// Connects that failed since the last one that worked.
+    /// How long a probe call may take to show an outcome (connect + session timeouts).
+    probe_window: Duration,
+    /// AI legs that failed since the last one that became ready.
     failures_in_a_row: u32,
-    /// Open until then.
+    /// Open until then; afterwards half-open (one probe at a time).
     open_until: Option<Instant>,
+    /// A probe call is out until then.
+    probe_until: Option<Instant>,
 }
 
 impl OpenAiHealth {
-    /// Notes how a connect to OpenAI went (TCP, TLS and the WebSocket handshake). Returns `true`
-    /// when this outcome opened the breaker (for the log).
-    pub fn on_connect(&mut self, ok: bool, now: Instant) -> bool {
+    /// A closed breaker whose probes get `probe_window` to show an outcome.
+    pub fn new(probe_window: Duration) -> OpenAiHealth {
+        OpenAiHealth {
+            probe_window,
+            failures_in_a_row: 0,
+            open_until: None,
+            probe_until: None,
+        }
+    }
+
+    /// Decides for a new call at `now` (and, half-open, makes it the probe).
+    pub fn admit(&mut self, now: Instant) -> Admit {
+        let Some(open_until) = self.open_until else {
+            return Admit::Stream;
+        };
+        if now < open_until || self.probe_until.is_some_and(|until| now < until) {
+            return Admit::Conference;
+        }
+        self.probe_until = Some(now + self.probe_window);
+        Admit::Stream
+    }
+
+    /// Notes how a call's AI leg went: `true` once its session is ready, `false` when it failed
+    /// to connect or to set up. Returns `true` when this outcome opened the breaker (for the log).
+    pub fn on_outcome(&mut self, ok: bool, now: Instant) -> bool {
+        self.probe_until = None;
         if ok {
             self.failures_in_a_row = 0;
             self.open_until = None;
             return false;
         }
         self.failures_in_a_row = self.failures_in_a_row.saturating_add(1);
-        let was_open = self.is_open(now);
-        if self.failures_in_a_row >= TRIP_AFTER {
-            self.open_until = Some(now + OPEN_FOR);
+        if self.failures_in_a_row < TRIP_AFTER {
+            return false;
         }
-        !was_open && self.is_open(now)
+        let was_open = self.open_until.is_some_and(|until| now < until);
+        self.open_until = Some(now + OPEN_FOR);
+        !was_open
     }
 
-    /// Whether calls should skip the AI at `now`.
-    pub fn is_open(&self, now: Instant) -> bool {
-        self.open_until.is_some_and(|until| now < until)
-    }
-
-    /// Failed connects since the last one that worked.
+    /// Failed AI legs since the last one that became ready.
     pub fn failures_in_a_row(&self) -> u32 {
         self.failures_in_a_row
     }
@@ -59,38 +93,68 @@ impl OpenAiHealth {
 mod tests {
     use super::*;
 
+    const PROBE: Duration = Duration::from_secs(15);
+
     #[test]
-    fn opens_after_failures_in_a_row_probes_after_a_while_and_closes_on_success() {
+    fn opens_after_failures_in_a_row_then_lets_one_probe_through_at_a_time() {
         let t0 = Instant::now();
-        let mut h = OpenAiHealth::default();
-        assert!(!h.on_connect(false, t0));
-        assert!(!h.on_connect(false, t0));
-        assert!(!h.is_open(t0), "two failures are not an outage");
-        assert!(h.on_connect(false, t0), "the third opens it");
-        assert!(h.is_open(t0 + OPEN_FOR - Duration::from_millis(1)));
+        let mut h = OpenAiHealth::new(PROBE);
+        assert!(!h.on_outcome(false, t0));
+        assert!(!h.on_outcome(false, t0));
+        assert_eq!(h.admit(t0), Admit::Stream, "two failures are not an outage");
+        assert!(h.on_outcome(false, t0), "the third opens it");
+        assert_eq!(
+            h.admit(t0 + OPEN_FOR - Duration::from_millis(1)),
+            Admit::Conference
+        );
         // Calls already streaming fail too: it stays open, and only the first opening is news.
-        assert!(!h.on_connect(false, t0 + Duration::from_secs(1)));
-        // Time for a probe.
+        assert!(!h.on_outcome(false, t0 + Duration::from_secs(1)));
+        // Half-open: one probe, the others still go to the conference.
         let later = t0 + Duration::from_secs(1) + OPEN_FOR;
-        assert!(!h.is_open(later));
+        assert_eq!(h.admit(later), Admit::Stream, "the probe");
+        assert_eq!(h.admit(later), Admit::Conference);
+        assert_eq!(
+            h.admit(later + PROBE - Duration::from_millis(1)),
+            Admit::Conference
+        );
         // The probe fails: open again at once.
-        assert!(h.on_connect(false, later));
-        assert!(h.is_open(later));
-        // A success (a call that was already connecting) closes it.
-        assert!(!h.on_connect(true, later));
-        assert!(!h.is_open(later));
+        assert!(h.on_outcome(false, later + Duration::from_secs(2)));
+        assert_eq!(h.admit(later + Duration::from_secs(3)), Admit::Conference);
+        // Next probe; it works: closed, everyone streams.
+        let again = later + Duration::from_secs(2) + OPEN_FOR;
+        assert_eq!(h.admit(again), Admit::Stream);
+        assert!(!h.on_outcome(true, again));
+        assert_eq!(h.admit(again), Admit::Stream);
+        assert_eq!(h.admit(again), Admit::Stream);
         assert_eq!(h.failures_in_a_row(), 0);
+    }
+
+    #[test]
+    fn a_probe_that_shows_nothing_lets_the_next_call_probe_after_its_window() {
+        let t0 = Instant::now();
+        let mut h = OpenAiHealth::new(PROBE);
+        (0..TRIP_AFTER).for_each(|_| {
+            h.on_outcome(false, t0);
+        });
+        let half_open = t0 + OPEN_FOR;
+        assert_eq!(h.admit(half_open), Admit::Stream);
+        // The caller hangs up before the AI leg shows anything.
+        assert_eq!(
+            h.admit(half_open + PROBE - Duration::from_millis(1)),
+            Admit::Conference
+        );
+        assert_eq!(h.admit(half_open + PROBE), Admit::Stream, "the next probe");
     }
 
     #[test]
     fn a_success_in_between_resets_the_count() {
         let t0 = Instant::now();
-        let mut h = OpenAiHealth::default();
-        h.on_connect(false, t0);
-        h.on_connect(false, t0);
-        h.on_connect(true, t0);
-        h.on_connect(false, t0);
-        h.on_connect(false, t0);
-        assert!(!h.is_open(t0));
+        let mut h = OpenAiHealth::new(PROBE);
+        h.on_outcome(false, t0);
+        h.on_outcome(false, t0);
+        h.on_outcome(true, t0);
+        h.on_outcome(false, t0);
+        h.on_outcome(false, t0);
+        assert_eq!(h.admit(t0), Admit::Stream);
     }
 }

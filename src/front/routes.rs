@@ -11,7 +11,7 @@
 //! | `/api/admin/…` | * | the admin API ([`super::admin`]) |
 //! | `/metrics` | GET | Prometheus text format ([`crate::metrics::render`]) |
 
-use crate::front::openai_health::OpenAiHealth;
+use crate::front::openai_health::{Admit, OpenAiHealth};
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -124,12 +124,14 @@ impl App {
     /// The app for `cfg`; fails only if the stream secret is unusable.
     pub fn new(cfg: Arc<Config>) -> Result<Self, StreamKeyError> {
         let stream_key = StreamKey::from_secret(&cfg.stream_secret)?;
+        // A probe call shows its outcome within the connect and session-setup timeouts.
+        let probe_window = cfg.openai_connect_timeout + cfg.openai_session_timeout;
         Ok(App {
             cfg,
             stream_key,
             active_calls: AtomicUsize::new(0),
             ai_failures: Mutex::new(VecDeque::new()),
-            openai_health: Mutex::new(OpenAiHealth::default()),
+            openai_health: Mutex::new(OpenAiHealth::new(probe_window)),
             store: None,
         })
     }
@@ -180,11 +182,12 @@ impl App {
         }
     }
 
-    /// Notes how a call's OpenAI connect went (see [`OpenAiHealth`]).
-    pub fn note_openai_connect(&self, ok: bool) {
+    /// Notes how a call's AI leg went: `true` once its session is ready, `false` when it failed
+    /// to connect or to set up (see [`OpenAiHealth`]).
+    pub fn note_openai_outcome(&self, ok: bool) {
         let now = std::time::Instant::now();
         let mut h = self.openai_health.lock().unwrap_or_else(|e| e.into_inner());
-        if h.on_connect(ok, now) {
+        if h.on_outcome(ok, now) {
             tracing::error!(
                 failures_in_a_row = h.failures_in_a_row(),
                 "OpenAI unreachable: new calls go to the legacy conference for {:?}",
@@ -194,8 +197,8 @@ impl App {
     }
 
     fn openai_down(&self) -> bool {
-        let h = self.openai_health.lock().unwrap_or_else(|e| e.into_inner());
-        h.is_open(std::time::Instant::now())
+        let mut h = self.openai_health.lock().unwrap_or_else(|e| e.into_inner());
+        h.admit(std::time::Instant::now()) == Admit::Conference
     }
 
     fn ai_failed(&self, call_sid: &str) -> bool {

@@ -723,7 +723,6 @@ async fn run_call<S: Transport, D: Dial>(
                 connect = None;
                 let now = Instant::now();
                 meter.on_openai_connect(now.duration_since(started), r.is_ok());
-                app.note_openai_connect(r.is_ok());
                 match r {
                     Ok((conn, rest)) => {
                         tracing::debug!(call_sid = %grant.call_sid, ms = now.duration_since(started).as_millis() as u64, "openai connected");
@@ -798,6 +797,14 @@ fn dispatch_events(
 }
 
 fn on_call_event(app: &App, grant: &UpgradeGrant, ev: CallEvent) {
+    // The webhook's breaker learns from every AI leg that got ready or failed to.
+    match &ev {
+        CallEvent::SessionReady { .. } => app.note_openai_outcome(true),
+        CallEvent::Ended {
+            reason: EndReason::OpenAiConnectFailed(_) | EndReason::OpenAiSetupFailed(_),
+        } => app.note_openai_outcome(false),
+        _ => {}
+    }
     match ev {
         CallEvent::Ended { reason } if reason.is_ai_failure() => {
             app.record_ai_failure(&grant.call_sid)
