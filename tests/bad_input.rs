@@ -843,7 +843,9 @@ async fn an_openai_server_that_stops_reading_ends_the_call_after_the_stall_timeo
     let mut sent = 0u32;
     loop {
         let payload = frame(n, sent);
-        match tokio::time::timeout(Duration::from_millis(300), raw.try_media(&payload)).await {
+        // A send blocked for 2 s means the proxy stopped reading us (backpressure), not a
+        // scheduling hiccup of a loaded machine; it may have left a partial frame, so no more.
+        match tokio::time::timeout(Duration::from_secs(2), raw.try_media(&payload)).await {
             Ok(Ok(())) => sent += 1,
             // Blocked (backpressure), or the proxy already ended the call and closed.
             Err(_) | Ok(Err(_)) => break,

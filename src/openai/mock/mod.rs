@@ -707,6 +707,9 @@ impl MockSession {
         }));
         if interrupt_response {
             self.cancel_response("turn_detected");
+            // A function-call response still open is cancelled too (its `response.done` says
+            // `cancelled`), and the turn gets the server's own response.
+            self.cancel_tool_response("turn_detected");
         }
     }
 

@@ -431,8 +431,9 @@ impl MockSession {
 
 /// How long after its `…arguments.done` a function-call response ends (`response.done`): the
 /// real server sends them apart, so a client must wait for `response.done` before asking for the
-/// next response.
-pub(super) const TOOL_RESPONSE_DONE_AFTER: Duration = Duration::from_millis(40);
+/// next response. Generous (the real gap is shorter), so that a client asking early is caught
+/// even when it is slow to react.
+pub(super) const TOOL_RESPONSE_DONE_AFTER: Duration = Duration::from_millis(250);
 
 /// A function-call response whose `response.done` is still to come.
 #[derive(Debug)]

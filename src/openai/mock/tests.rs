@@ -1081,3 +1081,41 @@ fn a_tap_sees_caller_audio_speech_and_truncates_and_rewrites_deltas_without_reco
     assert!(stats.client_event_types.is_empty());
     assert_eq!(stats.input_audio_bytes, 2500 * 8, "counters are still kept");
 }
+
+#[test]
+fn caller_speech_cancels_an_open_function_call_response_and_the_turn_gets_its_own_answer() {
+    let config = MockConfig {
+        function_call: Some(FunctionCallScript {
+            name: "lookup_order".into(),
+            arguments: "{}".into(),
+            on_response: 1,
+        }),
+        ..MockConfig::default()
+    };
+    let (mut h, events) = after_first_turn(config);
+    assert_eq!(
+        of_type(&events, "response.function_call_arguments.done").len(),
+        1
+    );
+    assert!(of_type(&events, "response.done").is_empty(), "still open");
+    // The caller speaks before the function-call response is done.
+    let speech = h.speak(300, true);
+    let done = of_type(&speech, "response.done");
+    assert_eq!(done.len(), 1, "{:?}", types(&speech));
+    assert_eq!(done[0]["response"]["status"], "cancelled");
+    assert_eq!(
+        done[0]["response"]["status_details"]["reason"],
+        "turn_detected"
+    );
+    // No second `response.done` for it later; the end of the turn starts the next response.
+    let rest = h.speak(600, false);
+    assert_eq!(
+        of_type(&rest, "response.created").len(),
+        1,
+        "{:?}",
+        types(&rest)
+    );
+    assert!(of_type(&rest, "response.done")
+        .iter()
+        .all(|d| d["response"]["status"] != "cancelled"));
+}
