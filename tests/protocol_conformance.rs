@@ -601,8 +601,18 @@ async fn greeting_and_tool_call_follow_section_5_3() {
         .as_str()
         .unwrap()
         .contains("お電話ありがとうございます。"));
-    // protocol.md 5.4: a tool call, verbatim; the answer is function_call_output + response.create.
+    // protocol.md 5.4: a tool call, verbatim, inside its response; the answer
+    // (function_call_output + response.create) waits for that response's `response.done`: a
+    // `response.create` while it is active would be refused (5.5).
+    oa.send(r#"{"type": "response.created", "event_id": "event_C7", "response": {"id": "resp_R1", "object": "realtime.response", "status": "in_progress", "output": []}}"#).await;
     oa.send(r#"{"type": "response.function_call_arguments.done", "event_id": "event_C8", "response_id": "resp_R1", "item_id": "item_F3", "output_index": 1, "call_id": "call_Q2f8", "name": "lookup_order", "arguments": "{\"order_id\":\"12345\"}"}"#).await;
+    while let Ok(Some(v)) = oa.next(Duration::from_millis(300)).await {
+        assert_eq!(
+            v["type"], "input_audio_buffer.append",
+            "nothing but audio before response.done: {v}"
+        );
+    }
+    oa.send(r#"{"type": "response.done", "event_id": "event_C9", "response": {"id": "resp_R1", "object": "realtime.response", "status": "completed", "output": [{"id": "item_F3", "type": "function_call", "status": "completed", "name": "lookup_order", "call_id": "call_Q2f8", "arguments": "{\"order_id\":\"12345\"}"}]}}"#).await;
     let item = oa.expect("conversation.item.create").await;
     assert_eq!(item["item"]["type"], "function_call_output");
     assert_eq!(item["item"]["call_id"], "call_Q2f8");
