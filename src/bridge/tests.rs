@@ -933,11 +933,24 @@ fn openai_types_and_outputs(s: &Sim) -> (Vec<String>, Vec<String>) {
     (types, outputs)
 }
 
-#[test]
-fn tool_results_wait_for_the_end_of_their_response_then_one_response_create_asks_for_the_answer() {
+/// A ready call in which response `resp_T` has started (nothing sent to OpenAI so far).
+fn with_response_t() -> Sim {
     let mut s = Sim::ready();
     s.openai_out.clear();
     s.openai(response_created("resp_T"));
+    s
+}
+
+/// Only `call_1`'s function output went to OpenAI: no `response.create` of ours.
+fn assert_only_the_output_of_call_1(s: &Sim) {
+    let (types, outputs) = openai_types_and_outputs(s);
+    assert_eq!(types, ["conversation.item.create"]);
+    assert_eq!(outputs, ["call_1"]);
+}
+
+#[test]
+fn tool_results_wait_for_the_end_of_their_response_then_one_response_create_asks_for_the_answer() {
+    let mut s = with_response_t();
     // Two calls in one response (parallel tool calls).
     s.openai(arguments_done("resp_T", "call_1"));
     s.openai(arguments_done("resp_T", "call_2"));
@@ -961,15 +974,11 @@ fn tool_results_wait_for_the_end_of_their_response_then_one_response_create_asks
 
 #[test]
 fn tool_results_of_a_response_the_caller_cut_short_go_out_without_a_response_create() {
-    let mut s = Sim::ready();
-    s.openai_out.clear();
-    s.openai(response_created("resp_T"));
+    let mut s = with_response_t();
     s.openai(arguments_done("resp_T", "call_1"));
     s.openai(response_done("resp_T", "cancelled"));
     // Server VAD answers the caller's new turn by itself (and sees the output).
-    let (types, outputs) = openai_types_and_outputs(&s);
-    assert_eq!(types, ["conversation.item.create"]);
-    assert_eq!(outputs, ["call_1"]);
+    assert_only_the_output_of_call_1(&s);
 }
 
 #[test]
@@ -997,11 +1006,7 @@ fn the_greeting_is_asked_for_before_the_held_caller_audio_goes_out() {
     s.openai(json!({"type": "session.created", "event_id": "e1", "session": {"id": "sess_1"}}));
     s.openai_out.clear();
     s.openai(session_updated("audio/pcmu", "audio/pcmu"));
-    let types: Vec<_> = s
-        .openai_out
-        .iter()
-        .map(|v| v["type"].as_str().unwrap().to_owned())
-        .collect();
+    let (types, _) = openai_types_and_outputs(&s);
     // Held audio holding a whole turn would otherwise start the server's own response first,
     // and the greeting's `response.create` would be refused.
     assert_eq!(
@@ -1020,9 +1025,7 @@ fn the_greeting_is_asked_for_before_the_held_caller_audio_goes_out() {
 
 #[test]
 fn tool_results_wait_for_their_own_response_even_after_a_barge_in_cleared_the_active_one() {
-    let mut s = Sim::ready();
-    s.openai_out.clear();
-    s.openai(response_created("resp_T"));
+    let mut s = with_response_t();
     // The caller starts speaking (the server cancels resp_T), then the call's arguments arrive.
     s.speech_started();
     s.openai(arguments_done("resp_T", "call_1"));
@@ -1034,19 +1037,14 @@ fn tool_results_wait_for_their_own_response_even_after_a_barge_in_cleared_the_ac
     s.openai(json!({"type": "input_audio_buffer.speech_stopped", "event_id": "e", "audio_end_ms": 900, "item_id": "item_U2"}));
     s.openai(response_done("resp_T", "cancelled"));
     // Server VAD answers the caller's turn and sees the output: no response.create of ours.
-    let (types, outputs) = openai_types_and_outputs(&s);
-    assert_eq!(types, ["conversation.item.create"]);
-    assert_eq!(outputs, ["call_1"]);
+    assert_only_the_output_of_call_1(&s);
 }
 
 #[test]
 fn tool_results_of_a_completed_response_ask_for_nothing_while_the_caller_speaks() {
-    let mut s = Sim::ready();
-    s.openai_out.clear();
-    s.openai(response_created("resp_T"));
+    let mut s = with_response_t();
     s.openai(arguments_done("resp_T", "call_1"));
     s.speech_started();
     s.openai(response_done("resp_T", "completed"));
-    let (types, _) = openai_types_and_outputs(&s);
-    assert_eq!(types, ["conversation.item.create"]);
+    assert_only_the_output_of_call_1(&s);
 }
