@@ -194,6 +194,27 @@ pub enum Side {
     Upstream,
 }
 
+impl Side {
+    /// The side of a call's leg by its index (0: the caller's socket, 1: upstream's).
+    fn of_leg(leg: usize) -> Side {
+        if leg == 0 {
+            Side::Caller
+        } else {
+            Side::Upstream
+        }
+    }
+}
+
+/// A call's two legs as (the one `side` receives on, the other one, where its frames go).
+fn receiving_and_sending<L>(legs: &mut [L; 2], side: usize) -> (&mut L, &mut L) {
+    let [a, b] = legs;
+    if side == 0 {
+        (a, b)
+    } else {
+        (b, a)
+    }
+}
+
 /// Why the relay gave up on a call.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum RelayError {
@@ -1096,32 +1117,34 @@ fn gen_send(
         queue.extend_from_slice(bytes);
         return Ok(());
     }
-    let mut at = 0;
-    while at < bytes.len() {
-        match sock.write(&bytes[at..]) {
-            Ok(0) => bail!("the relay closed a socket"),
-            Ok(n) => at += n,
-            Err(e) if e.kind() == ErrorKind::WouldBlock => break,
-            Err(e) if e.kind() == ErrorKind::Interrupted => {}
-            Err(e) => return Err(e).context("generator send"),
-        }
-    }
+    let at = write_until_blocked(sock, bytes, "generator send")?;
     queue.extend_from_slice(&bytes[at..]);
     Ok(())
 }
 
-/// Sends what is queued, as far as the socket takes it.
-fn gen_flush(sock: &mut mio::net::TcpStream, queue: &mut Vec<u8>) -> anyhow::Result<()> {
+/// Writes `bytes` to a non-blocking socket until it is all written or the socket would block;
+/// returns how much was written. `what` names the side for errors.
+fn write_until_blocked(
+    sock: &mut impl Write,
+    bytes: &[u8],
+    what: &'static str,
+) -> anyhow::Result<usize> {
     let mut at = 0;
-    while at < queue.len() {
-        match sock.write(&queue[at..]) {
-            Ok(0) => bail!("the relay closed a socket"),
+    while at < bytes.len() {
+        match sock.write(&bytes[at..]) {
+            Ok(0) => bail!("{what}: the peer closed the socket (wrote nothing)"),
             Ok(n) => at += n,
             Err(e) if e.kind() == ErrorKind::WouldBlock => break,
             Err(e) if e.kind() == ErrorKind::Interrupted => {}
-            Err(e) => return Err(e).context("generator send"),
+            Err(e) => return Err(e).context(what),
         }
     }
+    Ok(at)
+}
+
+/// Sends what is queued, as far as the socket takes it.
+fn gen_flush(sock: &mut mio::net::TcpStream, queue: &mut Vec<u8>) -> anyhow::Result<()> {
+    let at = write_until_blocked(sock, queue, "generator send")?;
     queue.drain(..at);
     Ok(())
 }
@@ -1390,13 +1413,8 @@ fn epoll_readable(
     read_closed: bool,
     tally: &Tally,
 ) -> anyhow::Result<()> {
-    let from = if side == 0 {
-        Side::Caller
-    } else {
-        Side::Upstream
-    };
-    let [a, b] = &mut c.legs;
-    let (rx, tx) = if side == 0 { (a, b) } else { (b, a) };
+    let from = Side::of_leg(side);
+    let (rx, tx) = receiving_and_sending(&mut c.legs, side);
     loop {
         let space = rx.rbuf.len() - rx.rlen;
         match rx.sock.read(&mut rx.rbuf[rx.rlen..]) {
@@ -1430,16 +1448,7 @@ fn epoll_readable(
 
 /// Sends what is queued for leg `tx`; `Ok(true)` when it all went.
 fn epoll_flush(tx: &mut Leg) -> anyhow::Result<bool> {
-    let mut at = 0;
-    while at < tx.out.len() {
-        match tx.sock.write(&tx.out[at..]) {
-            Ok(0) => bail!("relay send wrote nothing"),
-            Ok(n) => at += n,
-            Err(e) if e.kind() == ErrorKind::WouldBlock => break,
-            Err(e) if e.kind() == ErrorKind::Interrupted => {}
-            Err(e) => return Err(e).context("relay send"),
-        }
-    }
+    let at = write_until_blocked(&mut tx.sock, &tx.out, "relay send")?;
     tx.out.drain(..at);
     Ok(tx.out.is_empty())
 }
@@ -1985,13 +1994,8 @@ mod uring {
                         c.legs[side].eof = true;
                     } else {
                         let n = res as usize;
-                        let from = if side == 0 {
-                            Side::Caller
-                        } else {
-                            Side::Upstream
-                        };
-                        let [a, b] = &mut c.legs;
-                        let (rx, tx) = if side == 0 { (a, b) } else { (b, a) };
+                        let from = Side::of_leg(side);
+                        let (rx, tx) = receiving_and_sending(&mut c.legs, side);
                         if let Some(br) = self.bufring.as_deref_mut() {
                             let bid = cqueue::buffer_select(flags)
                                 .context("a multishot recv completion without a buffer")?;
