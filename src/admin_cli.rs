@@ -15,6 +15,7 @@ use std::time::Duration;
 use anyhow::{bail, Context as _};
 use serde_json::Value;
 
+use crate::front::form::percent_encode;
 use crate::front::http::Request;
 use crate::store::{Store, StoreError, StoreOptions};
 
@@ -165,19 +166,6 @@ impl Call {
     }
 }
 
-/// Percent-encodes a path segment (ids, `+81…` numbers).
-fn seg(s: &str) -> String {
-    let mut out = String::new();
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.') {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
-}
-
 /// Sends `call` to the server or answers it from the store; returns the JSON answer of a 2xx,
 /// or the API's error message as an error.
 fn send(target: &Target, call: Call) -> anyhow::Result<Value> {
@@ -296,7 +284,7 @@ pub fn agents(args: AgentsArgs) -> anyhow::Result<()> {
         }
         AgentsCmd::Get { id } => print_json(&send(
             t,
-            Call::get(format!("/api/admin/agents/{}", seg(&id))),
+            Call::get(format!("/api/admin/agents/{}", percent_encode(&id))),
         )?),
         AgentsCmd::Put { file } => {
             let text = if file.as_os_str() == "-" {
@@ -312,14 +300,18 @@ pub fn agents(args: AgentsArgs) -> anyhow::Result<()> {
             let Some(id) = doc["id"].as_str() else {
                 bail!("{}: the agent needs an \"id\"", file.display());
             };
-            let path = format!("/api/admin/agents/{}", seg(id));
+            let path = format!("/api/admin/agents/{}", percent_encode(id));
             let v = send(t, Call::new("PUT", path, text.into_bytes()))?;
             println!("stored agent {}", v["id"].as_str().unwrap_or(id));
         }
         AgentsCmd::Delete { id } => {
             send(
                 t,
-                Call::new("DELETE", format!("/api/admin/agents/{}", seg(&id)), vec![]),
+                Call::new(
+                    "DELETE",
+                    format!("/api/admin/agents/{}", percent_encode(&id)),
+                    vec![],
+                ),
             )?;
             println!("deleted agent {id}");
         }
@@ -349,7 +341,11 @@ pub fn numbers(args: NumbersArgs) -> anyhow::Result<()> {
             let body = serde_json::to_vec(&serde_json::json!({ "agentId": agent }))?;
             send(
                 t,
-                Call::new("PUT", format!("/api/admin/numbers/{}", seg(&number)), body),
+                Call::new(
+                    "PUT",
+                    format!("/api/admin/numbers/{}", percent_encode(&number)),
+                    body,
+                ),
             )?;
             println!("{number} -> {agent}");
         }
@@ -358,7 +354,7 @@ pub fn numbers(args: NumbersArgs) -> anyhow::Result<()> {
                 t,
                 Call::new(
                     "DELETE",
-                    format!("/api/admin/numbers/{}", seg(&number)),
+                    format!("/api/admin/numbers/{}", percent_encode(&number)),
                     vec![],
                 ),
             )?;
@@ -392,10 +388,10 @@ pub fn calls(args: CallsArgs) -> anyhow::Result<()> {
                 q.push(format!("until={u}"));
             }
             if let Some(s) = status {
-                q.push(format!("status={}", seg(&s)));
+                q.push(format!("status={}", percent_encode(&s)));
             }
             if let Some(a) = agent {
-                q.push(format!("agent={}", seg(&a)));
+                q.push(format!("agent={}", percent_encode(&a)));
             }
             // A filtered page can come back short (the server examines a bounded number of
             // records per page): ask on until `limit` calls are here or the listing ends.
@@ -405,7 +401,7 @@ pub fn calls(args: CallsArgs) -> anyhow::Result<()> {
                 let mut page_q = q.clone();
                 page_q[0] = format!("limit={}", limit - calls.len());
                 if let Some(c) = &cursor {
-                    page_q.push(format!("cursor={}", seg(c)));
+                    page_q.push(format!("cursor={}", percent_encode(c)));
                 }
                 let mut call = Call::get("/api/admin/calls".into());
                 call.query = Some(page_q.join("&"));
@@ -438,7 +434,10 @@ pub fn calls(args: CallsArgs) -> anyhow::Result<()> {
             }
         }
         CallsCmd::Show { call_sid, json } => {
-            let v = send(t, Call::get(format!("/api/admin/calls/{}", seg(&call_sid))))?;
+            let v = send(
+                t,
+                Call::get(format!("/api/admin/calls/{}", percent_encode(&call_sid))),
+            )?;
             if json {
                 print_json(&v);
             } else {
@@ -557,7 +556,7 @@ mod tests {
 
     #[test]
     fn path_segments_are_percent_encoded() {
-        assert_eq!(seg("+81501234567"), "%2B81501234567");
-        assert_eq!(seg("sales-ja"), "sales-ja");
+        assert_eq!(percent_encode("+81501234567"), "%2B81501234567");
+        assert_eq!(percent_encode("sales-ja"), "sales-ja");
     }
 }

@@ -172,31 +172,19 @@ pub const LOCAL_PLACEHOLDER_API_KEY: &str = "sk-callbridge-local-placeholder";
 /// endpoint selects the model from the URL (protocol.md 5.1), so a URL configured without it
 /// (`ws://127.0.0.1:9100/v1/realtime`) would be refused by the server.
 fn with_model_param(url: &str, model: &str) -> String {
-    let (base, fragment) = match url.find('#') {
-        Some(i) => url.split_at(i),
-        None => (url, ""),
-    };
-    let query = base.split_once('?').map(|(_, q)| q);
+    let query = url.split_once('?').map(|(_, q)| q);
     let has_model =
         query.is_some_and(|q| q.split('&').any(|kv| kv.split('=').next() == Some("model")));
     if has_model {
         return url.to_owned();
     }
-    let encoded: String = model
-        .bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect();
     let sep = match query {
         None => "?",
         Some("") => "",
         Some(_) => "&",
     };
-    format!("{base}{sep}model={encoded}{fragment}")
+    let model = crate::front::form::percent_encode(model);
+    format!("{url}{sep}model={model}")
 }
 
 /// Why the configuration was refused.

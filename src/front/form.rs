@@ -79,6 +79,21 @@ fn shift(e: FormError, by: usize) -> FormError {
     }
 }
 
+/// Percent-encodes `s` for a URL path segment or query value: RFC 3986's unreserved characters
+/// (`A–Z a–z 0–9 - . _ ~`) stay, every other byte becomes `%XX`. [`percent_decode`] undoes it.
+pub fn percent_encode(s: &str) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
+            out.push(b as char);
+        } else {
+            let _ = write!(out, "%{b:02X}");
+        }
+    }
+    out
+}
+
 /// Decodes `%XX` escapes (either hex case) and, when `plus_as_space`, `+` as a space, then checks
 /// the result is UTF-8. Use `plus_as_space = false` for URL paths, where `+` is literal.
 pub fn percent_decode(input: &[u8], plus_as_space: bool) -> Result<String, FormError> {
@@ -130,6 +145,18 @@ mod tests {
         list.iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect()
+    }
+
+    #[test]
+    fn percent_encode_keeps_unreserved_bytes_and_decode_undoes_it() {
+        assert_eq!(percent_encode("gpt-realtime_2.0~x"), "gpt-realtime_2.0~x");
+        assert_eq!(percent_encode("+81 50/1?&="), "%2B81%2050%2F1%3F%26%3D");
+        for s in ["+819012345678", "a b/c", "注文", "%41"] {
+            assert_eq!(
+                percent_decode(percent_encode(s).as_bytes(), false).unwrap(),
+                s
+            );
+        }
     }
 
     #[test]
