@@ -11,6 +11,8 @@ use callbridge::runtime::io::Transport;
 use callbridge::runtime::uring_stream::UringStream;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+mod common;
+
 #[path = "common/counting_alloc.rs"]
 mod counting_alloc;
 use counting_alloc::{start_counting, stop_counting};
@@ -20,16 +22,6 @@ const FRAMES: usize = 10_000;
 
 /// A Twilio media frame's size on the wire.
 const FRAME: usize = 400;
-
-fn uring_ok() -> bool {
-    match callbridge::runtime::uring::probe() {
-        Ok(()) => true,
-        Err(why) => {
-            eprintln!("skipped: io_uring unusable here: {why}");
-            false
-        }
-    }
-}
 
 /// Sends one frame each way between the two ends.
 async fn ping_pong<A, B>(a: &mut A, b: &mut B, out: &[u8], buf: &mut [u8])
@@ -48,7 +40,7 @@ where
 
 #[test]
 fn frames_through_the_uring_stream_allocate_nothing_once_warm() {
-    if !uring_ok() {
+    if !common::uring_usable() {
         return;
     }
     tokio_uring::start(async {

@@ -8,24 +8,7 @@ use std::time::{Duration, Instant};
 use callbridge::config::ServeArgs;
 use callbridge::runtime::Server;
 use clap::Parser;
-use common::{closed_sessions, http, mock, Proxy, RawStream};
-
-/// Whether io_uring works here: the server's own start-up probe (sysctl, seccomp, kernel).
-fn uring_allowed() -> bool {
-    callbridge::runtime::uring::probe().is_ok()
-}
-
-/// The proxy's log once it contains `needle` (the log is read by another thread), or after 2 s.
-fn log_with(proxy: &Proxy, needle: &str) -> String {
-    let deadline = Instant::now() + Duration::from_secs(2);
-    loop {
-        let log = proxy.log();
-        if log.contains(needle) || Instant::now() > deadline {
-            return log;
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-}
+use common::{closed_sessions, http, logged, mock, uring_usable, Proxy, RawStream};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn auto_probes_io_uring_and_logs_the_driver_and_why() {
@@ -33,9 +16,10 @@ async fn auto_probes_io_uring_and_logs_the_driver_and_why() {
     let proxy = Proxy::with_mock(&mock, &[("RUNTIME", "auto")]);
     let resp = http(proxy.addr, "GET", "/healthz", &[], b"").await;
     assert_eq!(resp.status, 200);
-    let log = log_with(&proxy, "io driver");
+    logged(&proxy, "io driver").await;
+    let log = proxy.log();
     assert!(log.contains("RUNTIME=auto"), "log:\n{log}");
-    if uring_allowed() {
+    if uring_usable() {
         assert!(
             log.contains("io driver: uring")
                 && log.contains("probe (ring setup + a no-op) succeeded"),
@@ -53,16 +37,18 @@ async fn auto_probes_io_uring_and_logs_the_driver_and_why() {
 async fn explicit_runtimes_are_used_and_workers_share_the_port() {
     let mock = mock(|_| {}).await;
     let epoll = Proxy::with_mock(&mock, &[("RUNTIME", "epoll")]);
-    let log = log_with(&epoll, "io driver");
+    logged(&epoll, "io driver").await;
+    let log = epoll.log();
     assert!(
         log.contains("io driver: epoll (RUNTIME=epoll)"),
         "log:\n{log}"
     );
-    if !uring_allowed() {
+    if !uring_usable() {
         return;
     }
     let uring = Proxy::with_mock(&mock, &[("RUNTIME", "uring"), ("WORKERS", "3")]);
-    let log = log_with(&uring, "io driver");
+    logged(&uring, "io driver").await;
+    let log = uring.log();
     assert!(
         log.contains("io driver: uring, 3 worker thread(s) (RUNTIME=uring)"),
         "log:\n{log}"
@@ -172,7 +158,7 @@ async fn stop_closes_everything_on_epoll() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stop_closes_everything_on_uring() {
-    if !uring_allowed() {
+    if !uring_usable() {
         return;
     }
     stop_closes_a_live_call("uring").await;

@@ -212,6 +212,24 @@ pub fn runtime() -> String {
     std::env::var("RUNTIME").unwrap_or_else(|_| "epoll".to_owned())
 }
 
+/// Whether io_uring works here, by the server's own start-up probe (sysctl, seccomp, kernel);
+/// says why when it does not. Under `RUNTIME=uring` (CI's second pass) an unusable io_uring
+/// fails the test instead of skipping it, so that pass cannot go green by skipping.
+pub fn uring_usable() -> bool {
+    match callbridge::runtime::uring::probe() {
+        Ok(()) => true,
+        Err(why) => {
+            assert_ne!(
+                runtime(),
+                "uring",
+                "RUNTIME=uring, but io_uring is unusable here: {why}"
+            );
+            eprintln!("skipped: io_uring unusable here: {why}");
+            false
+        }
+    }
+}
+
 /// Starts the strict mock (schema self-check on) with `tweak` applied.
 pub async fn mock(tweak: impl FnOnce(&mut MockServerConfig)) -> MockServer {
     let mut cfg = MockServerConfig {
