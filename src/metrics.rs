@@ -902,16 +902,9 @@ fn status_label(status: u16) -> &'static str {
     }
 }
 
-/// Counts a call the webhook sent to the legacy conference (`reason`: `realtime_off` or
-/// `overloaded`), as outcome `fallback_{reason}`.
-pub fn call_fallback(reason: &str) {
-    let outcome = match reason {
-        "realtime_off" => "fallback_realtime_off",
-        "overloaded" => "fallback_overloaded",
-        "openai_down" => "fallback_openai_down",
-        // Not a registered label: `call_outcome` says so in the log.
-        other => other,
-    };
+/// Counts a call outcome that no call meter sees: the webhook's own fallbacks
+/// ([`crate::front::routes::FallbackReason::outcome`]).
+pub fn call_outcome(outcome: &str) {
     handles().call_outcome(outcome);
 }
 
@@ -1102,6 +1095,24 @@ mod tests {
         assert_eq!(labels.len(), all.len(), "labels are distinct");
         // A hung OpenAI leg sends the caller to the fallback; a caller that stopped reading does not.
         assert!(all[10].is_ai_failure() && !all[9].is_ai_failure());
+        use crate::front::routes::FallbackReason;
+        for reason in [
+            FallbackReason::RealtimeOff,
+            FallbackReason::Overloaded,
+            FallbackReason::OpenAiDown,
+            FallbackReason::AiFailed,
+        ] {
+            // A new reason must be added here (the match stops compiling without it).
+            match reason {
+                FallbackReason::RealtimeOff
+                | FallbackReason::Overloaded
+                | FallbackReason::OpenAiDown
+                | FallbackReason::AiFailed => {}
+            }
+            if let Some(label) = reason.outcome() {
+                assert!(OUTCOMES.contains(&label), "{label} is not in OUTCOMES");
+            }
+        }
     }
 
     #[test]

@@ -107,6 +107,19 @@ pub enum FallbackReason {
     OpenAiDown,
 }
 
+impl FallbackReason {
+    /// Its `callbridge_calls_total` outcome label, for the webhook's own fallbacks; `None` for
+    /// [`FallbackReason::AiFailed`], counted when the call ended (by its end reason).
+    pub fn outcome(self) -> Option<&'static str> {
+        match self {
+            FallbackReason::RealtimeOff => Some("fallback_realtime_off"),
+            FallbackReason::Overloaded => Some("fallback_overloaded"),
+            FallbackReason::OpenAiDown => Some("fallback_openai_down"),
+            FallbackReason::AiFailed => None,
+        }
+    }
+}
+
 /// The application state shared by the connections of a server.
 pub struct App {
     cfg: Arc<Config>,
@@ -367,12 +380,8 @@ impl App {
             .as_ref()
             .map(|(lang, text)| (lang.as_str(), text.as_str()));
         tracing::info!(call_sid, ?reason, %room, "fallback to the legacy conference");
-        match reason {
-            FallbackReason::RealtimeOff => crate::metrics::call_fallback("realtime_off"),
-            FallbackReason::Overloaded => crate::metrics::call_fallback("overloaded"),
-            FallbackReason::OpenAiDown => crate::metrics::call_fallback("openai_down"),
-            // Counted when the call ended (its end reason).
-            FallbackReason::AiFailed => {}
+        if let Some(outcome) = reason.outcome() {
+            crate::metrics::call_outcome(outcome);
         }
         Response::twiml(twiml::conference(say, &room))
     }
