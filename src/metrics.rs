@@ -1090,6 +1090,8 @@ mod tests {
                 "{} is not in OUTCOMES",
                 r.label()
             );
+            // What the breaker counts is a subset of what sends the caller to the fallback.
+            assert!(!r.is_openai_unreachable() || r.is_ai_failure(), "{r:?}");
         }
         let labels: std::collections::HashSet<_> = all.iter().map(EndReason::label).collect();
         assert_eq!(labels.len(), all.len(), "labels are distinct");

@@ -189,6 +189,15 @@ impl EndReason {
         )
     }
 
+    /// Whether the AI leg never became usable (no connection, or no session): what the
+    /// webhook's breaker counts as OpenAI being unreachable (`front::openai_health`).
+    pub fn is_openai_unreachable(&self) -> bool {
+        matches!(
+            self,
+            EndReason::OpenAiConnectFailed(_) | EndReason::OpenAiSetupFailed(_)
+        )
+    }
+
     /// A short stable label for metrics and records.
     pub fn label(&self) -> &'static str {
         match self {

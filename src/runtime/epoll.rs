@@ -16,6 +16,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use futures_util::FutureExt as _;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -44,7 +45,7 @@ pub const MAX_OPENAI_MESSAGE_BYTES: usize = 4 * 1024 * 1024;
 pub const HIGH_WATER_BYTES: usize = 1024 * 1024;
 
 /// A leg with pending output and no write progress for this long is a vanished peer: the default
-/// of `WRITE_STALL_TIMEOUT_SECS` (`Config::write_stall_timeout`).
+/// of `WRITE_STALL_TIMEOUT_SECS` (`Config::write_stall_timeout`, which takes it from here).
 pub const WRITE_STALL_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// How long a keep-alive connection may sit idle between requests.
@@ -254,10 +255,7 @@ async fn read_request<S: AsyncRead + Unpin>(
         } else {
             *deadline.get_or_insert_with(|| tokio::time::Instant::now() + read_timeout)
         };
-        if buf.capacity() - buf.len() < MIN_READ_SPACE {
-            buf.reserve(READ_CHUNK);
-        }
-        match tokio::time::timeout_at(limit, stream.read_buf(buf)).await {
+        match tokio::time::timeout_at(limit, read_some(Some(stream), buf)).await {
             Err(_) if buf.is_empty() => return Ok(None),
             Err(_) => return Err(error_response(408, "request not completed in time")),
             Ok(Ok(0)) => {
@@ -418,11 +416,7 @@ async fn write_leg<W: AsyncWrite + Unpin>(
             n => {
                 // One flush attempt right away: it usually completes at once (a plain socket;
                 // TLS with room in the socket), which saves the call loop a turn per write.
-                let once = std::future::poll_fn(|cx| {
-                    std::task::Poll::Ready(std::pin::Pin::new(&mut *wr).poll_flush(cx))
-                })
-                .await;
-                let flushed = matches!(once, std::task::Poll::Ready(Ok(())));
+                let flushed = matches!(wr.flush().now_or_never(), Some(Ok(())));
                 Ok(Progress::Wrote { n, flushed })
             }
         },
@@ -798,18 +792,15 @@ fn dispatch_events(
 
 fn on_call_event(app: &App, grant: &UpgradeGrant, ev: CallEvent) {
     // The webhook's breaker learns from every AI leg that got ready or failed to.
-    match &ev {
-        CallEvent::SessionReady { .. } => app.note_openai_outcome(true),
-        CallEvent::Ended {
-            reason: EndReason::OpenAiConnectFailed(_) | EndReason::OpenAiSetupFailed(_),
-        } => app.note_openai_outcome(false),
-        _ => {}
-    }
     match ev {
         CallEvent::Ended { reason } if reason.is_ai_failure() => {
+            if reason.is_openai_unreachable() {
+                app.note_openai_outcome(false);
+            }
             app.record_ai_failure(&grant.call_sid)
         }
         CallEvent::SessionReady { setup, .. } => {
+            app.note_openai_outcome(true);
             tracing::debug!(call_sid = %grant.call_sid, setup_ms = setup.as_millis() as u64, "session ready");
         }
         CallEvent::CallerTranscript { text, .. } => {

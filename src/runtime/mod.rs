@@ -200,7 +200,7 @@ fn open_store(cfg: &Config) -> anyhow::Result<Store> {
         flush_every: cfg.store_flush,
         cache_bytes: cfg.store_cache_bytes,
         config_agent: Arc::clone(&cfg.agent),
-        queue_capacity: crate::store::QUEUE_CAPACITY,
+        ..StoreOptions::default()
     };
     let store = Store::open(&cfg.data_dir, opts)
         .with_context(|| format!("opening the store (DATA_DIR={})", cfg.data_dir.display()))?;
