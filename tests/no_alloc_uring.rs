@@ -1,6 +1,6 @@
 //! The io_uring driver's byte path allocates nothing per frame once warm: frames of a call's
-//! size go back and forth through two connected `UringStream`s (recv and send on owned buffers,
-//! the reader and writer tasks, the bounded rx/tx buffers, the wakeups), 10,000 each way.
+//! size go back and forth through two connected `UringStream`s (recv and send operations on
+//! owned buffers, their completions, the bounded tx buffer, the wakeups), 10,000 each way.
 //!
 //! Everything runs on one tokio-uring thread, so a counting allocator that counts only on the
 //! thread that switched it on sees the tasks' allocations too. (The same counter as

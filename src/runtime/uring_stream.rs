@@ -146,6 +146,23 @@ struct Io {
 }
 
 impl Io {
+    /// The state of a fresh socket: nothing in flight, buffers empty (they grow on first use).
+    fn new(sock: Rc<TcpStream>) -> Io {
+        Io {
+            sock,
+            recv: None,
+            rx: Vec::new(),
+            rx_pos: 0,
+            rx_end: 0,
+            rx_eof: false,
+            rx_err: None,
+            send: None,
+            tx: Vec::new(),
+            tx_spare: Vec::new(),
+            tx_err: None,
+        }
+    }
+
     /// Copies unread bytes into `buf`, starting and polling a recv when there are none.
     fn poll_read(&mut self, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         loop {
@@ -219,17 +236,15 @@ impl Io {
         // Reap a send that completed (freeing the slot for the next one; frames come ms apart,
         // so it usually has), without asking to be woken when it has not.
         self.reap_send();
-        if let Some(kind) = self.tx_err {
-            return Poll::Ready(Err(kind.into()));
-        }
         if self.tx.len() >= TX_CAP {
-            // Full: wait for the send in flight (this registers the waker).
-            if let Poll::Ready(Err(e)) = self.poll_drained(cx) {
-                return Poll::Ready(Err(e));
-            }
-            if self.tx.len() >= TX_CAP {
+            // Full: wait for the send in flight (this registers the waker), then send the rest.
+            if self.send.is_some() && self.poll_send_done(cx).is_pending() {
                 return Poll::Pending;
             }
+            self.start_send();
+        }
+        if let Some(kind) = self.tx_err {
+            return Poll::Ready(Err(kind.into()));
         }
         let n = (TX_CAP - self.tx.len()).min(data.len());
         self.tx.extend_from_slice(&data[..n]);
@@ -253,69 +268,85 @@ impl Io {
     /// then a flush is waiting for it with its own waker, which a no-op waker must not replace.
     fn reap_send(&mut self) {
         if self.send.is_some() && self.tx.is_empty() {
-            let mut quiet = Context::from_waker(std::task::Waker::noop());
-            let _ = self.poll_drained(&mut quiet);
+            let _ = self.poll_send_done(&mut Context::from_waker(std::task::Waker::noop()));
         }
     }
 
     /// `flush`: `Ready` once nothing waits behind a send in flight (all written bytes are handed
-    /// to the kernel); a send in flight with nothing behind it is not waited for.
+    /// to the kernel). Only the send in flight is waited for, not the one started after it, so
+    /// the writer is not woken once more for a send with nothing behind it.
     fn poll_handed_over(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        if let Some(kind) = self.tx_err {
-            return Poll::Ready(Err(kind.into()));
+        if !self.tx.is_empty() {
+            if self.send.is_some() && self.poll_send_done(cx).is_pending() {
+                return Poll::Pending;
+            }
+            self.start_send();
         }
-        if self.tx.is_empty() {
-            return Poll::Ready(Ok(()));
-        }
-        match self.poll_drained(cx) {
-            Poll::Pending if self.tx.is_empty() => Poll::Ready(Ok(())),
-            other => other,
+        match self.tx_err {
+            Some(kind) => Poll::Ready(Err(kind.into())),
+            None => Poll::Ready(Ok(())),
         }
     }
 
     /// Drives sends until nothing is queued or in flight (`Ready(Ok)`), one is pending, or one
-    /// failed.
+    /// failed: what shutdown and close wait for.
     fn poll_drained(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         loop {
             if let Some(kind) = self.tx_err {
                 return Poll::Ready(Err(kind.into()));
             }
-            let Some(op) = self.send.as_mut() else {
+            if self.send.is_none() {
                 if self.tx.is_empty() {
                     return Poll::Ready(Ok(()));
                 }
                 self.start_send();
-                continue;
-            };
-            let (res, mut b) = match Pin::new(op).poll(cx) {
-                Poll::Pending => return Poll::Pending,
-                Poll::Ready(done) => done,
-            };
-            self.send = None;
-            match res {
-                Ok(n) if n == b.len() => {
-                    b.clear();
-                    self.tx_spare = b;
-                }
-                Ok(0) => {
-                    self.tx_err = Some(io::ErrorKind::WriteZero);
-                    self.tx.clear();
-                }
-                Ok(n) => {
-                    // A short send: the rest goes first, then what was queued meanwhile (rare:
-                    // one copy).
-                    b.drain(..n);
-                    b.extend_from_slice(&self.tx);
-                    self.tx.clear();
-                    self.send = Some(submit_send(&self.sock, b));
-                }
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {
-                    self.send = Some(submit_send(&self.sock, b));
-                }
-                Err(e) => {
-                    self.tx_err = Some(e.kind());
-                    self.tx.clear();
-                }
+            }
+            if self.poll_send_done(cx).is_pending() {
+                return Poll::Pending;
+            }
+        }
+    }
+
+    /// Polls the send in flight, if any; once it completed, takes its result.
+    fn poll_send_done(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        let Some(op) = self.send.as_mut() else {
+            return Poll::Ready(());
+        };
+        let (res, b) = match Pin::new(op).poll(cx) {
+            Poll::Pending => return Poll::Pending,
+            Poll::Ready(done) => done,
+        };
+        self.send = None;
+        self.on_send_done(res, b);
+        Poll::Ready(())
+    }
+
+    /// A send completed with `res`, handing back its buffer `b`: recycle it, or re-send the rest
+    /// of a short send ahead of what was queued meanwhile, or remember the error.
+    fn on_send_done(&mut self, res: io::Result<usize>, mut b: Vec<u8>) {
+        match res {
+            Ok(n) if n == b.len() => {
+                b.clear();
+                self.tx_spare = b;
+            }
+            Ok(0) => {
+                self.tx_err = Some(io::ErrorKind::WriteZero);
+                self.tx.clear();
+            }
+            Ok(n) => {
+                // A short send: the rest goes first, then what was queued meanwhile (rare: one
+                // copy).
+                b.drain(..n);
+                b.extend_from_slice(&self.tx);
+                self.tx.clear();
+                self.send = Some(submit_send(&self.sock, b));
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {
+                self.send = Some(submit_send(&self.sock, b));
+            }
+            Err(e) => {
+                self.tx_err = Some(e.kind());
+                self.tx.clear();
             }
         }
     }
@@ -332,37 +363,20 @@ impl Drop for Inner {
         // Ends a recv in flight (it completes with 0; tokio-uring keeps its buffer until then).
         let _ = io.sock.shutdown(Shutdown::Read);
         io.recv = None;
-        let sock = Rc::clone(&io.sock);
-        let pending = io.send.take();
-        let queued = std::mem::take(&mut io.tx);
         // Outside a runtime (the worker is being torn down) nothing can be sent any more.
         let in_runtime = tokio::runtime::Handle::try_current().is_ok();
-        if !in_runtime || (pending.is_none() && (queued.is_empty() || io.tx_err.is_some())) {
+        if !in_runtime || io.tx_err.is_some() || (io.send.is_none() && io.tx.is_empty()) {
             // A send still in flight is ended by the shutdown (EPIPE), which frees the socket.
-            let _ = sock.shutdown(Shutdown::Both);
+            let _ = io.sock.shutdown(Shutdown::Both);
             return;
         }
-        // Written before the drop, so it still goes out (bounded), then FIN.
+        // Written before the drop, so it still goes out (bounded, the same way as any send),
+        // then FIN.
+        let mut io = std::mem::replace(io, Io::new(Rc::clone(&io.sock)));
         tokio_uring::spawn(async move {
-            let _ = tokio::time::timeout(CLOSE_TIMEOUT, async {
-                if let Some(op) = pending {
-                    let (res, mut b) = op.await;
-                    if let Ok(n) = res {
-                        b.drain(..n.min(b.len()));
-                        if !b.is_empty() {
-                            sock.write_all(b).await.0?;
-                        }
-                    } else {
-                        return res.map(|_| ());
-                    }
-                }
-                if !queued.is_empty() {
-                    sock.write_all(queued).await.0?;
-                }
-                Ok::<(), io::Error>(())
-            })
-            .await;
-            let _ = sock.shutdown(Shutdown::Both);
+            let drained = std::future::poll_fn(|cx| io.poll_drained(cx));
+            let _ = tokio::time::timeout(CLOSE_TIMEOUT, drained).await;
+            let _ = io.sock.shutdown(Shutdown::Both);
         });
     }
 }
@@ -378,19 +392,7 @@ impl UringStream {
     pub fn new(sock: TcpStream) -> UringStream {
         UringStream {
             inner: Rc::new(Inner {
-                io: RefCell::new(Io {
-                    sock: Rc::new(sock),
-                    recv: None,
-                    rx: Vec::new(),
-                    rx_pos: 0,
-                    rx_end: 0,
-                    rx_eof: false,
-                    rx_err: None,
-                    send: None,
-                    tx: Vec::new(),
-                    tx_spare: Vec::new(),
-                    tx_err: None,
-                }),
+                io: RefCell::new(Io::new(Rc::new(sock))),
             }),
         }
     }
@@ -534,6 +536,32 @@ mod tests {
             let mut four = [0u8; 4];
             a_rd.read_exact(&mut four).await.unwrap();
             assert_eq!(&four, b"pong");
+        });
+    }
+
+    #[test]
+    fn writes_push_back_once_tx_cap_bytes_wait_behind_a_send_in_flight() {
+        use futures_util::FutureExt as _;
+        if !uring_ok() {
+            return;
+        }
+        tokio_uring::start(async {
+            let (mut a, _b) = pair().await;
+            // One synchronous stretch: completions are only taken when the worker parks.
+            let wrote = |r: Option<io::Result<usize>>| r.map(|r| r.unwrap());
+            assert_eq!(wrote(a.write(&[1; 100]).now_or_never()), Some(100), "sent");
+            let big = vec![2u8; TX_CAP];
+            assert_eq!(wrote(a.write(&big).now_or_never()), Some(TX_CAP), "queued");
+            assert!(
+                a.write(b"x").now_or_never().is_none(),
+                "TX_CAP bytes wait behind the send in flight: push back"
+            );
+            // Once the send completes, room comes back.
+            tokio::time::timeout(Duration::from_secs(2), a.flush())
+                .await
+                .expect("flushed within 2 s")
+                .unwrap();
+            assert_eq!(wrote(a.write(b"x").now_or_never()), Some(1));
         });
     }
 
