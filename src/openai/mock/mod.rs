@@ -707,9 +707,6 @@ impl MockSession {
         }));
         if interrupt_response {
             self.cancel_response("turn_detected");
-            // A function-call response still open is cancelled too (its `response.done` says
-            // `cancelled`), and the turn gets the server's own response.
-            self.cancel_tool_response("turn_detected");
         }
     }
 
@@ -726,7 +723,7 @@ impl MockSession {
         }));
         self.commit_user_audio(item_id);
         // With a response still running (interrupt_response off) the mock starts none.
-        if create_response && self.active.is_none() && self.tool_response.is_none() {
+        if create_response && !self.responding() {
             self.start_response(now);
         }
     }
@@ -991,7 +988,7 @@ impl MockSession {
     /// `response.create`: refused during a response, or while the scripted call waits for its
     /// output.
     fn on_response_create(&mut self, now: Instant) -> Result<(), MockRejection> {
-        if self.active.is_some() || self.tool_response.is_some() {
+        if self.responding() {
             return Err(MockRejection::ActiveResponse);
         }
         let waiting = self.items.values().find_map(|item| match &item.kind {
@@ -1011,16 +1008,10 @@ impl MockSession {
     /// `response.cancel`: cancel the active response (an optional `response_id` must match).
     fn on_response_cancel(&mut self, event: &Value) -> Result<(), MockRejection> {
         let wanted = event.get("response_id").and_then(Value::as_str);
-        if let Some(tool) = &self.tool_response {
-            if wanted.is_none_or(|id| id == tool.id) {
-                self.cancel_tool_response("client_cancelled");
-                return Ok(());
-            }
-        }
-        let matches = match (&self.active, wanted) {
+        let matches = match (self.active_response_id(), wanted) {
             (None, _) => false,
             (Some(_), None) => true,
-            (Some(active), Some(id)) => active.id == id,
+            (Some(active), Some(id)) => active == id,
         };
         if !matches {
             return Err(MockRejection::NoActiveResponse);

@@ -326,10 +326,31 @@ impl MockSession {
         self.stats.responses_completed += 1;
     }
 
-    /// Cancels the active audio response (`reason`: `turn_detected` or `client_cancelled`): no
-    /// more deltas; the item ends `incomplete` with the transcript sent so far, then
-    /// `response.done` with `status: cancelled` (protocol.md 5.5). Returns whether one was active.
+    /// Whether a response is open: an audio one, or a function-call one before its
+    /// `response.done` (never both: a response starts only when none is open).
+    pub(super) fn responding(&self) -> bool {
+        self.active.is_some() || self.tool_response.is_some()
+    }
+
+    /// The id of the open response, if any.
+    pub(super) fn active_response_id(&self) -> Option<&str> {
+        match (&self.active, &self.tool_response) {
+            (Some(audio), _) => Some(&audio.id),
+            (None, Some(tool)) => Some(&tool.id),
+            (None, None) => None,
+        }
+    }
+
+    /// Cancels the open response (`reason`: `turn_detected` or `client_cancelled`), then
+    /// `response.done` with `status: cancelled` (protocol.md 5.5): an audio one sends no more
+    /// deltas and its item ends `incomplete` with the transcript sent so far; a function-call one
+    /// just ends. Returns whether one was open.
     pub(super) fn cancel_response(&mut self, reason: &str) -> bool {
+        let details = json!({"type": "cancelled", "reason": reason});
+        if let Some(t) = self.tool_response.take() {
+            self.end_tool_response(t, "cancelled", details);
+            return true;
+        }
         let Some(response) = self.active.take() else {
             return false;
         };
@@ -348,7 +369,6 @@ impl MockSession {
             heard.chars().count() as u64,
             audio_ms,
         );
-        let details = json!({"type": "cancelled", "reason": reason});
         let done = self.response_object(&response.id, "cancelled", details, vec![item], usage);
         self.push_event(json!({"type": "response.done", "response": done}));
         self.stats.responses_cancelled += 1;
@@ -404,26 +424,18 @@ impl MockSession {
 
     /// Sends the open function-call response's `response.done` once it is due.
     pub(super) fn finish_tool_response(&mut self, now: Instant) {
-        if self
-            .tool_response
-            .as_ref()
-            .is_some_and(|t| t.done_at <= now)
-        {
-            if let Some(t) = self.tool_response.take() {
-                let done =
-                    self.response_object(&t.id, "completed", Value::Null, vec![t.item], t.usage);
-                self.push_event(json!({"type": "response.done", "response": done}));
-                self.stats.responses_completed += 1;
-            }
+        if let Some(t) = self.tool_response.take_if(|t| t.done_at <= now) {
+            self.end_tool_response(t, "completed", Value::Null);
         }
     }
 
-    /// Ends the open function-call response as cancelled (`response.cancel`).
-    pub(super) fn cancel_tool_response(&mut self, reason: &str) {
-        if let Some(t) = self.tool_response.take() {
-            let details = json!({"type": "cancelled", "reason": reason});
-            let done = self.response_object(&t.id, "cancelled", details, vec![t.item], t.usage);
-            self.push_event(json!({"type": "response.done", "response": done}));
+    /// Sends the `response.done` of function-call response `t` with `status` and counts it.
+    fn end_tool_response(&mut self, t: ToolResponse, status: &str, details: Value) {
+        let done = self.response_object(&t.id, status, details, vec![t.item], t.usage);
+        self.push_event(json!({"type": "response.done", "response": done}));
+        if status == "completed" {
+            self.stats.responses_completed += 1;
+        } else {
             self.stats.responses_cancelled += 1;
         }
     }

@@ -1119,3 +1119,33 @@ fn caller_speech_cancels_an_open_function_call_response_and_the_turn_gets_its_ow
         .iter()
         .all(|d| d["response"]["status"] != "cancelled"));
 }
+
+#[test]
+fn response_cancel_ends_an_open_function_call_response_once() {
+    let config = MockConfig {
+        function_call: Some(FunctionCallScript {
+            name: "lookup_order".into(),
+            arguments: "{}".into(),
+            on_response: 1,
+        }),
+        ..MockConfig::default()
+    };
+    let (mut h, events) = after_first_turn(config);
+    let id = of_type(&events, "response.created")[0]["response"]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let wrong = h.send(json!({"type": "response.cancel", "response_id": "resp_nope"}));
+    assert_eq!(only_error(&wrong)["code"], "response_cancel_not_active");
+    let cancelled = h.send(json!({"type": "response.cancel", "response_id": id}));
+    assert_eq!(types(&cancelled), ["response.done"]);
+    assert_eq!(cancelled[0]["response"]["status"], "cancelled");
+    assert_eq!(
+        cancelled[0]["response"]["status_details"]["reason"],
+        "client_cancelled"
+    );
+    // Its scheduled end does not send a second `response.done`.
+    let later = h.advance(response::TOOL_RESPONSE_DONE_AFTER.as_millis() as u64 + 1);
+    assert!(of_type(&later, "response.done").is_empty(), "{later:?}");
+    assert_eq!(h.mock.stats().responses_cancelled, 1);
+}
