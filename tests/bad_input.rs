@@ -15,8 +15,8 @@ use callbridge::sim::script::{read_tag, tag_frame, FRAME_BYTES};
 use callbridge::sim::twiml::Twiml;
 use callbridge::sim::webhook::{self, parse_response, HttpResponse};
 use common::{
-    after_stream, closed_sessions, eventually, http, http_raw, logged, mock, webhook, Proxy,
-    RawStream,
+    after_stream_conference, closed_sessions, eventually, http, http_raw, logged, mock, room,
+    webhook, Proxy, RawStream,
 };
 use serde_json::{json, Value};
 use tokio::net::{TcpListener, TcpStream};
@@ -95,10 +95,12 @@ fn appended_tags(s: &SessionRecord) -> Vec<(u32, u32)> {
 
 /// Waits for the "call finished" summary line (logged after both legs are closed).
 async fn finished_line(proxy: &Proxy) -> String {
-    let found = eventually(Duration::from_secs(3), || {
-        proxy.log().contains("call finished")
-    })
-    .await;
+    finished_line_within(proxy, Duration::from_secs(3)).await
+}
+
+/// [`finished_line`], waiting up to `within` for the call to end.
+async fn finished_line_within(proxy: &Proxy, within: Duration) -> String {
+    let found = eventually(within, || proxy.log().contains("call finished")).await;
     assert!(found, "no call summary; log:\n{}", proxy.log());
     proxy
         .log()
@@ -573,11 +575,7 @@ async fn an_openai_connection_that_drops_mid_call_closes_the_stream_normally_and
     let summary = finished_line(&proxy).await;
     assert!(summary.contains("reason=\"openai_closed\""), "{summary}");
 
-    let resp = after_stream(proxy.addr, n).await;
-    assert_eq!(resp.status, 200);
-    let twiml = Twiml::parse(std::str::from_utf8(&resp.body).unwrap()).expect("valid TwiML");
-    let room = format!("support-{}", webhook::sid("CA", u128::from(n)));
-    assert_eq!(twiml.conference(), Some(room.as_str()));
+    assert_eq!(after_stream_conference(proxy.addr, n).await, Some(room(n)));
     assert!(proxy.is_running());
 }
 
@@ -605,10 +603,7 @@ async fn an_openai_session_that_the_server_closes_mid_call_closes_the_stream_nor
     let summary = finished_line(&proxy).await;
     assert!(summary.contains("reason=\"openai_closed\""), "{summary}");
 
-    let resp = after_stream(proxy.addr, n).await;
-    let twiml = Twiml::parse(std::str::from_utf8(&resp.body).unwrap()).expect("valid TwiML");
-    let room = format!("support-{}", webhook::sid("CA", u128::from(n)));
-    assert_eq!(twiml.conference(), Some(room.as_str()));
+    assert_eq!(after_stream_conference(proxy.addr, n).await, Some(room(n)));
     assert!(proxy.is_running());
 }
 
@@ -809,24 +804,16 @@ async fn a_media_stream_request_without_upgrade_headers_gets_426_advising_versio
     assert!(proxy.is_running());
 }
 
-/// The call ended because `leg`'s peer stopped reading (1 s stall timeout): the summary and
-/// the log say so.
+/// The call ends (within 30 s) because `leg`'s peer stopped reading (1 s stall timeout): the
+/// summary and the log say so.
 async fn assert_ended_as_stalled(proxy: &Proxy, leg: &str) {
-    let summary = finished_line(proxy).await;
+    let summary = finished_line_within(proxy, Duration::from_secs(30)).await;
     assert!(
         summary.contains(&format!("reason=\"{leg}_stalled\"")),
         "{summary}"
     );
     let why = format!("{leg} peer stopped reading: no write progress for 1.0s");
     assert!(logged(proxy, &why).await, "log:\n{}", proxy.log());
-}
-
-/// The conference room `after-stream` names for call `n`, if any.
-async fn after_stream_conference(proxy: &Proxy, n: u32) -> Option<String> {
-    let resp = after_stream(proxy.addr, n).await;
-    assert_eq!(resp.status, 200);
-    let twiml = Twiml::parse(std::str::from_utf8(&resp.body).unwrap()).expect("valid TwiML");
-    twiml.conference().map(str::to_owned)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -852,19 +839,10 @@ async fn an_openai_server_that_stops_reading_ends_the_call_after_the_stall_timeo
         }
         assert!(sent < 1_000_000, "the proxy never pushed back");
     }
-    let ended = eventually(Duration::from_secs(30), || {
-        proxy.log().contains("call finished")
-    })
-    .await;
-    assert!(ended, "the call did not end; log:\n{}", proxy.log());
     assert_ended_as_stalled(&proxy, "openai").await;
     assert!(sent > 10, "only {sent} frames went out before the stall");
     // An AI leg that hangs is an AI failure: the caller goes to the conference, not to silence.
-    let room = format!("support-{}", webhook::sid("CA", u128::from(n)));
-    assert_eq!(
-        after_stream_conference(&proxy, n).await.as_deref(),
-        Some(room.as_str())
-    );
+    assert_eq!(after_stream_conference(proxy.addr, n).await, Some(room(n)));
     assert!(proxy.is_running());
 }
 
@@ -900,23 +878,12 @@ async fn a_twilio_peer_that_stops_reading_ends_the_call_after_the_stall_timeout_
     for seq in 0..50 {
         raw.media(&frame(n, seq)).await;
     }
-    let summary = tokio::time::timeout(Duration::from_secs(30), async {
-        while !proxy.log().contains("call finished") {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    })
-    .await;
-    assert!(
-        summary.is_ok(),
-        "the call did not end; log:\n{}",
-        proxy.log()
-    );
     assert_ended_as_stalled(&proxy, "twilio").await;
     // The OpenAI session is closed by the proxy, and the mock saw real audio go out first.
     let sessions = closed_sessions(&mock, 1, Duration::from_secs(5)).await;
     assert_eq!(sessions.len(), 1, "the OpenAI leg is closed");
     assert!(sessions[0].stats.responses_created >= 1);
     // A caller that stopped reading is not an AI failure: no conference.
-    assert_eq!(after_stream_conference(&proxy, n).await, None);
+    assert_eq!(after_stream_conference(proxy.addr, n).await, None);
     assert!(proxy.is_running());
 }

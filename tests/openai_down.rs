@@ -8,13 +8,7 @@ mod common;
 use std::time::Duration;
 
 use callbridge::sim::twiml::Twiml;
-use callbridge::sim::webhook;
-use common::{after_stream, logged, webhook as post_webhook, Proxy, RawStream};
-
-/// The conference room `after-stream` or the webhook names for call `n`.
-fn room(n: u32) -> String {
-    format!("support-{}", webhook::sid("CA", u128::from(n)))
-}
+use common::{after_stream_conference, logged, room, webhook as post_webhook, Proxy, RawStream};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn after_three_failed_connects_the_webhook_sends_callers_straight_to_the_conference() {
@@ -35,9 +29,7 @@ async fn after_three_failed_connects_the_webhook_sends_callers_straight_to_the_c
             "log:\n{}",
             proxy.log()
         );
-        let resp = after_stream(proxy.addr, n).await;
-        let twiml = Twiml::parse(std::str::from_utf8(&resp.body).unwrap()).expect("TwiML");
-        assert_eq!(twiml.conference(), Some(room(n).as_str()));
+        assert_eq!(after_stream_conference(proxy.addr, n).await, Some(room(n)));
     }
     assert!(
         logged(

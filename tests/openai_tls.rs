@@ -11,8 +11,7 @@ use callbridge::openai::mock::server::tls_config;
 use callbridge::sim::caller::CallerConfig;
 use callbridge::sim::script::Script;
 use common::{
-    after_stream, assert_delivered_byte_exact, closed_sessions, mock, run_signed_call, Proxy,
-    RawStream,
+    assert_delivered_byte_exact, closed_sessions, mock, run_signed_call, Proxy, RawStream,
 };
 
 /// A self-signed certificate for 127.0.0.1 (the mock's URL names the IP) and its key, as PEM.
@@ -62,10 +61,10 @@ async fn an_untrusted_certificate_is_refused_and_the_call_falls_back() {
     let mut call = RawStream::open(proxy.addr, 4).await;
     // The AI leg failed: the stream is closed and Twilio's after-stream fetch gets the fallback.
     let _ = call.until_closed(Duration::from_secs(5)).await;
-    let after = after_stream(proxy.addr, 4).await;
-    assert_eq!(after.status, 200);
-    let twiml = String::from_utf8_lossy(&after.body);
-    assert!(twiml.contains("<Conference"), "{twiml}");
+    assert_eq!(
+        common::after_stream_conference(proxy.addr, 4).await,
+        Some(common::room(4))
+    );
     let log = proxy.log();
     assert!(
         log.contains("openai connect failed")

@@ -60,7 +60,7 @@ async fn upgrade_signed(addr: SocketAddr, path: &str, token: &str) -> Result<Raw
 
 /// The conference TwiML for call `n`: the Japanese `<Say>`, then `support-{CallSid}`.
 fn assert_conference(t: &Twiml, n: u32) {
-    let room = format!("support-{}", webhook::sid("CA", u128::from(n)));
+    let room = common::room(n);
     assert_eq!(
         t.verbs,
         vec![

@@ -653,4 +653,18 @@ pub async fn after_stream(addr: SocketAddr, n: u32) -> HttpResponse {
     signed_post(addr, "/api/twilio/after-stream", &params).await
 }
 
+/// The legacy conference room of call `n` under the default `CONFERENCE_NAME`.
+pub fn room(n: u32) -> String {
+    format!("support-{}", webhook::sid("CA", u128::from(n)))
+}
+
+/// The conference room Twilio's `after-stream` fetch for call `n` is sent to, if any (`None`:
+/// the call is hung up).
+pub async fn after_stream_conference(addr: SocketAddr, n: u32) -> Option<String> {
+    let resp = after_stream(addr, n).await;
+    assert_eq!(resp.status, 200);
+    let twiml = Twiml::parse(std::str::from_utf8(&resp.body).unwrap()).expect("valid TwiML");
+    twiml.conference().map(str::to_owned)
+}
+
 pub mod store;
