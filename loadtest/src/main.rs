@@ -365,7 +365,7 @@ async fn setup(
         return Ok((target, None));
     }
     let mut server_env = c.server_env.clone();
-    let ca_file = if c.openai_tls {
+    let ca = if c.openai_tls {
         let (cert, key) = throwaway_certificate()?;
         mock_cfg.tls = Some(
             callbridge::openai::mock::server::tls_config(cert.as_bytes(), key.as_bytes())
@@ -373,18 +373,26 @@ async fn setup(
         );
         let path =
             std::env::temp_dir().join(format!("callbridge-loadtest-ca-{}.pem", std::process::id()));
-        std::fs::write(&path, cert).with_context(|| format!("writing {}", path.display()))?;
         server_env.push((
             "OPENAI_EXTRA_CA_FILE".to_owned(),
             path.display().to_string(),
         ));
-        Some(path)
+        Some((path, cert))
     } else {
         None
     };
     let mock = MockServer::start(mock_listen, mock_cfg)
         .await
         .with_context(|| format!("starting the mock on {mock_listen}"))?;
+    // Written once the mock is up (a failed start leaves no file behind); removed once the
+    // server has read it.
+    let ca_file = match ca {
+        Some((path, cert)) => {
+            std::fs::write(&path, cert).with_context(|| format!("writing {}", path.display()))?;
+            Some(path)
+        }
+        None => None,
+    };
     let proxy = match (c.target, c.server_pid) {
         (Some(addr), Some(pid)) => Proxy::attach(addr, pid)?,
         _ => {
@@ -409,10 +417,11 @@ async fn setup(
             }
             let p = p?;
             eprintln!(
-                "spawned {} (pid {}) on {}{}{}",
+                "spawned {} (pid {}) on {}, OpenAI at {}{}{}",
                 spec.bin.display(),
                 p.pid,
                 p.addr,
+                spec.openai_url,
                 spec.cpus
                     .as_deref()
                     .map_or(String::new(), |c| format!(", CPUs {c}")),

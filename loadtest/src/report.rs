@@ -333,6 +333,14 @@ impl Report {
                 ("downlink", &l.downlink),
                 ("barge-in", &l.barge_in),
             ] {
+                if b.samples == 0 {
+                    // `None` quantiles mean "past the last bucket" only when there are samples.
+                    let _ = writeln!(
+                        s,
+                        "proxy read → write ({name}, its /metrics buckets): no samples"
+                    );
+                    continue;
+                }
                 let _ = writeln!(
                     s,
                     "proxy read → write ({name}, its /metrics buckets): {} samples, p50 ≤ {} ms, p99 ≤ {} ms, p99.9 ≤ {} ms, {} over 5 ms",
@@ -418,6 +426,31 @@ mod tests {
         r.judge(Some(10.0));
         assert!(r.passed());
         assert!(r.table().contains("PASS"));
+    }
+
+    #[test]
+    fn a_proxy_histogram_without_samples_says_so_instead_of_past_the_last_bucket() {
+        use crate::proxy_metrics::{over_run, Bounds, ProxyLatency};
+        let empty: crate::proxy_metrics::Scrape = vec![Vec::new(); 3];
+        let mut r = Report {
+            proxy_latency: Some(over_run(&empty, &empty)),
+            ..Report::default()
+        };
+        let text = r.table();
+        assert!(
+            text.contains("(barge-in, its /metrics buckets): no samples"),
+            "{text}"
+        );
+        assert!(!text.contains("> 5000"), "{text}");
+        // With samples past the last bucket, the bound is shown as such.
+        r.proxy_latency = Some(ProxyLatency {
+            uplink: Bounds {
+                samples: 1,
+                ..Bounds::default()
+            },
+            ..ProxyLatency::default()
+        });
+        assert!(r.table().contains("p50 ≤ > 5000 ms"));
     }
 
     #[test]

@@ -135,6 +135,8 @@ fn the_openai_leg_runs_over_tls_with_every_frame_delivered() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(0), "{stderr}");
     assert!(stderr.contains("OPENAI_EXTRA_CA_FILE"), "{stderr}");
+    // The mock really served TLS, and the server was pointed at it.
+    assert!(stderr.contains("OpenAI at wss://127.0.0.1:"), "{stderr}");
     assert_eq!(r["calls_completed"], 4, "{stderr}");
     let f = &r["frames"];
     assert!(f["uplink"]["ok"].as_u64().unwrap() > 0);
