@@ -294,48 +294,150 @@ fn export_calls(store: &Store, req: &Request) -> Response {
         Ok(q) => q,
         Err(r) => return r,
     };
+    let bounds = ExportBounds {
+        page: MAX_PAGE,
+        max_bytes: EXPORT_MAX_BYTES,
+        max_pages: EXPORT_MAX_PAGES,
+    };
+    match export_part(store, &filter, cursor, bounds) {
+        Ok((body, rest)) => Response {
+            status: 200,
+            content_type: "application/x-ndjson",
+            body,
+            headers: rest
+                .map(|c| vec![(NEXT_CURSOR_HEADER, c)])
+                .unwrap_or_default(),
+        },
+        Err(e) => store_error(e),
+    }
+}
+
+/// How much one export answer may hold.
+#[derive(Debug, Clone, Copy)]
+struct ExportBounds {
+    /// Calls listed per store page.
+    page: usize,
+    /// Bytes after which the answer ends (at a call boundary).
+    max_bytes: usize,
+    /// Store pages read at most.
+    max_pages: usize,
+}
+
+/// One part of an export from `cursor`: the JSON lines, and the cursor of the rest when a bound
+/// cut it short.
+fn export_part(
+    store: &Store,
+    filter: &CallFilter,
+    mut cursor: Option<String>,
+    bounds: ExportBounds,
+) -> Result<(Vec<u8>, Option<String>), StoreError> {
     let mut body = Vec::new();
-    let mut cursor = cursor;
-    let mut rest = None;
     for page_no in 0.. {
-        let page = match store.list_calls(&filter, cursor.as_deref(), MAX_PAGE) {
-            Ok(p) => p,
-            Err(e) => return store_error(e),
-        };
+        let page = store.list_calls(filter, cursor.as_deref(), bounds.page)?;
         for record in page.calls {
-            let items = match store.call_items(&record.call_sid) {
-                Ok(i) => i,
-                Err(e) => return store_error(e),
-            };
+            let items = store.call_items(&record.call_sid)?;
             let line = crate::store::CallWithConversation {
                 record,
                 realtime_conversation: items,
             };
             serde_json::to_writer(&mut body, &line).expect("a call serializes");
             body.push(b'\n');
-            if body.len() >= EXPORT_MAX_BYTES {
-                rest = Some(crate::store::cursor_after(&line.record));
-                break;
+            if body.len() >= bounds.max_bytes {
+                return Ok((body, Some(crate::store::cursor_after(&line.record))));
             }
-        }
-        if rest.is_some() {
-            break;
         }
         match page.next_cursor {
-            Some(c) if page_no + 1 == EXPORT_MAX_PAGES => {
-                rest = Some(c);
-                break;
-            }
+            Some(c) if page_no + 1 == bounds.max_pages => return Ok((body, Some(c))),
             Some(c) => cursor = Some(c),
             None => break,
         }
     }
-    Response {
-        status: 200,
-        content_type: "application/x-ndjson",
-        body,
-        headers: rest
-            .map(|c| vec![(NEXT_CURSOR_HEADER, c)])
-            .unwrap_or_default(),
+    Ok((body, None))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use super::*;
+    use crate::store::{Op, RecordChange, StoreOptions};
+
+    /// A store in a fresh temporary directory (removed by the caller) with `n` ringing calls,
+    /// `CA0…` oldest first.
+    fn store_with_calls(tag: &str, n: usize) -> (std::path::PathBuf, Store) {
+        let dir = std::env::temp_dir().join(format!(
+            "callbridge-admin-{tag}-{}-{}",
+            std::process::id(),
+            crate::store::unix_ms()
+        ));
+        let store = Store::open(&dir, StoreOptions::default()).unwrap();
+        for i in 0..n {
+            assert!(store.enqueue(Op::Record {
+                call_sid: Arc::from(format!("CA{i:032}")),
+                at_ms: 1_000 + i as u64,
+                change: RecordChange::Webhook {
+                    from: "+819012345678".into(),
+                    to: "+81501234567".into(),
+                    agent_id: None,
+                    fallback: None,
+                },
+            }));
+        }
+        store.flush(Duration::from_secs(10)).unwrap();
+        (dir, store)
+    }
+
+    /// Every part of an export under `bounds`: (call sids per part).
+    fn export_all(store: &Store, bounds: ExportBounds) -> Vec<Vec<String>> {
+        let mut parts = Vec::new();
+        let mut cursor = None;
+        loop {
+            let (body, rest) = export_part(store, &CallFilter::default(), cursor, bounds).unwrap();
+            let sids = body
+                .split(|b| *b == b'\n')
+                .filter(|l| !l.is_empty())
+                .map(|l| {
+                    let v: serde_json::Value = serde_json::from_slice(l).unwrap();
+                    v["callSid"].as_str().unwrap().to_owned()
+                })
+                .collect();
+            parts.push(sids);
+            match rest {
+                Some(c) => cursor = Some(c),
+                None => return parts,
+            }
+        }
+    }
+
+    #[test]
+    fn an_export_part_ends_at_the_page_bound_and_its_cursor_gives_the_rest_once() {
+        let (dir, store) = store_with_calls("pages", 5);
+        let by_pages = ExportBounds {
+            page: 2,
+            max_bytes: usize::MAX,
+            max_pages: 2,
+        };
+        let parts = export_all(&store, by_pages);
+        let newest_first: Vec<String> = (0..5).rev().map(|i| format!("CA{i:032}")).collect();
+        assert_eq!(parts.iter().map(Vec::len).collect::<Vec<_>>(), [4, 1]);
+        assert_eq!(parts.concat(), newest_first, "every call once, in order");
+        // The byte bound cuts at a call boundary: one call per part here.
+        let by_bytes = ExportBounds {
+            page: 1000,
+            max_bytes: 1,
+            max_pages: usize::MAX,
+        };
+        let parts = export_all(&store, by_bytes);
+        // (A cut right after the last call does not know it was the last: an empty part may
+        // follow.)
+        let calls_per_part: Vec<usize> = parts.iter().map(Vec::len).collect();
+        assert!(
+            calls_per_part == [1; 5] || calls_per_part == [1, 1, 1, 1, 1, 0],
+            "{parts:?}"
+        );
+        assert_eq!(parts.concat(), newest_first);
+        store.close();
+        let _ = std::fs::remove_dir_all(dir);
     }
 }
