@@ -236,6 +236,23 @@ pub struct PendingFault {
     after: u32,
 }
 
+/// Relays the complete frames in `rbuf[..*rlen]` into `out` ([`relay_frames`]) and moves what
+/// is left (the start of a frame) to the front of `rbuf`.
+fn relay_buffered(
+    shape: &Shape,
+    from: Side,
+    rbuf: &mut [u8],
+    rlen: &mut usize,
+    out: &mut Vec<u8>,
+    tally: &Tally,
+    fault: &mut Option<PendingFault>,
+) -> Result<(), RelayError> {
+    let used = relay_frames(shape, from, &rbuf[..*rlen], out, tally, fault)?;
+    rbuf.copy_within(used..*rlen, 0);
+    *rlen -= used;
+    Ok(())
+}
+
 /// The relay's whole per-frame logic (sans-IO, shared by every IO model): takes the complete
 /// frames at the start of `input`, appends the forwarded part of each UP/DOWN frame to `out`,
 /// counts ECHO frames, and returns how many bytes it consumed (a partial frame stays).
@@ -1424,16 +1441,15 @@ fn epoll_readable(
             }
             Ok(n) => {
                 rx.rlen += n;
-                let used = relay_frames(
+                relay_buffered(
                     shape,
                     from,
-                    &rx.rbuf[..rx.rlen],
+                    &mut rx.rbuf,
+                    &mut rx.rlen,
                     &mut tx.out,
                     tally,
                     &mut c.fault,
                 )?;
-                rx.rbuf.copy_within(used..rx.rlen, 0);
-                rx.rlen -= used;
                 if n < space && !read_closed {
                     break;
                 }
@@ -2006,16 +2022,15 @@ mod uring {
                             br.give_back(bid);
                         }
                         rx.rlen += n;
-                        let used = relay_frames(
+                        relay_buffered(
                             &spec.shape,
                             from,
-                            &rx.rbuf[..rx.rlen],
+                            &mut rx.rbuf,
+                            &mut rx.rlen,
                             &mut tx.queued,
                             tally,
                             &mut c.fault,
                         )?;
-                        rx.rbuf.copy_within(used..rx.rlen, 0);
-                        rx.rlen -= used;
                         start_send(self.ring, c, i, 1 - side, self.inflight)?;
                     }
                     arm_recv(self.ring, self.mode, c, i, side, self.inflight)?;

@@ -168,6 +168,18 @@ fn decoded_len(delta: &Value) -> usize {
 }
 
 /// A ready session that has heard one caller turn and started its first response.
+/// The default mock whose first response is a `lookup_order` function call with `{}`.
+fn function_call_on_first_response() -> MockConfig {
+    MockConfig {
+        function_call: Some(FunctionCallScript {
+            name: "lookup_order".into(),
+            arguments: "{}".into(),
+            on_response: 1,
+        }),
+        ..MockConfig::default()
+    }
+}
+
 fn after_first_turn(config: MockConfig) -> (Harness, Vec<Value>) {
     let mut h = Harness::ready(config);
     let mut events = h.speak(1000, false);
@@ -1084,15 +1096,7 @@ fn a_tap_sees_caller_audio_speech_and_truncates_and_rewrites_deltas_without_reco
 
 #[test]
 fn caller_speech_cancels_an_open_function_call_response_and_the_turn_gets_its_own_answer() {
-    let config = MockConfig {
-        function_call: Some(FunctionCallScript {
-            name: "lookup_order".into(),
-            arguments: "{}".into(),
-            on_response: 1,
-        }),
-        ..MockConfig::default()
-    };
-    let (mut h, events) = after_first_turn(config);
+    let (mut h, events) = after_first_turn(function_call_on_first_response());
     assert_eq!(
         of_type(&events, "response.function_call_arguments.done").len(),
         1
@@ -1122,15 +1126,7 @@ fn caller_speech_cancels_an_open_function_call_response_and_the_turn_gets_its_ow
 
 #[test]
 fn response_cancel_ends_an_open_function_call_response_once() {
-    let config = MockConfig {
-        function_call: Some(FunctionCallScript {
-            name: "lookup_order".into(),
-            arguments: "{}".into(),
-            on_response: 1,
-        }),
-        ..MockConfig::default()
-    };
-    let (mut h, events) = after_first_turn(config);
+    let (mut h, events) = after_first_turn(function_call_on_first_response());
     let id = of_type(&events, "response.created")[0]["response"]["id"]
         .as_str()
         .unwrap()
