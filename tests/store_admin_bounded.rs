@@ -241,17 +241,16 @@ async fn big_exports_and_listings_come_in_bounded_parts_and_never_stall_a_call()
         }
         n
     });
-    let mut worst = Duration::ZERO;
-    let mut pings = 0;
+    let mut pongs = Vec::new();
     while !exporting.is_finished() {
         let t = Instant::now();
         call.send_ping(b"live").await;
         assert_eq!(call.expect_pong(Duration::from_secs(10)).await, b"live");
-        worst = worst.max(t.elapsed());
-        pings += 1;
+        pongs.push(t.elapsed());
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     let exports = exporting.await.unwrap();
+    let (pings, worst) = (pongs.len(), pongs.iter().max().copied().unwrap_or_default());
     eprintln!(
         "{exports} exports, {pings} pings, slowest pong {worst:?}, slowest export part {slowest:?}"
     );
@@ -259,11 +258,16 @@ async fn big_exports_and_listings_come_in_bounded_parts_and_never_stall_a_call()
         exports >= 1 && pings >= 10,
         "{exports} exports, {pings} pings"
     );
-    // Done on the IO thread, an export answer holds a pong back for about as long as the answer
-    // takes (measured: 350 of 365 ms); off it, a pong waits for a few ms at most.
+    // Done on the IO thread, every export answer holds a pong back for about as long as the
+    // answer takes (measured: 350 of 365 ms), so each of the exports makes a slow pong; off it,
+    // a pong waits a few ms. A rare single outlier of ~300 ms shows on both drivers (about 1 run
+    // in 6 on this 2-core machine, also before this check changed; not yet explained), so a
+    // slow pong or two is tolerated, one per export is not.
+    let slow = pongs.iter().filter(|p| **p >= slowest / 2).count();
     assert!(
-        worst < slowest / 2,
-        "a pong took {worst:?} while exports ran (one export answer takes up to {slowest:?})"
+        slow <= 2 && slow < exports,
+        "{slow} of {pings} pongs took at least half an export answer's time ({slowest:?}) while \
+         {exports} exports ran; slowest {worst:?}"
     );
     drop(proxy);
     let _ = std::fs::remove_dir_all(&dir);
