@@ -792,6 +792,7 @@ impl CallMeter {
             CallEvent::Interrupted {
                 audio_end_ms,
                 clamped_ms,
+                cleared,
                 ..
             } => {
                 self.h
@@ -801,8 +802,11 @@ impl CallMeter {
                     .truncation_clamped
                     .record(*clamped_ms as f64 / 1000.0);
                 // The `clear` was queued by the pump of this batch, so it ends at or before
-                // `twilio_end`; the read of `speech_started` is the batch's read.
-                self.barge_in = Some((self.twilio_end, at));
+                // `twilio_end`; the read of `speech_started` is the batch's read. Without a
+                // `clear` (nothing played) there is no barge-in latency to measure.
+                if *cleared {
+                    self.barge_in = Some((self.twilio_end, at));
+                }
             }
             CallEvent::ResponseDone {
                 usage: Some(usage), ..
@@ -1258,6 +1262,7 @@ mod tests {
             audio_end_ms: 1_200,
             sent_ms: 1_500,
             clamped_ms: 0,
+            cleared: true,
         });
         meter.on_written(Leg::Twilio, 30, ms(3_050));
         meter.on_written(Leg::Twilio, 30, ms(3_100));

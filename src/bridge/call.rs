@@ -280,7 +280,7 @@ pub enum CallEvent {
         /// Transcript (of what was generated; see `Interrupted` for what was heard).
         text: String,
     },
-    /// A barge-in: `clear` and `conversation.item.truncate` were sent.
+    /// A barge-in: `conversation.item.truncate` was sent (after a `clear` when audio played).
     Interrupted {
         /// The item that was playing.
         item_id: String,
@@ -290,6 +290,9 @@ pub enum CallEvent {
         sent_ms: u64,
         /// Estimate beyond `sent_ms` that was clamped away, ms.
         clamped_ms: u64,
+        /// Whether a `clear` went to Twilio (audio was playing); `false`: nothing played, the
+        /// response was still generating (protocol.md 6.2 step 1).
+        cleared: bool,
     },
     /// The model called a tool.
     ToolCall {
@@ -354,6 +357,9 @@ pub struct CallStats {
     pub marks_unknown: u64,
     /// Barge-ins that sent `clear` + truncate.
     pub barge_ins: u64,
+    /// `speech_started` with nothing playing while a response was still generating: truncated
+    /// at what was sent, without a `clear`.
+    pub generation_truncations: u64,
     /// `speech_started` while nothing was playing.
     pub speech_without_playback: u64,
     /// Late deltas of interrupted responses, dropped.
@@ -944,6 +950,13 @@ impl Call {
                 ..
             } => self.on_tool_call(response_id, call_id, name, arguments),
             ServerEvent::SpeechStopped { .. } => self.caller_speaking = false,
+            ServerEvent::OutputItemAdded {
+                response_id,
+                item_id,
+                item_type: "message",
+            } if !self.interrupted_responses.iter().any(|r| r == response_id) => {
+                self.ledger.on_item_added(now, response_id, item_id);
+            }
             ServerEvent::ResponseCreated { response_id } if !response_id.is_empty() => {
                 self.active_response = Some(response_id.to_owned());
             }
@@ -1122,56 +1135,53 @@ impl Call {
         // The server cancels the response in progress (interrupt_response): deltas of it that
         // are still in flight must not play after the caller started speaking (protocol.md 6.1
         // flaw 6), also when nothing of it is playing at this moment.
-        if let Some(active) = self.active_response.take() {
-            remember_interrupted(&mut self.interrupted_responses, &active);
+        let generating = self.active_response.take();
+        if let Some(active) = &generating {
+            remember_interrupted(&mut self.interrupted_responses, active);
         }
-        if !self.ledger.is_playing() {
+        if self.ledger.is_playing() {
+            for response_id in self.ledger.response_ids() {
+                remember_interrupted(&mut self.interrupted_responses, response_id);
+            }
+        }
+        let Some(barge_in) = self.ledger.on_speech_started(now, generating.as_deref()) else {
             self.stats.speech_without_playback += 1;
-            return;
-        }
-        for response_id in self.ledger.response_ids() {
-            remember_interrupted(&mut self.interrupted_responses, response_id);
-        }
-        let Some(barge_in) = self.ledger.on_speech_started(now) else {
             return;
         };
         let Some(stream_sid) = self.stream_sid.as_deref() else {
             return;
         };
-        // 1. The caller must stop hearing the AI at once: clear first.
-        self.outbox
-            .push(Leg::Twilio, |out| tw::encode_clear(out, stream_sid));
+        // 1. The caller must stop hearing the AI at once: clear first (when anything plays).
+        if barge_in.clear {
+            self.outbox
+                .push(Leg::Twilio, |out| tw::encode_clear(out, stream_sid));
+            self.stats.barge_ins += 1;
+        } else {
+            self.stats.generation_truncations += 1;
+        }
         // 2. Then tell the model what was heard.
-        let id = self.event_id();
-        self.outbox.push(Leg::OpenAi, |out| {
-            oa::encode_truncate(out, id.as_str(), &barge_in.item_id, barge_in.audio_end_ms)
-        });
-        for queued in &barge_in.queued_item_ids {
+        for (item_id, audio_end_ms) in barge_in.truncates() {
             let id = EventId::new(self.next_event_id);
             self.next_event_id += 1;
             self.outbox.push(Leg::OpenAi, |out| {
-                oa::encode_truncate(out, id.as_str(), queued, 0)
+                oa::encode_truncate(out, id.as_str(), item_id, audio_end_ms)
             });
-        }
-        self.stats.barge_ins += 1;
-        for item in std::iter::once(&barge_in.item_id).chain(&barge_in.queued_item_ids) {
-            self.interrupted_items.push_back(item.clone());
-        }
-        while self.interrupted_items.len() > MAX_INTERRUPTED {
-            self.interrupted_items.pop_front();
+            remember_interrupted(&mut self.interrupted_items, item_id);
         }
         tracing::info!(
             call_sid = %self.cfg.expected_call_sid,
             item_id = %barge_in.item_id,
             audio_end_ms = barge_in.audio_end_ms,
             sent_ms = barge_in.sent_ms,
-            "barge-in: cleared twilio and truncated"
+            cleared = barge_in.clear,
+            "barge-in: truncated what the caller heard"
         );
         self.events.push_back(CallEvent::Interrupted {
             item_id: barge_in.item_id,
             audio_end_ms: barge_in.audio_end_ms,
             sent_ms: barge_in.sent_ms,
             clamped_ms: barge_in.clamped_ms,
+            cleared: barge_in.clear,
         });
     }
 

@@ -17,6 +17,15 @@
 //! nothing else was queued, or the echo of the previous item's last mark). When audio is sent while
 //! nothing is outstanding (Twilio's buffer ran dry), playout restarts at that send.
 //!
+//! # On `speech_started` (protocol.md 6.2)
+//! - Marks outstanding: audio is playing. `clear` first, then truncate the playing item at
+//!   `audio_end_ms` and every item queued behind it (audio sent or only announced) at 0.
+//! - Nothing outstanding, no response generating: everything sent was heard; nothing is sent.
+//! - Nothing outstanding, a response still generating: no `clear` (Twilio plays nothing), but the
+//!   server's item holds audio nobody heard (the deltas still being generated, dropped from now
+//!   on). Its current item is truncated at `sent_ms` (every mark came back, so all of it was
+//!   heard) and its items whose audio never started at 0.
+//!
 //! # Error bound
 //! The caller's true position lies between the last echoed mark and the next unechoed one, so
 //! `|audio_end_ms − heard| ≤ G + L`: `G` is the largest gap between consecutive marks
@@ -93,7 +102,11 @@ pub enum MarkEcho {
 /// The decision on `speech_started`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BargeIn {
-    /// The item that was playing.
+    /// Whether audio was still playing at Twilio: `clear` goes out first. `false`: nothing was
+    /// playing but the response is still generating, so only the truncates are sent.
+    pub clear: bool,
+    /// The item that was playing (or, with nothing playing, the generating response's item whose
+    /// audio was sent last).
     pub item_id: String,
     /// What the caller heard of it, ms, clamped to `[0, sent_ms]`.
     pub audio_end_ms: u64,
@@ -103,6 +116,14 @@ pub struct BargeIn {
     pub clamped_ms: u64,
     /// Items queued behind it whose audio never started (truncated at 0 ms).
     pub queued_item_ids: Vec<String>,
+}
+
+impl BargeIn {
+    /// Every `conversation.item.truncate` to send, in order: `(item_id, audio_end_ms)`.
+    pub fn truncates(&self) -> impl Iterator<Item = (&str, u64)> {
+        std::iter::once((self.item_id.as_str(), self.audio_end_ms))
+            .chain(self.queued_item_ids.iter().map(|id| (id.as_str(), 0)))
+    }
 }
 
 /// Per-call playout accounting; see the module docs for the rule.
@@ -180,6 +201,17 @@ impl Ledger {
             cum_ms,
         });
         Some(cum_ms)
+    }
+
+    /// An assistant message item announced by `response.output_item.added`, before any of its
+    /// audio: if the caller interrupts before its audio starts playing, it is truncated at 0
+    /// (the server may already hold audio for it that nobody will hear).
+    pub fn on_item_added(&mut self, now: Instant, response_id: &str, item_id: &str) {
+        if item_id.is_empty() {
+            return;
+        }
+        // Created as queued (`acked_at: None`): its first audio sets when playout starts.
+        self.item_seq_for(response_id, item_id, now, false);
     }
 
     /// Finds or creates the ledger entry of `item_id`, returning its sequence number.
@@ -279,14 +311,25 @@ impl Ledger {
         Some((item.item_id.as_str(), played, sent_ms))
     }
 
-    /// Decides what a `speech_started` at `now` interrupts. `None` when nothing is playing (no
-    /// `clear`, no truncate). Otherwise the epoch advances and the ledger is reset: the caller
-    /// sends `clear`, then the truncates.
-    pub fn on_speech_started(&mut self, now: Instant) -> Option<BargeIn> {
-        let (item_id, played, sent_ms) = self.heard(now)?;
-        let playing_seq = self.marks.front().map(|m| m.item_seq)?;
+    /// Decides what a `speech_started` at `now` interrupts, given the response still being
+    /// generated, if any (`response.created` seen, no `response.done` yet). `None`: nothing to
+    /// clear or truncate. Otherwise the epoch advances and the ledger is reset; the caller sends
+    /// `clear` (when [`BargeIn::clear`]), then the truncates. See the module docs for the rule.
+    pub fn on_speech_started(&mut self, now: Instant, generating: Option<&str>) -> Option<BargeIn> {
+        let barge_in = match self.marks.front() {
+            Some(oldest) => self.interrupt_playout(now, oldest.item_seq),
+            None => self.interrupt_generation(generating?)?,
+        };
+        self.reset();
+        Some(barge_in)
+    }
+
+    /// Audio is playing: the playing item at what was heard, the items behind it at 0.
+    fn interrupt_playout(&self, now: Instant, playing_seq: u64) -> BargeIn {
+        let (item_id, played, sent_ms) = self.heard(now).expect("a mark is outstanding");
         let audio_end_ms = played.min(sent_ms);
-        let barge_in = BargeIn {
+        BargeIn {
+            clear: true,
             item_id: item_id.to_owned(),
             audio_end_ms,
             sent_ms,
@@ -298,9 +341,30 @@ impl Ledger {
                 .filter(|(i, _)| self.first_item_seq + *i as u64 > playing_seq)
                 .map(|(_, it)| it.item_id.clone())
                 .collect(),
+        }
+    }
+
+    /// Nothing is playing but `response_id` is still generating: its item whose audio was sent
+    /// last at `sent_ms` (all of it was heard), its items whose audio never started at 0. `None`
+    /// when the response has no item yet.
+    fn interrupt_generation(&self, response_id: &str) -> Option<BargeIn> {
+        let of_response = || self.items.iter().filter(|it| it.response_id == response_id);
+        let current = of_response().rfind(|it| it.sent_bytes > 0);
+        let mut unstarted = of_response()
+            .filter(|it| it.sent_bytes == 0)
+            .map(|it| it.item_id.clone());
+        let (item_id, sent_ms) = match current {
+            Some(it) => (it.item_id.clone(), it.sent_bytes / BYTES_PER_MS),
+            None => (unstarted.next()?, 0),
         };
-        self.reset();
-        Some(barge_in)
+        Some(BargeIn {
+            clear: false,
+            item_id,
+            audio_end_ms: sent_ms,
+            sent_ms,
+            clamped_ms: 0,
+            queued_item_ids: unstarted.collect(),
+        })
     }
 
     /// Response ids of every item tracked in this epoch (the playing one and those behind it).
@@ -365,7 +429,8 @@ mod tests {
             l.on_mark_echo(t0 + ms(1080), "e=0;i=item_X;ms=50"),
             MarkEcho::Played { cum_ms: 50 }
         );
-        let b = l.on_speech_started(t0 + ms(1180)).unwrap();
+        let b = l.on_speech_started(t0 + ms(1180), None).unwrap();
+        assert!(b.clear);
         assert_eq!(b.item_id, "item_X");
         assert_eq!(b.audio_end_ms, 150);
         assert_eq!(b.sent_ms, 450);
@@ -379,31 +444,113 @@ mod tests {
         let (mut l, t0) = worked_example();
         l.on_mark_echo(t0 + ms(1050), "e=0;i=item_X;ms=50");
         l.on_mark_echo(t0 + ms(1360), "e=0;i=item_X;ms=350");
-        let b = l.on_speech_started(t0 + ms(1600)).unwrap();
+        let b = l.on_speech_started(t0 + ms(1600), None).unwrap();
         assert_eq!(b.audio_end_ms, 450);
     }
 
     #[test]
-    fn example_b_with_every_mark_echoed_nothing_is_playing() {
+    fn example_b_with_every_mark_echoed_and_the_response_done_sends_nothing() {
         let (mut l, t0) = worked_example();
         l.on_mark_echo(t0 + ms(1050), "e=0;i=item_X;ms=50");
         l.on_mark_echo(t0 + ms(1360), "e=0;i=item_X;ms=350");
         l.on_mark_echo(t0 + ms(1460), "e=0;i=item_X;ms=450");
-        assert_eq!(l.on_speech_started(t0 + ms(1600)), None);
-        assert_eq!(l.epoch(), 0, "no clear, so no new epoch");
+        assert_eq!(l.on_speech_started(t0 + ms(1600), None), None);
+        assert_eq!(l.epoch(), 0, "nothing interrupted, so no new epoch");
+    }
+
+    #[test]
+    fn example_b_with_every_mark_echoed_and_the_response_generating_truncates_at_sent_ms() {
+        // protocol.md 6.3 example B, amended: resp_R1 is still generating, so its item holds
+        // audio nobody heard. Everything sent came back, so the truncate is at sent_ms, and no
+        // clear goes out (nothing plays).
+        let (mut l, t0) = worked_example();
+        l.on_mark_echo(t0 + ms(1050), "e=0;i=item_X;ms=50");
+        l.on_mark_echo(t0 + ms(1360), "e=0;i=item_X;ms=350");
+        l.on_mark_echo(t0 + ms(1460), "e=0;i=item_X;ms=450");
+        let b = l.on_speech_started(t0 + ms(1600), Some("resp_R1")).unwrap();
+        assert!(!b.clear);
+        assert_eq!((b.item_id.as_str(), b.audio_end_ms), ("item_X", 450));
+        assert_eq!(b.truncates().collect::<Vec<_>>(), [("item_X", 450)]);
+        assert_eq!(l.epoch(), 1);
+        assert!(!l.is_playing());
+        // A second speech_started of the same turn has nothing left to truncate.
+        assert_eq!(l.on_speech_started(t0 + ms(1610), Some("resp_R1")), None);
+    }
+
+    #[test]
+    fn a_generating_response_truncates_its_last_sent_item_and_its_unstarted_ones_at_zero() {
+        let t0 = Instant::now();
+        let mut l = Ledger::new();
+        // An earlier, finished response's item, heard completely.
+        l.on_audio_sent(t0, "resp_0", "item_O", 800);
+        l.on_mark_echo(t0 + ms(100), "e=0;i=item_O;ms=100");
+        // resp_1: item_A heard completely, item_B announced with no audio yet.
+        l.on_item_added(t0 + ms(200), "resp_1", "item_A");
+        l.on_audio_sent(t0 + ms(210), "resp_1", "item_A", 400);
+        l.on_mark_echo(t0 + ms(260), "e=0;i=item_A;ms=50");
+        l.on_item_added(t0 + ms(270), "resp_1", "item_B");
+        let b = l.on_speech_started(t0 + ms(300), Some("resp_1")).unwrap();
+        assert!(!b.clear);
+        assert_eq!(
+            b.truncates().collect::<Vec<_>>(),
+            [("item_A", 50), ("item_B", 0)],
+            "resp_0's item is not the generating response's"
+        );
+    }
+
+    #[test]
+    fn a_generating_response_with_only_announced_items_truncates_them_at_zero() {
+        let t0 = Instant::now();
+        let mut l = Ledger::new();
+        l.on_item_added(t0, "resp_1", "item_A");
+        let b = l.on_speech_started(t0 + ms(5), Some("resp_1")).unwrap();
+        assert_eq!(b.truncates().collect::<Vec<_>>(), [("item_A", 0)]);
+        // A generating response with no item at all: nothing to truncate.
+        assert_eq!(l.on_speech_started(t0 + ms(9), Some("resp_2")), None);
+    }
+
+    #[test]
+    fn an_announced_item_queued_behind_the_playing_one_is_truncated_at_zero() {
+        let t0 = Instant::now();
+        let mut l = Ledger::new();
+        l.on_audio_sent(t0, "r", "item_A", 800);
+        l.on_item_added(t0 + ms(5), "r", "item_B");
+        let b = l.on_speech_started(t0 + ms(30), Some("r")).unwrap();
+        assert!(b.clear);
+        assert_eq!(
+            b.truncates().collect::<Vec<_>>(),
+            [("item_A", 30), ("item_B", 0)]
+        );
+    }
+
+    #[test]
+    fn an_announced_item_starts_playing_at_its_first_audio_or_behind_the_playing_one() {
+        let t0 = Instant::now();
+        let mut l = Ledger::new();
+        l.on_item_added(t0, "r", "item_A");
+        // Announced at 0, first audio at 500 with nothing playing: playout starts at 500.
+        l.on_audio_sent(t0 + ms(500), "r", "item_A", 800);
+        let (_, played, _) = l.heard(t0 + ms(540)).unwrap();
+        assert_eq!(played, 40);
+        // item_B announced now, its audio queued behind item_A's: it starts at A's last echo.
+        l.on_item_added(t0 + ms(550), "r", "item_B");
+        l.on_audio_sent(t0 + ms(560), "r", "item_B", 800);
+        l.on_mark_echo(t0 + ms(600), "e=0;i=item_A;ms=100");
+        let (item, played, _) = l.heard(t0 + ms(620)).unwrap();
+        assert_eq!((item, played), ("item_B", 20));
     }
 
     #[test]
     fn example_c_no_echo_yet() {
         let (mut l, t0) = worked_example();
-        let b = l.on_speech_started(t0 + ms(1030)).unwrap();
+        let b = l.on_speech_started(t0 + ms(1030), None).unwrap();
         assert_eq!(b.audio_end_ms, 30);
     }
 
     #[test]
     fn nothing_sent_means_nothing_playing() {
         let mut l = Ledger::new();
-        assert_eq!(l.on_speech_started(Instant::now()), None);
+        assert_eq!(l.on_speech_started(Instant::now(), None), None);
     }
 
     #[test]
@@ -411,7 +558,7 @@ mod tests {
         let t0 = Instant::now();
         let mut l = Ledger::new();
         l.on_audio_sent(t0, "r", "i", 800); // 100 ms, never echoed
-        let b = l.on_speech_started(t0 + ms(60_000)).unwrap();
+        let b = l.on_speech_started(t0 + ms(60_000), None).unwrap();
         assert_eq!(b.audio_end_ms, 100);
         assert_eq!(b.clamped_ms, 0, "capped by the next mark before the clamp");
     }
@@ -419,7 +566,7 @@ mod tests {
     #[test]
     fn stale_mark_after_clear_is_ignored() {
         let (mut l, t0) = worked_example();
-        l.on_speech_started(t0 + ms(1030)).unwrap();
+        l.on_speech_started(t0 + ms(1030), None).unwrap();
         // Twilio echoes the discarded marks after the clear.
         assert_eq!(
             l.on_mark_echo(t0 + ms(1040), "e=0;i=item_X;ms=50"),
@@ -524,7 +671,7 @@ mod tests {
         l.on_mark_echo(t0 + ms(50), "e=0;i=i;ms=50");
         // OpenAI stalls for 450 ms; Twilio's buffer is empty, the caller hears silence.
         l.on_audio_sent(t0 + ms(500), "r", "i", 800); // up to 150 ms
-        let b = l.on_speech_started(t0 + ms(540)).unwrap();
+        let b = l.on_speech_started(t0 + ms(540), None).unwrap();
         assert_eq!(
             b.audio_end_ms, 90,
             "50 heard before the stall + 40 since the restart"
@@ -536,7 +683,7 @@ mod tests {
         // The ledger knows nothing of response.done: outstanding marks are what matters.
         let (mut l, t0) = worked_example();
         assert!(l.is_playing());
-        let b = l.on_speech_started(t0 + ms(1200)).unwrap();
+        let b = l.on_speech_started(t0 + ms(1200), None).unwrap();
         assert_eq!(b.audio_end_ms, 50, "capped by the first unechoed mark");
     }
 
@@ -547,7 +694,7 @@ mod tests {
         l.on_audio_sent(t0, "r", "item_A", 800); // A: 100 ms
         l.on_audio_sent(t0 + ms(5), "r", "item_B", 1600); // B: 200 ms, queued behind A
         l.on_mark_echo(t0 + ms(110), "e=0;i=item_A;ms=100");
-        let b = l.on_speech_started(t0 + ms(170)).unwrap();
+        let b = l.on_speech_started(t0 + ms(170), None).unwrap();
         assert_eq!(b.item_id, "item_B");
         assert_eq!(b.audio_end_ms, 60);
         assert!(b.queued_item_ids.is_empty());
@@ -559,7 +706,7 @@ mod tests {
         let mut l = Ledger::new();
         l.on_audio_sent(t0, "r", "item_A", 800);
         l.on_audio_sent(t0, "r", "item_B", 800);
-        let b = l.on_speech_started(t0 + ms(30)).unwrap();
+        let b = l.on_speech_started(t0 + ms(30), None).unwrap();
         assert_eq!(b.item_id, "item_A");
         assert_eq!(b.audio_end_ms, 30);
         assert_eq!(b.queued_item_ids, vec!["item_B".to_string()]);
@@ -568,15 +715,15 @@ mod tests {
     #[test]
     fn two_speech_started_in_a_row_interrupt_once() {
         let (mut l, t0) = worked_example();
-        assert!(l.on_speech_started(t0 + ms(1100)).is_some());
-        assert_eq!(l.on_speech_started(t0 + ms(1120)), None);
+        assert!(l.on_speech_started(t0 + ms(1100), None).is_some());
+        assert_eq!(l.on_speech_started(t0 + ms(1120), None), None);
     }
 
     #[test]
     fn time_going_backwards_is_treated_as_no_time_passing() {
         let (mut l, t0) = worked_example();
         l.on_mark_echo(t0 + ms(1080), "e=0;i=item_X;ms=50");
-        let b = l.on_speech_started(t0 + ms(1000)).unwrap();
+        let b = l.on_speech_started(t0 + ms(1000), None).unwrap();
         assert_eq!(b.audio_end_ms, 50);
     }
 

@@ -816,13 +816,75 @@ fn worked_example_b_gives_450_and_nothing_once_every_mark_echoed() {
     s.speech_started();
     assert_eq!(s.truncates(), vec![("item_X".to_owned(), 450)]);
 
+    // Mark 450 echoed too, and the response done: nothing outstanding, nothing sent.
     let mut s = worked_example();
+    s.openai(response_done("resp_R1", "completed"));
     s.at(1050).echo("e=0;i=item_X;ms=50");
     s.at(1360).echo("e=0;i=item_X;ms=350");
     s.at(1450).echo("e=0;i=item_X;ms=450");
     s.at(1600).speech_started();
     assert!(s.twilio_out.is_empty(), "no clear: {:?}", s.twilio_out);
     assert!(s.truncates().is_empty(), "no truncate");
+}
+
+#[test]
+fn worked_example_b_amended_truncates_at_450_without_a_clear_while_still_generating() {
+    // protocol.md 6.3 example B, amended step 1: every mark echoed, but resp_R1 is still
+    // generating (response.created, no response.done): only the truncate at 450 goes out.
+    let mut s = Sim::ready();
+    s.openai(response_created("resp_R1"));
+    s.at(1000)
+        .delta("resp_R1", "item_X", 400)
+        .delta("resp_R1", "item_X", 2400)
+        .delta("resp_R1", "item_X", 800);
+    for (at, ms) in [
+        (1050, 50),
+        (1150, 150),
+        (1250, 250),
+        (1360, 350),
+        (1450, 450),
+    ] {
+        s.at(at).echo(&format!("e=0;i=item_X;ms={ms}"));
+    }
+    s.twilio_out.clear();
+    s.at(1600).speech_started();
+    assert!(s.twilio_out.is_empty(), "no clear: {:?}", s.twilio_out);
+    assert_eq!(s.truncates(), vec![("item_X".to_owned(), 450)]);
+    assert!(s.events.iter().any(|e| matches!(
+        e,
+        CallEvent::Interrupted {
+            audio_end_ms: 450,
+            cleared: false,
+            ..
+        }
+    )));
+    // The deltas it was still generating are dropped.
+    s.at(1610).delta("resp_R1", "item_X", 800);
+    assert!(s.twilio_out.is_empty());
+}
+
+#[test]
+fn an_announced_item_of_the_generating_response_is_truncated_at_zero() {
+    // resp_1's first item was heard completely; its second item was announced but none of its
+    // audio reached us before the caller spoke.
+    let mut s = Sim::ready();
+    s.openai(response_created("resp_1"));
+    s.openai(json!({"type": "response.output_item.added", "event_id": "e", "response_id": "resp_1", "output_index": 0,
+        "item": {"id": "item_A", "object": "realtime.item", "type": "message", "role": "assistant", "status": "in_progress", "content": []}}));
+    s.at(0).delta("resp_1", "item_A", 400);
+    s.at(50).echo("e=0;i=item_A;ms=50");
+    s.openai(json!({"type": "response.output_item.added", "event_id": "e", "response_id": "resp_1", "output_index": 1,
+        "item": {"id": "item_B", "object": "realtime.item", "type": "message", "role": "assistant", "status": "in_progress", "content": []}}));
+    s.openai(json!({"type": "response.output_item.added", "event_id": "e", "response_id": "resp_1", "output_index": 2,
+        "item": {"id": "item_F", "object": "realtime.item", "type": "function_call", "status": "in_progress", "call_id": "c", "name": "f", "arguments": ""}}));
+    s.twilio_out.clear();
+    s.at(80).speech_started();
+    assert!(s.twilio_out.is_empty());
+    assert_eq!(
+        s.truncates(),
+        vec![("item_A".to_owned(), 50), ("item_B".to_owned(), 0)],
+        "a function call item is never truncated"
+    );
 }
 
 #[test]
@@ -837,7 +899,8 @@ fn worked_example_c_gives_30() {
 }
 
 #[test]
-fn late_deltas_of_a_response_cancelled_while_nothing_played_are_dropped() {
+fn a_response_cancelled_while_nothing_played_is_truncated_at_what_was_sent_and_its_late_deltas_dropped(
+) {
     // The first delta was heard completely (its mark echoed), the model is still generating;
     // the caller speaks, the server cancels the response (interrupt_response), and a delta it
     // had already emitted arrives after speech_started: it must not play (protocol.md 6.1
@@ -849,7 +912,11 @@ fn late_deltas_of_a_response_cancelled_while_nothing_played_are_dropped() {
     s.twilio_out.clear();
     s.at(100).speech_started();
     assert!(s.twilio_out.is_empty(), "nothing playing: no clear");
-    assert!(s.truncates().is_empty(), "heard completely: no truncate");
+    // protocol.md 6.2 step 1: the server's item holds what it is still generating, which nobody
+    // will hear; everything sent was heard (its mark came back), so the truncate is at sent_ms.
+    assert_eq!(s.truncates(), vec![("item_X".to_owned(), 50)]);
+    assert_eq!(s.call.stats().generation_truncations, 1);
+    assert_eq!(s.call.stats().barge_ins, 0, "no clear was sent");
     s.at(110).delta("resp_1", "item_X", 800);
     assert!(
         s.twilio_out.is_empty(),
