@@ -52,12 +52,25 @@ pub struct ServeArgs {
     /// Seconds from the Twilio upgrade until `session.updated` must have arrived.
     #[arg(long, env = "OPENAI_SESSION_TIMEOUT_SECS", default_value_t = 10.0)]
     pub openai_session_timeout_secs: f64,
-    /// Public host name Twilio reaches us at (for stream URLs and signatures); else the Host header.
+    /// Public host name Twilio reaches us at: every stream URL and every signed URL is built from
+    /// it (required when signatures are checked; unsigned, the Host header stands in).
     #[arg(long, env = "PUBLIC_HOST")]
     pub public_host: Option<String>,
-    /// Twilio auth token: when set, webhook and upgrade signatures are checked.
+    /// Twilio auth token: webhook and upgrade signatures are checked with it. Required unless
+    /// ALLOW_UNSIGNED_WEBHOOKS=true.
     #[arg(long, env = "TWILIO_AUTH_TOKEN", hide_env_values = true)]
     pub twilio_auth_token: Option<String>,
+    /// A second auth token also accepted, for rotating the primary one.
+    #[arg(long, env = "TWILIO_AUTH_TOKEN_SECONDARY", hide_env_values = true)]
+    pub twilio_auth_token_secondary: Option<String>,
+    /// Serve without TWILIO_AUTH_TOKEN: nothing is authenticated, anyone who reaches the port can
+    /// open Realtime sessions billed to you. For local tests and demos only.
+    #[arg(long, env = "ALLOW_UNSIGNED_WEBHOOKS")]
+    pub allow_unsigned_webhooks: bool,
+    /// Enforce the signature of the media stream's WebSocket upgrade (403 before 101 when it does
+    /// not verify). `false`: only the signed stream id and the start token are checked.
+    #[arg(long, env = "TWILIO_VERIFY_UPGRADE", default_value_t = true, action = clap::ArgAction::Set)]
+    pub twilio_verify_upgrade: bool,
     /// Secret that signs stream URLs; share it between instances. Random per process when unset.
     #[arg(long, env = "STREAM_SECRET", hide_env_values = true)]
     pub stream_secret: Option<String>,
@@ -67,6 +80,13 @@ pub struct ServeArgs {
     /// Most concurrent calls; past it callers get the legacy conference.
     #[arg(long, env = "MAX_CALLS", default_value_t = 2000)]
     pub max_calls: usize,
+    /// Seconds a stream minted by the webhook holds a call slot while its upgrade has not come.
+    #[arg(long, env = "STREAM_RESERVE_SECS", default_value_t = crate::front::admission::DEFAULT_RESERVE.as_secs_f64())]
+    pub stream_reserve_secs: f64,
+    /// Most open HTTP connections (calls' streams included); past it a new connection is closed
+    /// at once. Default: 2 × MAX_CALLS + 256.
+    #[arg(long, env = "MAX_CONNECTIONS")]
+    pub max_connections: Option<usize>,
     /// Conference room of the legacy path; `{CallSid}` is replaced by the call's sid.
     #[arg(long, env = "CONFERENCE_NAME", default_value = "support-{CallSid}")]
     pub conference_name: String,
@@ -102,6 +122,13 @@ pub struct ServeArgs {
     /// Seconds to wait for a complete HTTP request head and body.
     #[arg(long, env = "HTTP_READ_TIMEOUT_SECS", default_value_t = 10.0)]
     pub http_read_timeout_secs: f64,
+    /// Seconds a peer may take to read one HTTP response before the connection is dropped.
+    #[arg(long, env = "HTTP_WRITE_TIMEOUT_SECS", default_value_t = 10.0)]
+    pub http_write_timeout_secs: f64,
+    /// Log what the caller and the assistant said (at debug level). Off: transcripts go to the
+    /// store only, never to the log.
+    #[arg(long, env = "LOG_TRANSCRIPTS")]
+    pub log_transcripts: bool,
     /// Agent id announced in the stream parameters.
     #[arg(long, env = "AGENT_ID", default_value = "default")]
     pub agent_id: String,
@@ -213,6 +240,13 @@ pub enum ConfigError {
         /// What is wrong.
         why: String,
     },
+    /// No `TWILIO_AUTH_TOKEN`, and running unsigned was not asked for.
+    #[error(
+        "TWILIO_AUTH_TOKEN is not set: without it anyone who reaches this port can place calls billed to \
+         you. Set TWILIO_AUTH_TOKEN (and PUBLIC_HOST), or, for local tests only, \
+         ALLOW_UNSIGNED_WEBHOOKS=true (flag --allow-unsigned-webhooks)"
+    )]
+    Unsigned,
     /// The tools file cannot be used.
     #[error("AGENT_TOOLS_FILE {path}: {why}")]
     ToolsFile {
@@ -307,6 +341,46 @@ impl WsUrl {
     }
 }
 
+/// Shortest accepted `ADMIN_TOKEN`: 16 characters (with letters and digits, ~95 bits), beyond
+/// guessing over the network.
+pub const MIN_ADMIN_TOKEN_LEN: usize = 16;
+
+/// How Twilio's requests are authenticated (protocol.md section 3).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TwilioAuth {
+    /// `X-Twilio-Signature` is required on every Twilio route and must verify under one of the
+    /// tokens.
+    Signed {
+        /// Auth tokens, the primary first (`TWILIO_AUTH_TOKEN`, `TWILIO_AUTH_TOKEN_SECONDARY`).
+        tokens: Vec<String>,
+        /// The host Twilio reaches us at (`PUBLIC_HOST`): every URL we emit and every signed
+        /// string is built from it, never from the request's `Host` header.
+        public_host: String,
+        /// Whether the upgrade's own signature is enforced (`TWILIO_VERIFY_UPGRADE`).
+        verify_upgrade: bool,
+    },
+    /// `ALLOW_UNSIGNED_WEBHOOKS=true`: nothing is checked.
+    Unsigned {
+        /// `PUBLIC_HOST`, if set; else URLs are built from the request's `Host`.
+        public_host: Option<String>,
+    },
+}
+
+impl TwilioAuth {
+    /// `PUBLIC_HOST`, when configured.
+    pub fn public_host(&self) -> Option<&str> {
+        match self {
+            TwilioAuth::Signed { public_host, .. } => Some(public_host),
+            TwilioAuth::Unsigned { public_host } => public_host.as_deref(),
+        }
+    }
+
+    /// Whether signatures are checked.
+    pub fn is_signed(&self) -> bool {
+        matches!(self, TwilioAuth::Signed { .. })
+    }
+}
+
 /// The validated configuration.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -326,16 +400,21 @@ pub struct Config {
     pub openai_connect_timeout: Duration,
     /// Setup timeout (upgrade → session.updated).
     pub openai_session_timeout: Duration,
-    /// Public host.
-    pub public_host: Option<String>,
-    /// Twilio auth token.
-    pub twilio_auth_token: Option<String>,
+    /// How Twilio's requests are authenticated, and the public host URLs are built from.
+    pub twilio: TwilioAuth,
     /// Stream URL secret (random when not configured).
     pub stream_secret: Vec<u8>,
+    /// Whether `STREAM_SECRET` was configured (a random one is per process: instances refuse
+    /// each other's streams).
+    pub stream_secret_shared: bool,
     /// Stream URL lifetime.
     pub stream_ttl: Duration,
     /// Concurrent call bound.
     pub max_calls: usize,
+    /// How long a minted stream reserves a call slot before its upgrade.
+    pub stream_reserve: Duration,
+    /// Open HTTP connection bound.
+    pub max_connections: usize,
     /// Conference name template.
     pub conference_name: String,
     /// Fallback `<Say>` (language, text), if any.
@@ -352,6 +431,10 @@ pub struct Config {
     pub admin_token: Option<String>,
     /// HTTP read timeout.
     pub http_read_timeout: Duration,
+    /// HTTP response write timeout.
+    pub http_write_timeout: Duration,
+    /// Transcripts in the log at debug level (`LOG_TRANSCRIPTS`).
+    pub log_transcripts: bool,
     /// A started Twilio stream silent for this long is dead.
     pub twilio_idle_timeout: Duration,
     /// A peer whose queued output makes no progress for this long is gone.
@@ -415,6 +498,29 @@ impl ServeArgs {
                 why: "must be at least 1".into(),
             });
         }
+        let twilio = self.twilio_auth()?;
+        let admin_token = self.admin_token.clone().filter(|t| !t.is_empty());
+        if admin_token
+            .as_ref()
+            .is_some_and(|t| t.chars().count() < MIN_ADMIN_TOKEN_LEN)
+        {
+            return Err(ConfigError::Invalid {
+                name: "ADMIN_TOKEN",
+                why: format!("use at least {MIN_ADMIN_TOKEN_LEN} characters"),
+            });
+        }
+        let max_connections = self
+            .max_connections
+            .unwrap_or_else(|| default_max_connections(self.max_calls));
+        if max_connections < self.max_calls {
+            return Err(ConfigError::Invalid {
+                name: "MAX_CONNECTIONS",
+                why: format!(
+                    "{max_connections} is below MAX_CALLS={}: every call holds a connection",
+                    self.max_calls
+                ),
+            });
+        }
         let stream_secret = match &self.stream_secret {
             Some(s) if s.len() >= 16 => s.as_bytes().to_vec(),
             Some(_) => {
@@ -472,11 +578,13 @@ impl ServeArgs {
                 "OPENAI_SESSION_TIMEOUT_SECS",
                 self.openai_session_timeout_secs,
             )?,
-            public_host: public_host(self.public_host.as_deref())?,
-            twilio_auth_token: self.twilio_auth_token.clone().filter(|t| !t.is_empty()),
+            twilio,
             stream_secret,
+            stream_secret_shared: self.stream_secret.is_some(),
             stream_ttl: Duration::from_secs(self.stream_ttl_secs.max(1)),
             max_calls: self.max_calls,
+            stream_reserve: secs("STREAM_RESERVE_SECS", self.stream_reserve_secs)?,
+            max_connections,
             conference_name: self.conference_name.clone(),
             fallback_say: (!self.fallback_say.is_empty()).then(|| {
                 (
@@ -498,8 +606,10 @@ impl ServeArgs {
                     why,
                 }
             })?,
-            admin_token: self.admin_token.clone().filter(|t| !t.is_empty()),
+            admin_token,
             http_read_timeout: secs("HTTP_READ_TIMEOUT_SECS", self.http_read_timeout_secs)?,
+            http_write_timeout: secs("HTTP_WRITE_TIMEOUT_SECS", self.http_write_timeout_secs)?,
+            log_transcripts: self.log_transcripts,
             twilio_idle_timeout: secs("TWILIO_IDLE_TIMEOUT_SECS", self.twilio_idle_timeout_secs)?,
             write_stall_timeout: secs("WRITE_STALL_TIMEOUT_SECS", self.write_stall_timeout_secs)?,
             agent: Arc::new(agent),
@@ -520,6 +630,45 @@ impl ServeArgs {
                 "OPENAI_POOL_MAX_IDLE_SECS",
                 self.openai_pool_max_idle_secs,
             )?,
+        })
+    }
+
+    /// The Twilio authentication: signed with the configured tokens (then `PUBLIC_HOST` is
+    /// required), or unsigned only when asked for explicitly.
+    fn twilio_auth(&self) -> Result<TwilioAuth, ConfigError> {
+        let nonempty = |t: &Option<String>| t.clone().filter(|t| !t.is_empty());
+        let public_host = public_host(self.public_host.as_deref())?;
+        let (primary, secondary) = (
+            nonempty(&self.twilio_auth_token),
+            nonempty(&self.twilio_auth_token_secondary),
+        );
+        let Some(primary) = primary else {
+            if secondary.is_some() {
+                return Err(ConfigError::Invalid {
+                    name: "TWILIO_AUTH_TOKEN_SECONDARY",
+                    why:
+                        "set only with TWILIO_AUTH_TOKEN (it is the token being rotated to or from)"
+                            .into(),
+                });
+            }
+            if !self.allow_unsigned_webhooks {
+                return Err(ConfigError::Unsigned);
+            }
+            return Ok(TwilioAuth::Unsigned { public_host });
+        };
+        let Some(public_host) = public_host else {
+            return Err(ConfigError::Invalid {
+                name: "PUBLIC_HOST",
+                why: "required with TWILIO_AUTH_TOKEN: signatures cover the URL Twilio requested, \
+                      which must never be built from the request's Host header (set the host name \
+                      Twilio reaches you at, e.g. bridge.example.com)"
+                    .into(),
+            });
+        };
+        Ok(TwilioAuth::Signed {
+            tokens: std::iter::once(primary).chain(secondary).collect(),
+            public_host,
+            verify_upgrade: self.twilio_verify_upgrade,
         })
     }
 
@@ -557,6 +706,13 @@ impl ServeArgs {
             noise_reduction: Some("near_field".to_owned()),
         })
     }
+}
+
+/// `MAX_CONNECTIONS` when not set: every call holds one connection (its stream), webhooks and
+/// status callbacks come and go beside them (about one per call start and end), and 256 more
+/// leave room for admin, scrapes and probes.
+pub fn default_max_connections(max_calls: usize) -> usize {
+    max_calls.saturating_mul(2).saturating_add(256)
 }
 
 /// `PUBLIC_HOST` as the bare `host[:port]` the stream URLs and signature checks are built from.
@@ -632,13 +788,106 @@ mod tests {
         serve: ServeArgs,
     }
 
-    fn parse(args: &[&str]) -> Result<Config, ConfigError> {
+    /// Parses `args` as given.
+    fn parse_exact(args: &[&str]) -> Result<Config, ConfigError> {
         let mut full = vec!["callbridge"];
         full.extend_from_slice(args);
         Cli::try_parse_from(full)
             .expect("flags parse")
             .serve
             .into_config()
+    }
+
+    /// Parses `args`, unsigned unless they set a token (most tests are about something else).
+    fn parse(args: &[&str]) -> Result<Config, ConfigError> {
+        let mut full = args.to_vec();
+        if !args.iter().any(|a| a.starts_with("--twilio-auth-token")) {
+            full.push("--allow-unsigned-webhooks");
+        }
+        parse_exact(&full)
+    }
+
+    const LOCAL: [&str; 2] = ["--openai-url", "ws://127.0.0.1:9/"];
+
+    #[test]
+    fn serve_refuses_to_run_unsigned_unless_asked_and_says_how() {
+        let err = parse_exact(&LOCAL).unwrap_err().to_string();
+        assert!(
+            err.contains("TWILIO_AUTH_TOKEN")
+                && err.contains("ALLOW_UNSIGNED_WEBHOOKS")
+                && err.contains("--allow-unsigned-webhooks"),
+            "{err}"
+        );
+        let cfg = parse_exact(&[LOCAL[0], LOCAL[1], "--allow-unsigned-webhooks"]).unwrap();
+        assert_eq!(cfg.twilio, TwilioAuth::Unsigned { public_host: None });
+    }
+
+    #[test]
+    fn signatures_need_public_host_and_accept_a_secondary_token() {
+        let err = parse(&[LOCAL[0], LOCAL[1], "--twilio-auth-token", "tok"])
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("PUBLIC_HOST: "), "{err}");
+        let cfg = parse(&[
+            LOCAL[0],
+            LOCAL[1],
+            "--twilio-auth-token",
+            "tok1",
+            "--twilio-auth-token-secondary",
+            "tok2",
+            "--public-host",
+            "https://bridge.example.com/",
+        ])
+        .unwrap();
+        assert_eq!(
+            cfg.twilio,
+            TwilioAuth::Signed {
+                tokens: vec!["tok1".into(), "tok2".into()],
+                public_host: "bridge.example.com".into(),
+                verify_upgrade: true,
+            }
+        );
+        let cfg = parse(&[
+            LOCAL[0],
+            LOCAL[1],
+            "--twilio-auth-token",
+            "tok1",
+            "--public-host",
+            "h",
+            "--twilio-verify-upgrade",
+            "false",
+        ])
+        .unwrap();
+        assert!(matches!(
+            cfg.twilio,
+            TwilioAuth::Signed {
+                verify_upgrade: false,
+                ..
+            }
+        ));
+        let err = parse(&[LOCAL[0], LOCAL[1], "--twilio-auth-token-secondary", "t"])
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("TWILIO_AUTH_TOKEN_SECONDARY: "), "{err}");
+    }
+
+    #[test]
+    fn limits_default_from_max_calls_and_too_few_connections_are_refused() {
+        let cfg = parse(&[LOCAL[0], LOCAL[1], "--max-calls", "10"]).unwrap();
+        assert_eq!(cfg.max_connections, 2 * 10 + 256);
+        assert_eq!(cfg.stream_reserve, crate::front::admission::DEFAULT_RESERVE);
+        assert_eq!(cfg.http_write_timeout, Duration::from_secs(10));
+        let err = parse(&[
+            LOCAL[0],
+            LOCAL[1],
+            "--max-calls",
+            "10",
+            "--max-connections",
+            "9",
+        ])
+        .unwrap_err()
+        .to_string();
+        assert!(err.starts_with("MAX_CONNECTIONS: "), "{err}");
     }
 
     #[test]
@@ -747,7 +996,13 @@ mod tests {
     #[test]
     fn bad_values_are_refused_by_name() {
         let base = ["--openai-url", "ws://127.0.0.1:9/"];
-        let cases: [(&[&str], &str); 11] = [
+        let cases: [(&[&str], &str); 14] = [
+            (&["--admin-token", "short-token"], "ADMIN_TOKEN"),
+            (&["--stream-reserve-secs", "0"], "STREAM_RESERVE_SECS"),
+            (
+                &["--http-write-timeout-secs", "0"],
+                "HTTP_WRITE_TIMEOUT_SECS",
+            ),
             (&["--store-cache-mb", "0"], "STORE_CACHE_MB"),
             (&["--store-cache-mb", "100000"], "STORE_CACHE_MB"),
             (&["--store-flush-ms", "0"], "STORE_FLUSH_MS"),

@@ -32,6 +32,10 @@ pub const TRUNCATE_TOLERANCE_MS: i64 = 40;
 /// Auth token the demo's simulated Twilio signs with (the proxy checks it like the real one).
 const DEMO_AUTH_TOKEN: &str = "demo-auth-token-0123456789abcdef";
 
+/// The demo's `PUBLIC_HOST`: the simulated Twilio connects to the proxy's loopback address but
+/// names and signs this host, as through a load balancer.
+const DEMO_PUBLIC_HOST: &str = "demo.callbridge.invalid";
+
 /// What the demo measured; also used by tests.
 #[derive(Debug)]
 pub struct DemoOutcome {
@@ -95,6 +99,10 @@ pub async fn run() -> anyhow::Result<DemoOutcome> {
         "sk-demo-mock-key",
         "--twilio-auth-token",
         DEMO_AUTH_TOKEN,
+        "--public-host",
+        DEMO_PUBLIC_HOST,
+        "--stream-secret",
+        "demo-stream-secret-0123456789abcdef",
         "--use-openai-realtime",
         "true",
         "--data-dir",
@@ -106,6 +114,7 @@ pub async fn run() -> anyhow::Result<DemoOutcome> {
 
     let mut caller = CallerConfig::new(server.local_addr, 1, demo_script());
     caller.auth_token = Some(DEMO_AUTH_TOKEN.to_owned());
+    caller.public_host = Some(DEMO_PUBLIC_HOST.to_owned());
     let report = run_call(caller)
         .await
         .context("running the simulated call")?;

@@ -75,13 +75,27 @@ fn init_logging(filter: &str) {
 }
 
 fn main() -> anyhow::Result<()> {
-    let cli = Cli::parse();
+    let mut cli = Cli::parse();
+    // `serve` also reads ./.env when there is one; a variable already in the environment wins.
+    // (Only ./.env: not a parent directory's, which would be a surprise.)
+    let dotenv = std::path::Path::new(".env");
+    let dotenv = match cli.command {
+        Command::Serve(_) if dotenv.is_file() => {
+            dotenvy::from_path(dotenv).context("reading ./.env")?;
+            cli = Cli::parse();
+            Some(dotenv)
+        }
+        _ => None,
+    };
     // The demo prints its own report; keep the proxy's logs to warnings unless asked.
     let log = match (&cli.command, cli.log.as_str()) {
         (Command::Demo, "info") => "warn",
         (_, log) => log,
     };
     init_logging(log);
+    if let Some(path) = dotenv {
+        tracing::info!(path = %path.display(), "settings read from .env (the environment wins)");
+    }
     // The store commands are synchronous and need no runtime.
     let command = match cli.command {
         Command::Agents(a) => return callbridge::admin_cli::agents(a),
@@ -105,14 +119,18 @@ fn main() -> anyhow::Result<()> {
 
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let cfg = args.into_config()?;
-    // Two sockets per call: lift the open-file soft limit to the hard one before accepting.
+    // Two sockets per call: lift the open-file soft limit to the hard one before accepting, and
+    // refuse to start when even the hard one is too low for MAX_CALLS.
     match callbridge::limits::raise_nofile_limit() {
-        Ok(l) => tracing::info!(
-            before = l.before,
-            now = l.now,
-            hard = l.hard,
-            "RLIMIT_NOFILE"
-        ),
+        Ok(l) => {
+            tracing::info!(
+                before = l.before,
+                now = l.now,
+                hard = l.hard,
+                "RLIMIT_NOFILE"
+            );
+            callbridge::limits::check_nofile(l.hard, cfg.max_calls).map_err(anyhow::Error::msg)?;
+        }
         Err(e) => tracing::warn!("could not raise RLIMIT_NOFILE: {e}"),
     }
     let realtime = cfg.use_openai_realtime;

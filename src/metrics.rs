@@ -45,7 +45,7 @@ use metrics::{
 };
 use metrics_exporter_prometheus::{BuildError, Matcher, PrometheusBuilder, PrometheusHandle};
 
-use crate::bridge::{CallEvent, CallStats, Leg};
+use crate::bridge::{CallEvent, CallStats, EndReason, Leg};
 
 /// Calls bridged right now (gauge).
 pub const ACTIVE_CALLS: &str = "callbridge_active_calls";
@@ -87,6 +87,15 @@ pub const STORE_QUEUE_FULL: &str = "callbridge_store_queue_full_total";
 pub const STORE_ITEMS_WRITTEN: &str = "callbridge_store_items_written_total";
 /// Store: time of one batch write (histogram, seconds; recorded by `store/`).
 pub const STORE_WRITE: &str = "callbridge_store_write_seconds";
+/// Requests and connections refused by a safety check, by reason ([`Refusal`]).
+pub const REFUSED: &str = "callbridge_refused_total";
+/// Calls whose agent's settings OpenAI refused (an `error` answering its `session.update`), by
+/// agent id.
+pub const AGENT_ERRORS: &str = "callbridge_agent_errors_total";
+/// 1 when the server runs without Twilio signatures (`ALLOW_UNSIGNED_WEBHOOKS=true`), else 0.
+pub const UNSIGNED_WEBHOOKS: &str = "callbridge_unsigned_webhooks";
+/// Open HTTP connections, calls' streams included (gauge, set at scrape time).
+pub const HTTP_CONNECTIONS: &str = "callbridge_http_connections";
 /// Process CPU time, user + system (counter, from `/proc/self/stat`).
 pub const PROCESS_CPU: &str = "callbridge_process_cpu_seconds_total";
 /// Process resident memory (gauge, from `/proc/self/status`).
@@ -116,10 +125,82 @@ pub const ALL_METRICS: &[&str] = &[
     STORE_QUEUE_FULL,
     STORE_ITEMS_WRITTEN,
     STORE_WRITE,
+    REFUSED,
+    AGENT_ERRORS,
+    UNSIGNED_WEBHOOKS,
+    HTTP_CONNECTIONS,
     PROCESS_CPU,
     PROCESS_RSS,
     PROCESS_OPEN_FDS,
 ];
+
+/// Why a request or connection was refused: the `reason` label of [`REFUSED`]. Each refusal also
+/// has its status or close code and a log line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// A Twilio webhook (voice, status, after-stream) whose signature is missing or wrong: 403.
+    WebhookSignature,
+    /// A media stream upgrade whose signature is missing or wrong: 403 before 101.
+    UpgradeSignature,
+    /// A media stream upgrade for a stream id that is not ours or has expired: 403.
+    StreamId,
+    /// A second upgrade of a stream id on this instance: 409.
+    StreamReused,
+    /// An upgrade past `MAX_CALLS`: accepted and closed at once with 1000 (the caller reaches
+    /// the fallback through after-stream).
+    MaxCalls,
+    /// Too many unexpired stream ids remembered: 503.
+    TooManyStreams,
+    /// A connection past `MAX_CONNECTIONS`: closed at once.
+    MaxConnections,
+}
+
+impl Refusal {
+    /// Every reason, for registering the series at zero.
+    pub const ALL: [Refusal; 7] = [
+        Refusal::WebhookSignature,
+        Refusal::UpgradeSignature,
+        Refusal::StreamId,
+        Refusal::StreamReused,
+        Refusal::MaxCalls,
+        Refusal::TooManyStreams,
+        Refusal::MaxConnections,
+    ];
+
+    /// The label value.
+    pub fn label(self) -> &'static str {
+        match self {
+            Refusal::WebhookSignature => "webhook_signature",
+            Refusal::UpgradeSignature => "upgrade_signature",
+            Refusal::StreamId => "stream_id",
+            Refusal::StreamReused => "stream_reused",
+            Refusal::MaxCalls => "max_calls",
+            Refusal::TooManyStreams => "too_many_streams",
+            Refusal::MaxConnections => "max_connections",
+        }
+    }
+}
+
+/// Counts a refusal.
+pub fn refused(reason: Refusal) {
+    counter!(REFUSED, "reason" => reason.label()).increment(1);
+}
+
+/// Counts a call whose agent's settings OpenAI refused. `agent` is a stored agent's id (the
+/// store validates ids, so the label set is the operator's agents).
+pub fn agent_error(agent: &str) {
+    counter!(AGENT_ERRORS, "agent" => agent.to_owned()).increment(1);
+}
+
+/// Sets [`UNSIGNED_WEBHOOKS`] (once, at start).
+pub fn set_unsigned_webhooks(unsigned: bool) {
+    gauge!(UNSIGNED_WEBHOOKS).set(if unsigned { 1.0 } else { 0.0 });
+}
+
+/// Sets [`HTTP_CONNECTIONS`] (at scrape time).
+pub fn set_http_connections(open: usize) {
+    gauge!(HTTP_CONNECTIONS).set(open as f64);
+}
 
 /// Buckets of every latency histogram, seconds: 50 µs to 5 s, about three per decade. The low
 /// end resolves the proxy's own forwarding time on loopback (tens of µs); the high end covers a
@@ -333,6 +414,26 @@ fn describe_all() {
         Unit::Count,
         "HTTP requests by route and status (101 for media stream upgrades)."
     );
+    describe_counter!(
+        REFUSED,
+        Unit::Count,
+        "Requests and connections refused by a safety check, by reason (webhook_signature, upgrade_signature, stream_id, stream_reused, max_calls, too_many_streams, max_connections)."
+    );
+    describe_counter!(
+        AGENT_ERRORS,
+        Unit::Count,
+        "Calls that fell back because OpenAI refused their agent's session settings, by agent id."
+    );
+    describe_gauge!(
+        UNSIGNED_WEBHOOKS,
+        Unit::Count,
+        "1 when Twilio signatures are not checked (ALLOW_UNSIGNED_WEBHOOKS=true): anyone can place calls."
+    );
+    describe_gauge!(
+        HTTP_CONNECTIONS,
+        Unit::Count,
+        "Open HTTP connections, media streams included (bounded by MAX_CONNECTIONS)."
+    );
     describe_gauge!(
         STORE_QUEUE_DEPTH,
         Unit::Count,
@@ -365,6 +466,7 @@ pub const OUTCOMES: &[&str] = &[
     "bad_media_format",
     "openai_connect_failed",
     "openai_setup_failed",
+    "agent_rejected",
     "openai_closed",
     "twilio_stalled",
     "openai_stalled",
@@ -472,6 +574,10 @@ impl Handles {
             c.increment(0);
         }
         counter!(OPENAI_ERRORS, "code" => "none").increment(0);
+        for r in Refusal::ALL {
+            counter!(REFUSED, "reason" => r.label()).increment(0);
+        }
+        gauge!(HTTP_CONNECTIONS).increment(0.0);
         for leg in ["twilio", "openai"] {
             counter!(PROTOCOL_ERRORS, "leg" => leg, "kind" => "other").increment(0);
         }
@@ -819,6 +925,9 @@ impl CallMeter {
             CallEvent::Ended { reason } if !self.outcome_counted => {
                 self.outcome_counted = true;
                 self.h.call_outcome(reason.label());
+                if let EndReason::AgentRejected { agent_id, .. } = reason {
+                    agent_error(agent_id);
+                }
             }
             _ => {}
         }
@@ -1075,6 +1184,10 @@ mod tests {
                 leg: Leg::OpenAi,
                 after: Duration::from_secs(1),
             },
+            EndReason::AgentRejected {
+                agent_id: s(),
+                why: s(),
+            },
         ];
         for r in &all {
             match r {
@@ -1087,7 +1200,8 @@ mod tests {
                 | EndReason::OpenAiConnectFailed(_)
                 | EndReason::OpenAiSetupFailed(_)
                 | EndReason::OpenAiClosed(_)
-                | EndReason::PeerStalled { .. } => {}
+                | EndReason::PeerStalled { .. }
+                | EndReason::AgentRejected { .. } => {}
             }
             assert!(
                 OUTCOMES.contains(&r.label()),
@@ -1101,19 +1215,22 @@ mod tests {
         assert_eq!(labels.len(), all.len(), "labels are distinct");
         // A hung OpenAI leg sends the caller to the fallback; a caller that stopped reading does not.
         assert!(all[10].is_ai_failure() && !all[9].is_ai_failure());
+        // One agent's refused settings send its caller to the fallback, but are not OpenAI's
+        // fault: the breaker does not count them.
+        assert!(all[11].is_ai_failure() && !all[11].is_openai_unreachable());
         use crate::front::routes::FallbackReason;
         for reason in [
             FallbackReason::RealtimeOff,
             FallbackReason::Overloaded,
             FallbackReason::OpenAiDown,
-            FallbackReason::AiFailed,
+            FallbackReason::AfterStream,
         ] {
             // A new reason must be added here (the match stops compiling without it).
             match reason {
                 FallbackReason::RealtimeOff
                 | FallbackReason::Overloaded
                 | FallbackReason::OpenAiDown
-                | FallbackReason::AiFailed => {}
+                | FallbackReason::AfterStream => {}
             }
             if let Some(label) = reason.outcome() {
                 assert!(OUTCOMES.contains(&label), "{label} is not in OUTCOMES");

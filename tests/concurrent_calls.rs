@@ -20,6 +20,7 @@ async fn fifty_concurrent_calls_deliver_every_frame_once_in_order_both_ways() {
     for n in 1..=CALLS {
         let mut caller = CallerConfig::new(proxy.addr, n, Script::hello_then_hang_up(4_500));
         caller.auth_token = Some(AUTH_TOKEN.into());
+        caller.public_host = Some(common::PUBLIC_HOST.into());
         caller.frame_tag = Some(n);
         tasks.push(tokio::spawn(async move {
             // Spread the starts over 250 ms like real arrivals.

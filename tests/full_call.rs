@@ -61,11 +61,7 @@ async fn a_full_call_carries_audio_both_ways_byte_exact_and_ends_cleanly() {
     let types: Vec<&str> = types.iter().map(String::as_str).collect();
     assert!(types.contains(&"conversation.item.input_audio_transcription.completed"));
     assert!(types.contains(&"response.done"));
-    assert!(
-        proxy
-            .log()
-            .contains("caller: Hello, I'd like to check my order."),
-        "log:\n{}",
-        proxy.log()
-    );
+    // What was said is in the store, never in the log (LOG_TRANSCRIPTS is off).
+    let log = proxy.log();
+    assert!(!log.contains("check my order"), "log:\n{log}");
 }

@@ -17,12 +17,13 @@ async fn after_three_failed_connects_the_webhook_sends_callers_straight_to_the_c
         ("OPENAI_REALTIME_URL", "ws://127.0.0.1:1/v1/realtime"),
         ("OPENAI_REALTIME_API_KEY", "sk-test"),
         ("TWILIO_AUTH_TOKEN", common::AUTH_TOKEN),
+        ("PUBLIC_HOST", common::PUBLIC_HOST),
     ]);
     for n in 61..64 {
         // RawStream::open posts the webhook and upgrades: the webhook still streams.
-        // The proxy dials OpenAI at the upgrade; refused, it ends the stream (it may do so before
-        // a `start` could even be sent).
+        // The proxy dials OpenAI once `start` checked out; refused, it ends the stream.
         let mut raw = RawStream::open(proxy.addr, n).await;
+        raw.start().await;
         assert_eq!(
             raw.until_closed(Duration::from_secs(5)).await,
             Some(1000),

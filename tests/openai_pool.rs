@@ -249,6 +249,7 @@ async fn with_the_pool_every_session_serves_exactly_one_call() {
     for call_no in 1..=CALLS {
         let mut caller = CallerConfig::new(proxy.addr, call_no, Script::hello_then_hang_up(1_500));
         caller.auth_token = Some(AUTH_TOKEN.into());
+        caller.public_host = Some(common::PUBLIC_HOST.into());
         caller.frame_tag = Some(call_no);
         set.spawn(async move {
             // Staggered over 1.2 s: some calls find the pool full, some empty, some mid-refill.

@@ -56,20 +56,20 @@ async fn an_untrusted_certificate_is_refused_and_the_call_falls_back() {
     let mock = mock(move |c| c.tls = Some(tls)).await;
     // No OPENAI_EXTRA_CA_FILE: only the public roots, which did not sign the mock's certificate.
     let proxy = Proxy::with_mock(&mock, &[]);
-    // The OpenAI leg is dialled at the upgrade and fails within milliseconds, so the stream may
-    // be closed before a `start` could be sent: nothing is sent, the close is awaited.
+    // The OpenAI leg is dialled once `start` checked out, and fails within milliseconds.
     let mut call = RawStream::open(proxy.addr, 4).await;
+    call.start().await;
     // The AI leg failed: the stream is closed and Twilio's after-stream fetch gets the fallback.
     let _ = call.until_closed(Duration::from_secs(5)).await;
     assert_eq!(
         common::after_stream_conference(proxy.addr, 4).await,
         Some(common::room(4))
     );
-    let log = proxy.log();
     assert!(
-        log.contains("openai connect failed")
-            && log.contains("invalid peer certificate: UnknownIssuer"),
-        "the log names the certificate problem:\n{log}"
+        common::logged(&proxy, "invalid peer certificate: UnknownIssuer").await
+            && proxy.log().contains("openai connect failed"),
+        "the log names the certificate problem:\n{}",
+        proxy.log()
     );
     assert!(mock.sessions().is_empty(), "no session was opened");
 }

@@ -130,9 +130,12 @@ async fn after_stream_example_4_with_call_id_path_and_query_is_answered() {
     .await;
     assert_eq!(resp.status, 200, "{}", String::from_utf8_lossy(&resp.body));
     assert_eq!(resp.header("content-type"), Some("text/xml; charset=utf-8"));
+    // This instance knows nothing of the call: the caller goes to the conference, never
+    // hung up on (design.md "Many instances").
     let body = std::str::from_utf8(&resp.body).unwrap();
     assert!(
-        body.contains("<Response>") && body.contains("<Hangup/>"),
+        body.contains("<Response>")
+            && body.contains("<Conference>support-CA00000000000000000000000000000003</Conference>"),
         "{body}"
     );
     // The same request with the signature of the URL without its query is refused.
@@ -289,6 +292,7 @@ fn proxy_for(listener: &TcpListener) -> Proxy {
         ("OPENAI_REALTIME_URL", url.as_str()),
         ("OPENAI_REALTIME_API_KEY", "sk-test"),
         ("TWILIO_AUTH_TOKEN", common::AUTH_TOKEN),
+        ("PUBLIC_HOST", common::PUBLIC_HOST),
     ])
 }
 
@@ -583,6 +587,7 @@ async fn greeting_and_tool_call_follow_section_5_3() {
         ("OPENAI_REALTIME_URL", url.as_str()),
         ("OPENAI_REALTIME_API_KEY", "sk-test"),
         ("TWILIO_AUTH_TOKEN", common::AUTH_TOKEN),
+        ("PUBLIC_HOST", common::PUBLIC_HOST),
         ("AGENT_GREETING", "お電話ありがとうございます。"),
         ("AGENT_TOOLS_FILE", tools.to_str().unwrap()),
     ]);
@@ -656,6 +661,7 @@ async fn a_long_sip_from_does_not_break_the_parameter_limit() {
     // stay under 500 characters, or Twilio refuses the TwiML and the caller hears an error.
     let proxy = Proxy::spawn(&[
         ("TWILIO_AUTH_TOKEN", common::AUTH_TOKEN),
+        ("PUBLIC_HOST", common::PUBLIC_HOST),
         ("OPENAI_REALTIME_URL", "ws://127.0.0.1:9/v1/realtime"),
     ]);
     let from = format!("sip:{}@pbx.example.com;transport=tls", "x".repeat(700));
@@ -697,6 +703,7 @@ async fn a_final_status_callback_closes_a_call_whose_stream_never_started() {
     // protocol.md 1.3: the status callback closes the CallRecord if the stream never started.
     let proxy = Proxy::spawn(&[
         ("TWILIO_AUTH_TOKEN", common::AUTH_TOKEN),
+        ("PUBLIC_HOST", common::PUBLIC_HOST),
         ("OPENAI_REALTIME_URL", "ws://127.0.0.1:9/v1/realtime"),
         ("ADMIN_TOKEN", common::store::ADMIN_TOKEN),
     ]);

@@ -66,6 +66,7 @@ async fn a_bad_workers_value_refuses_to_start() {
         .args(["serve", "--listen", "127.0.0.1:0", "--workers", "0"])
         .env_clear()
         .env("OPENAI_REALTIME_URL", "ws://127.0.0.1:9/v1/realtime")
+        .env("ALLOW_UNSIGNED_WEBHOOKS", "true")
         .output()
         .expect("run callbridge");
     assert!(!out.status.success());
@@ -98,6 +99,10 @@ async fn stop_closes_a_live_call(runtime: &str) {
         runtime,
         "--workers",
         "2",
+        "--twilio-auth-token",
+        common::AUTH_TOKEN,
+        "--public-host",
+        common::PUBLIC_HOST,
     ])
     .expect("flags")
     .serve

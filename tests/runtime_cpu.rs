@@ -40,6 +40,7 @@ async fn measure(runtime: &str, calls: u32) -> Outcome {
     for n in 1..=calls {
         let mut caller = CallerConfig::new(proxy.addr, n, Script::hello_then_hang_up(4_500));
         caller.auth_token = Some(AUTH_TOKEN.into());
+        caller.public_host = Some(common::PUBLIC_HOST.into());
         tasks.push(tokio::spawn(async move {
             tokio::time::sleep(Duration::from_millis(u64::from(n) * 5)).await;
             run_call(caller).await

@@ -16,7 +16,10 @@ fn message(body: &[u8]) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_admin_token_the_api_is_disabled() {
-    let proxy = Proxy::spawn(&[("USE_OPENAI_REALTIME", "false")]);
+    let proxy = Proxy::spawn(&[
+        ("USE_OPENAI_REALTIME", "false"),
+        ("ALLOW_UNSIGNED_WEBHOOKS", "true"),
+    ]);
     for path in [
         "/api/admin/agents",
         "/api/admin/calls",
@@ -39,6 +42,7 @@ async fn without_admin_token_the_api_is_disabled() {
 async fn every_admin_route_refuses_bad_input_with_the_right_status_and_a_message() {
     let proxy = Proxy::spawn(&[
         ("USE_OPENAI_REALTIME", "false"),
+        ("ALLOW_UNSIGNED_WEBHOOKS", "true"),
         ("ADMIN_TOKEN", ADMIN_TOKEN),
     ]);
     let addr = proxy.addr;
@@ -326,6 +330,7 @@ async fn call_listings_paginate_without_loss_or_repeat_and_export_as_jsonl() {
     let proxy = Proxy::spawn(&[
         ("USE_OPENAI_REALTIME", "false"),
         ("TWILIO_AUTH_TOKEN", AUTH_TOKEN),
+        ("PUBLIC_HOST", common::PUBLIC_HOST),
         ("ADMIN_TOKEN", ADMIN_TOKEN),
         ("STORE_FLUSH_MS", "20"),
     ]);

@@ -229,6 +229,7 @@ async fn realtime_off_and_ai_failures_are_recorded_as_fallback() {
     let proxy = Proxy::spawn(&[
         ("USE_OPENAI_REALTIME", "false"),
         ("TWILIO_AUTH_TOKEN", AUTH_TOKEN),
+        ("PUBLIC_HOST", common::PUBLIC_HOST),
         ("ADMIN_TOKEN", ADMIN_TOKEN),
     ]);
     let resp = common::webhook(proxy.addr, 51).await;
@@ -254,6 +255,7 @@ async fn realtime_off_and_ai_failures_are_recorded_as_fallback() {
         ("OPENAI_REALTIME_API_KEY", "sk-test"),
         ("OPENAI_CONNECT_TIMEOUT_SECS", "1"),
         ("TWILIO_AUTH_TOKEN", AUTH_TOKEN),
+        ("PUBLIC_HOST", common::PUBLIC_HOST),
         ("ADMIN_TOKEN", ADMIN_TOKEN),
     ]);
     let mut raw = common::RawStream::open(proxy.addr, 52).await;
@@ -288,6 +290,8 @@ async fn the_instance_serving_the_stream_records_a_call_whose_webhook_went_elsew
         ("OPENAI_REALTIME_API_KEY", "sk-test"),
         ("STREAM_SECRET", "shared-secret-of-the-instances"),
         ("ADMIN_TOKEN", ADMIN_TOKEN),
+        ("TWILIO_AUTH_TOKEN", AUTH_TOKEN),
+        ("PUBLIC_HOST", common::PUBLIC_HOST),
     ];
     let a = Proxy::spawn(&env);
     let b = Proxy::spawn(&env);
@@ -299,7 +303,8 @@ async fn the_instance_serving_the_stream_records_a_call_whose_webhook_went_elsew
     let stream = twiml.stream().expect("a stream").clone();
     let (_, path) = callbridge::sim::twiml::split_wss_url(&stream.url).unwrap();
     // ... and the load balancer sends the stream to instance B.
-    let mut raw = common::RawStream::connect(b.addr, path, &[])
+    let sig = callbridge::sim::webhook::signature(AUTH_TOKEN, &stream.url, &[]);
+    let mut raw = common::RawStream::connect(b.addr, path, &[("x-twilio-signature", &sig)])
         .await
         .expect("B accepts a stream A minted");
     raw.params = stream.parameters.clone();

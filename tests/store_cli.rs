@@ -90,6 +90,7 @@ async fn the_cli_works_on_the_store_directly_and_through_a_running_server() {
     let mut proxy = Proxy::spawn(&[
         ("USE_OPENAI_REALTIME", "false"),
         ("TWILIO_AUTH_TOKEN", AUTH_TOKEN),
+        ("PUBLIC_HOST", common::PUBLIC_HOST),
         ("ADMIN_TOKEN", ADMIN_TOKEN),
         ("DATA_DIR", dir_s.as_str()),
     ]);
@@ -102,7 +103,11 @@ async fn the_cli_works_on_the_store_directly_and_through_a_running_server() {
     let err = fails(&cli(
         &dir,
         &["serve"],
-        &[("LISTEN", "127.0.0.1:0"), ("USE_OPENAI_REALTIME", "false")],
+        &[
+            ("LISTEN", "127.0.0.1:0"),
+            ("USE_OPENAI_REALTIME", "false"),
+            ("ALLOW_UNSIGNED_WEBHOOKS", "true"),
+        ],
     ));
     assert!(
         err.contains("is locked by another process") && err.contains("DATA_DIR="),

@@ -80,6 +80,9 @@ async fn kill_9_during_twenty_calls_loses_nothing_older_than_the_flush_interval(
         ("ADMIN_TOKEN", ADMIN_TOKEN),
         ("DATA_DIR", dir_s.as_str()),
         ("STORE_FLUSH_MS", flush.as_str()),
+        // The transcripts' log lines time each enqueue (they are off by default).
+        ("LOG_TRANSCRIPTS", "true"),
+        ("LOG_LEVEL", "info,callbridge::runtime=debug"),
     ];
     let mut proxy = Proxy::with_mock(&mock, &env);
     let calls: Vec<u32> = (0..20).map(|i| 600 + i).collect();
@@ -87,6 +90,7 @@ async fn kill_9_during_twenty_calls_loses_nothing_older_than_the_flush_interval(
     for &n in &calls {
         let mut caller = CallerConfig::new(proxy.addr, n, demo_script());
         caller.auth_token = Some(AUTH_TOKEN.into());
+        caller.public_host = Some(common::PUBLIC_HOST.into());
         tasks.push(tokio::spawn(run_call(caller)));
     }
     // Kill once every call has some conversation recorded, well before the scripts end.

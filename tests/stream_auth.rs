@@ -8,12 +8,12 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use callbridge::front::ws::{Encoder, Role};
-use callbridge::openai::mock::server::{MockServer, SessionRecord};
+use callbridge::openai::mock::server::MockServer;
 use callbridge::sim::twiml::{StreamVerb, Twiml, Verb};
 use callbridge::sim::webhook::{self, CallIdentity, HttpResponse};
 use common::{
     after_stream, closed_sessions, eventually, http, logged, mock, signed_post, webhook, Proxy,
-    RawStream, AUTH_TOKEN,
+    RawStream, AUTH_TOKEN, PUBLIC_HOST,
 };
 use serde_json::{json, Value};
 
@@ -52,9 +52,10 @@ fn call_id(stream: &StreamVerb) -> &str {
         .expect("media-stream path")
 }
 
-/// Upgrades to `path` with an upgrade signature over `wss://{addr}{path}` made with `token`.
+/// Upgrades to `path` with an upgrade signature over `wss://PUBLIC_HOST{path}` made with
+/// `token`.
 async fn upgrade_signed(addr: SocketAddr, path: &str, token: &str) -> Result<RawStream, u16> {
-    let sig = webhook::signature(token, &format!("wss://{addr}{path}"), &[]);
+    let sig = webhook::signature(token, &format!("wss://{PUBLIC_HOST}{path}"), &[]);
     RawStream::connect(addr, path, &[("x-twilio-signature", &sig)]).await
 }
 
@@ -122,20 +123,15 @@ async fn wait_session_ready(mock: &MockServer) {
     tokio::time::sleep(Duration::from_millis(50)).await;
 }
 
-/// Every mock session that exists 300 ms from now, once closed: none may have received audio.
-async fn sessions_without_audio(mock: &MockServer) -> Vec<SessionRecord> {
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let n = mock.sessions().len();
-    let closed = closed_sessions(mock, n, Duration::from_secs(2)).await;
-    assert_eq!(closed.len(), n, "an OpenAI session stayed open");
-    for s in &closed {
-        assert!(s.stats.appends.is_empty(), "audio reached OpenAI");
-        assert!(
-            s.stats.session_updates.is_empty(),
-            "a session was configured"
-        );
-    }
-    closed
+/// Once the proxy has finished the call: no OpenAI session was ever opened for it (a stream
+/// whose `start` does not check out dials nothing, and takes nothing from the pool).
+async fn assert_no_openai_session(proxy: &Proxy, mock: &MockServer) {
+    assert!(
+        logged(proxy, "call finished").await,
+        "log:\n{}",
+        proxy.log()
+    );
+    assert!(mock.sessions().is_empty(), "an OpenAI session was opened");
 }
 
 // ---- the webhook ----------------------------------------------------------------------------
@@ -145,9 +141,10 @@ async fn a_webhook_with_a_wrong_signature_is_refused_with_403() {
     let mut proxy = Proxy::spawn(&[
         ("USE_OPENAI_REALTIME", "false"),
         ("TWILIO_AUTH_TOKEN", AUTH_TOKEN),
+        ("PUBLIC_HOST", common::PUBLIC_HOST),
     ]);
     let params = webhook::voice_params(&call(1, "+819012345678"), "ringing");
-    let url = format!("https://{}/api/twilio/voice", proxy.addr);
+    let url = format!("https://{PUBLIC_HOST}/api/twilio/voice");
     let sig = webhook::signature("another-accounts-token", &url, &params);
     let body = webhook::form_encode(&params);
     let resp = http(
@@ -168,9 +165,10 @@ async fn a_webhook_whose_signed_parameters_were_changed_is_refused_with_403() {
     let mut proxy = Proxy::spawn(&[
         ("USE_OPENAI_REALTIME", "false"),
         ("TWILIO_AUTH_TOKEN", AUTH_TOKEN),
+        ("PUBLIC_HOST", common::PUBLIC_HOST),
     ]);
     let mut params = webhook::voice_params(&call(1, "+819012345678"), "ringing");
-    let url = format!("https://{}/api/twilio/voice", proxy.addr);
+    let url = format!("https://{PUBLIC_HOST}/api/twilio/voice");
     let sig = webhook::signature(AUTH_TOKEN, &url, &params);
     params.iter_mut().find(|(k, _)| k == "From").unwrap().1 = "+819099999999".into();
     let body = webhook::form_encode(&params);
@@ -191,6 +189,7 @@ async fn a_webhook_without_a_signature_is_refused_with_403() {
     let mut proxy = Proxy::spawn(&[
         ("USE_OPENAI_REALTIME", "false"),
         ("TWILIO_AUTH_TOKEN", AUTH_TOKEN),
+        ("PUBLIC_HOST", common::PUBLIC_HOST),
     ]);
     let params = webhook::voice_params(&call(1, "+819012345678"), "ringing");
     let body = webhook::form_encode(&params);
@@ -223,9 +222,11 @@ async fn a_signed_webhook_answers_a_stream_with_the_call_parameters_and_a_redire
     assert_eq!(t.verbs.len(), 2, "{:?}", t.verbs);
     let stream = t.stream().expect("<Connect><Stream>");
     let id = call_id(stream);
+    // Built from PUBLIC_HOST, never from the Host header (the request named the proxy's
+    // loopback address).
     assert_eq!(
         stream.url,
-        format!("wss://{addr}/api/twilio/media-stream/{id}")
+        format!("wss://{PUBLIC_HOST}/api/twilio/media-stream/{id}")
     );
     assert!(
         id.starts_with(&format!("{}.", webhook::sid("CA", 2))),
@@ -251,7 +252,7 @@ async fn a_signed_webhook_answers_a_stream_with_the_call_parameters_and_a_redire
         .expect("<Redirect> after <Connect>");
     assert_eq!(
         redirect.url,
-        format!("https://{addr}/api/twilio/after-stream")
+        format!("https://{PUBLIC_HOST}/api/twilio/after-stream")
     );
     assert_eq!(redirect.method, "POST");
     assert!(proxy.is_running());
@@ -366,11 +367,83 @@ async fn an_expired_call_id_is_refused_with_403() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_upgrade_with_a_wrong_signature_is_left_to_the_start_token() {
-    // protocol.md 3.2: close only if neither the signature nor the start token passes.
+async fn an_upgrade_with_a_wrong_or_missing_signature_is_refused_with_403_before_101() {
     let n = 8;
     let mock = mock(|_| {}).await;
+    let mut proxy = Proxy::with_mock(&mock, &[]);
+    let stream = stream_of(proxy.addr, n).await;
+    let refused = upgrade_signed(proxy.addr, &stream.path, "another-accounts-token").await;
+    assert_eq!(refused.err(), Some(403));
+    assert_eq!(
+        RawStream::connect(proxy.addr, &stream.path, &[])
+            .await
+            .err(),
+        Some(403)
+    );
+    // Signed over the Host the request named instead of PUBLIC_HOST: refused too.
+    let sig = webhook::signature(
+        AUTH_TOKEN,
+        &format!("wss://{}{}", proxy.addr, stream.path),
+        &[],
+    );
+    assert_eq!(
+        RawStream::connect(proxy.addr, &stream.path, &[("x-twilio-signature", &sig)])
+            .await
+            .err(),
+        Some(403)
+    );
+    assert!(
+        logged(
+            &proxy,
+            "refused media stream: x-twilio-signature missing or wrong"
+        )
+        .await
+    );
+    let metrics =
+        String::from_utf8(http(proxy.addr, "GET", "/metrics", &[], b"").await.body).unwrap();
+    assert!(
+        metrics.contains("callbridge_refused_total{reason=\"upgrade_signature\"} 3"),
+        "{metrics}"
+    );
+    assert!(mock.sessions().is_empty());
+    // The refusals did not use the stream id: the real upgrade still works.
+    let raw = upgrade_signed(proxy.addr, &stream.path, AUTH_TOKEN)
+        .await
+        .expect("the signed upgrade");
+    call_works(raw, &stream, n, &mock, &mut proxy).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_upgrade_signature_is_accepted_over_the_wss_and_https_forms_with_and_without_443() {
+    let mock = mock(|_| {}).await;
     let proxy = Proxy::with_mock(&mock, &[]);
+    for (i, form) in [
+        "wss://{h}{p}",
+        "wss://{h}:443{p}",
+        "https://{h}{p}",
+        "https://{h}:443{p}",
+    ]
+    .iter()
+    .enumerate()
+    {
+        let stream = stream_of(proxy.addr, 80 + i as u32).await;
+        let url = form
+            .replace("{h}", PUBLIC_HOST)
+            .replace("{p}", &stream.path);
+        let sig = webhook::signature(AUTH_TOKEN, &url, &[]);
+        let raw =
+            RawStream::connect(proxy.addr, &stream.path, &[("x-twilio-signature", &sig)]).await;
+        assert!(raw.is_ok(), "{url}: {:?}", raw.err());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_upgrade_verification_off_a_bad_signature_is_left_to_the_start_token() {
+    // TWILIO_VERIFY_UPGRADE=false: protocol.md 3.2's fallback, for a proxy that rewrites what
+    // Twilio signed. The stream is closed only if the start token does not pass either.
+    let n = 28;
+    let mock = mock(|_| {}).await;
+    let proxy = Proxy::with_mock(&mock, &[("TWILIO_VERIFY_UPGRADE", "false")]);
     let stream = stream_of(proxy.addr, n).await;
 
     // Wrong signature and wrong token: closed before anything reaches OpenAI.
@@ -386,29 +459,17 @@ async fn an_upgrade_with_a_wrong_signature_is_left_to_the_start_token() {
     assert!(
         logged(
             &proxy,
-            "x-twilio-signature does not verify; the start token decides"
+            "TWILIO_VERIFY_UPGRADE=false: the start token decides"
         )
         .await
     );
     assert!(logged(&proxy, "stream refused: start token missing or wrong").await);
-    sessions_without_audio(&mock).await;
+    assert_no_openai_session(&proxy, &mock).await;
 
-    // Wrong signature, right token: the call works.
-    let n = 18;
+    // No signature at all, right token: the call works.
+    let n = 29;
     let mock = self::mock(|_| {}).await;
-    let mut proxy = Proxy::with_mock(&mock, &[]);
-    let stream = stream_of(proxy.addr, n).await;
-    let raw = upgrade_signed(proxy.addr, &stream.path, "another-accounts-token")
-        .await
-        .expect("the upgrade is left to the start token");
-    call_works(raw, &stream, n, &mock, &mut proxy).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_upgrade_without_a_signature_header_is_accepted_and_the_call_works() {
-    let n = 9;
-    let mock = mock(|_| {}).await;
-    let mut proxy = Proxy::with_mock(&mock, &[]);
+    let mut proxy = Proxy::with_mock(&mock, &[("TWILIO_VERIFY_UPGRADE", "false")]);
     let stream = stream_of(proxy.addr, n).await;
     let raw = RawStream::connect(proxy.addr, &stream.path, &[])
         .await
@@ -460,7 +521,7 @@ async fn a_start_with_a_wrong_token_closes_the_stream_and_no_audio_reaches_opena
         "log:\n{}",
         proxy.log()
     );
-    sessions_without_audio(&mock).await;
+    assert_no_openai_session(&proxy, &mock).await;
     assert!(logged(&proxy, "reason=\"unauthorized\"").await);
     assert!(proxy.is_running());
 }
@@ -481,7 +542,7 @@ async fn a_start_without_a_token_closes_the_stream_and_no_audio_reaches_openai()
     start_and_media_in_one_write(&mut raw, &call_sid, &params).await;
     assert_eq!(raw.until_closed(Duration::from_secs(3)).await, Some(1000));
     assert!(logged(&proxy, "stream refused: start token missing or wrong").await);
-    sessions_without_audio(&mock).await;
+    assert_no_openai_session(&proxy, &mock).await;
     assert!(proxy.is_running());
 }
 
@@ -505,7 +566,7 @@ async fn a_start_for_another_call_sid_than_the_signed_one_closes_the_stream_and_
         "log:\n{}",
         proxy.log()
     );
-    sessions_without_audio(&mock).await;
+    assert_no_openai_session(&proxy, &mock).await;
     assert!(proxy.is_running());
 }
 
@@ -516,6 +577,7 @@ async fn with_realtime_off_the_webhook_answers_the_conference_and_no_stream() {
     let mut proxy = Proxy::spawn(&[
         ("USE_OPENAI_REALTIME", "false"),
         ("TWILIO_AUTH_TOKEN", AUTH_TOKEN),
+        ("PUBLIC_HOST", common::PUBLIC_HOST),
     ]);
     let t = twiml(&webhook(proxy.addr, 13).await);
     assert!(t.stream().is_none());
@@ -543,7 +605,13 @@ async fn with_max_calls_reached_the_next_webhook_answers_the_conference_until_a_
     let t = twiml(&webhook(addr, 15).await);
     assert!(t.stream().is_none());
     assert_conference(&t, 15);
-    assert!(logged(&proxy, "overloaded: legacy conference").await);
+    assert!(
+        logged(
+            &proxy,
+            "overloaded (active calls and streams just minted fill MAX_CALLS)"
+        )
+        .await
+    );
 
     first.stop().await;
     assert_eq!(first.until_closed(Duration::from_secs(3)).await, Some(1000));
@@ -574,6 +642,7 @@ async fn with_openai_unreachable_the_stream_is_closed_normally_and_after_stream_
         ("OPENAI_REALTIME_URL", url.as_str()),
         ("OPENAI_REALTIME_API_KEY", "sk-test"),
         ("TWILIO_AUTH_TOKEN", AUTH_TOKEN),
+        ("PUBLIC_HOST", common::PUBLIC_HOST),
     ]);
     let addr = proxy.addr;
     let t = twiml(&webhook(addr, n).await);
@@ -581,14 +650,18 @@ async fn with_openai_unreachable_the_stream_is_closed_normally_and_after_stream_
     let redirect = t.redirect_after_stream().expect("a redirect").clone();
     assert_eq!(
         redirect.url,
-        format!("https://{addr}/api/twilio/after-stream")
+        format!("https://{PUBLIC_HOST}/api/twilio/after-stream")
     );
     let t0 = Instant::now();
     let mut raw = upgrade_signed(addr, &stream.path, AUTH_TOKEN)
         .await
         .expect("upgrade accepted");
-    // Nothing is sent: the proxy may close at once, and a frame it never reads would turn its
-    // close into a reset.
+    // OpenAI is dialled once `start` checked out; nothing else is sent (a frame the proxy never
+    // reads would turn its close into a reset).
+    raw.params = stream.parameters.clone();
+    raw.call_sid = webhook::sid("CA", u128::from(n));
+    raw.stream_sid = webhook::sid("MZ", u128::from(n));
+    raw.start().await;
     assert_eq!(
         raw.until_closed(Duration::from_secs(5)).await,
         Some(1000),
@@ -628,9 +701,10 @@ async fn an_after_stream_request_with_a_wrong_signature_is_refused_with_403() {
     let mut proxy = Proxy::spawn(&[
         ("USE_OPENAI_REALTIME", "false"),
         ("TWILIO_AUTH_TOKEN", AUTH_TOKEN),
+        ("PUBLIC_HOST", common::PUBLIC_HOST),
     ]);
     let params = webhook::voice_params(&call(19, "+819012345678"), "in-progress");
-    let url = format!("https://{}/api/twilio/after-stream", proxy.addr);
+    let url = format!("https://{PUBLIC_HOST}/api/twilio/after-stream");
     let sig = webhook::signature("another-accounts-token", &url, &params);
     let body = webhook::form_encode(&params);
     let resp = http(

@@ -139,7 +139,8 @@ struct Common {
     #[arg(long)]
     mock_listen: Option<SocketAddr>,
     /// Sign webhooks and upgrades like Twilio with this auth token (the spawned server gets it
-    /// as TWILIO_AUTH_TOKEN; an attached one must have the same).
+    /// as TWILIO_AUTH_TOKEN, with PUBLIC_HOST=loadtest.callbridge.invalid; an attached one must
+    /// have the same). Without it the spawned server runs with ALLOW_UNSIGNED_WEBHOOKS=true.
     #[arg(long)]
     auth_token: Option<String>,
     /// The floor: no proxy; callers talk to callbridge's core and the mock inside this process.

@@ -25,6 +25,11 @@ const START_TIMEOUT: Duration = Duration::from_secs(15);
 /// Log lines of the server kept for the report of a failure.
 const LOG_TAIL_LINES: usize = 40;
 
+/// The `PUBLIC_HOST` of a signed load test: callers connect to the server's loopback address but
+/// name (and sign) this host, as Twilio does through a load balancer. An attached `--target`
+/// that checks signatures must be started with it.
+pub const PUBLIC_HOST: &str = "loadtest.callbridge.invalid";
+
 /// How to start the server.
 #[derive(Debug, Clone)]
 pub struct SpawnSpec {
@@ -114,8 +119,15 @@ impl Proxy {
             .env("STREAM_SECRET", "loadtest-stream-secret-0123456789")
             // The store (when present) writes into a scratch directory removed afterwards.
             .env("DATA_DIR", &data_dir);
-        if let Some(token) = &spec.auth_token {
-            cmd.env("TWILIO_AUTH_TOKEN", token);
+        match &spec.auth_token {
+            Some(token) => {
+                cmd.env("TWILIO_AUTH_TOKEN", token)
+                    .env("PUBLIC_HOST", PUBLIC_HOST);
+            }
+            // Callers that do not sign need the server's explicit override.
+            None => {
+                cmd.env("ALLOW_UNSIGNED_WEBHOOKS", "true");
+            }
         }
         for (k, v) in &spec.extra_env {
             cmd.env(k, v);

@@ -114,6 +114,9 @@ pub async fn run(target: &mut Target, spec: &RunSpec) -> anyhow::Result<Report> 
         cfg.frame_tag = Some(call_no);
         cfg.keep_payloads = false;
         cfg.auth_token = target.auth_token.clone();
+        if cfg.auth_token.is_some() {
+            cfg.public_host = Some(crate::proxy::PUBLIC_HOST.to_owned());
+        }
         cfg.probe = Some(Arc::new(Probe {
             shared: Arc::clone(&shared),
             call: Arc::clone(&call),

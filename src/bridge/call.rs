@@ -12,10 +12,11 @@
 //! [`Call::is_ended`] is true and nothing is left to transmit, close both legs.
 //!
 //! # Order of things on a call
-//! 1. The driver creates the `Call` when Twilio's WebSocket upgrade is accepted, and starts
-//!    connecting to OpenAI at the same time.
+//! 1. The driver creates the `Call` when Twilio's WebSocket upgrade is accepted.
 //! 2. Twilio `start` keys the call (streamSid; callSid and token checked against the signed URL).
-//!    OpenAI `session.created` arrives; once both have happened, `session.update` is sent.
+//!    Only then ([`CallEvent::StreamStarted`]) does the driver connect to OpenAI (or take a
+//!    pre-warmed connection): a stream URL read from a log opens no Realtime session. OpenAI
+//!    `session.created` arrives, and `session.update` is sent.
 //! 3. `session.updated` confirming `audio/pcmu` both ways makes the session ready: caller audio
 //!    buffered so far is forwarded, then every `media` becomes an `input_audio_buffer.append`.
 //! 4. Assistant audio deltas become Twilio `media` + `mark` pairs (split at ~100 ms); barge-in
@@ -35,6 +36,7 @@ use super::ledger::{Ledger, MarkEcho, MAX_CHUNK_B64};
 use crate::openai::events::{self as oa, ServerEvent, ServerEventParser, Usage};
 use crate::openai::session::{encode_session_update, AgentSettings};
 use crate::twilio::events::{self as tw, TwilioEvent, TwilioParser};
+use crate::twilio::stream_id::StartTokenCheck;
 use crate::wire::b64;
 
 /// Which peer a frame goes to.
@@ -105,8 +107,9 @@ pub struct CallConfig {
     pub agent: Arc<AgentSettings>,
     /// The callSid from the signed stream URL: `start.callSid` must match it.
     pub expected_call_sid: String,
-    /// The per-call token issued in the TwiML `<Parameter name="token">`, if one is required.
-    pub expected_start_token: Option<String>,
+    /// The check of the per-call token issued in the TwiML `<Parameter name="token">` (constant
+    /// time), if one is required.
+    pub start_token: Option<StartTokenCheck>,
     /// Twilio `start` must arrive within this time of the upgrade.
     pub start_timeout: Duration,
     /// `session.updated` must arrive within this time of the upgrade.
@@ -130,7 +133,7 @@ impl CallConfig {
             model: model.to_owned(),
             agent,
             expected_call_sid: expected_call_sid.to_owned(),
-            expected_start_token: None,
+            start_token: None,
             start_timeout: Duration::from_secs(10),
             session_timeout: Duration::from_secs(10),
             max_presession_audio_ms: DEFAULT_MAX_PRESESSION_AUDIO_MS,
@@ -161,6 +164,15 @@ pub enum EndReason {
     OpenAiConnectFailed(String),
     /// OpenAI failed during setup (error event, wrong formats, or no `session.updated` in time).
     OpenAiSetupFailed(String),
+    /// OpenAI refused the agent's session settings: an `error` answering our `session.update`
+    /// (its `event_id`, or an `invalid_request_error` naming a session parameter). The agent's
+    /// fault, not OpenAI's: the caller gets the fallback, the breaker learns nothing.
+    AgentRejected {
+        /// The agent whose settings were refused.
+        agent_id: String,
+        /// `error.code`, `error.param` and `error.message`.
+        why: String,
+    },
     /// The OpenAI socket closed.
     OpenAiClosed(String),
     /// A peer stopped reading: output queued for it made no progress for `after` (a hung
@@ -181,6 +193,7 @@ impl EndReason {
             self,
             EndReason::OpenAiConnectFailed(_)
                 | EndReason::OpenAiSetupFailed(_)
+                | EndReason::AgentRejected { .. }
                 | EndReason::OpenAiClosed(_)
                 | EndReason::PeerStalled {
                     leg: Leg::OpenAi,
@@ -190,12 +203,19 @@ impl EndReason {
     }
 
     /// Whether the AI leg never became usable (no connection, or no session): what the
-    /// webhook's breaker counts as OpenAI being unreachable (`front::openai_health`).
+    /// webhook's breaker counts as OpenAI being unreachable (`openai::health`).
     pub fn is_openai_unreachable(&self) -> bool {
         matches!(
             self,
             EndReason::OpenAiConnectFailed(_) | EndReason::OpenAiSetupFailed(_)
         )
+    }
+
+    /// Whether the call ended as it should: the caller hung up (Twilio `stop`). Only then does
+    /// `after-stream`, should Twilio fetch it, hang up; every other end sends the caller to the
+    /// fallback.
+    pub fn is_normal(&self) -> bool {
+        matches!(self, EndReason::TwilioStop)
     }
 
     /// A short stable label for metrics and records.
@@ -209,6 +229,7 @@ impl EndReason {
             EndReason::BadMediaFormat(_) => "bad_media_format",
             EndReason::OpenAiConnectFailed(_) => "openai_connect_failed",
             EndReason::OpenAiSetupFailed(_) => "openai_setup_failed",
+            EndReason::AgentRejected { .. } => "agent_rejected",
             EndReason::OpenAiClosed(_) => "openai_closed",
             EndReason::PeerStalled {
                 leg: Leg::Twilio, ..
@@ -235,6 +256,9 @@ impl std::fmt::Display for EndReason {
             EndReason::BadMediaFormat(what) => write!(f, "unsupported media format: {what}"),
             EndReason::OpenAiConnectFailed(why) => write!(f, "openai connect failed: {why}"),
             EndReason::OpenAiSetupFailed(why) => write!(f, "openai session setup failed: {why}"),
+            EndReason::AgentRejected { agent_id, why } => {
+                write!(f, "openai refused the settings of agent {agent_id}: {why}")
+            }
             EndReason::OpenAiClosed(why) => write!(f, "openai closed the session: {why}"),
             EndReason::PeerStalled { leg, after } => write!(
                 f,
@@ -485,6 +509,9 @@ pub struct Call {
     /// Log lines written per protocol-error kind (rate limit).
     logged_kinds: Vec<(&'static str, u32)>,
     next_event_id: u64,
+    /// The number of our `session.update`'s `event_id`, once sent: an `error` naming it refuses
+    /// the agent's settings.
+    session_update_id: Option<u64>,
     /// Reused buffer for mark names.
     mark_name: String,
     ended: Option<EndReason>,
@@ -515,6 +542,7 @@ impl Call {
             stats: CallStats::default(),
             logged_kinds: Vec::new(),
             next_event_id: 1,
+            session_update_id: None,
             mark_name: String::with_capacity(64),
             ended: None,
         }
@@ -714,7 +742,10 @@ impl Call {
         if self.ended.is_some() {
             return;
         }
-        if reason.is_ai_failure() {
+        if let EndReason::AgentRejected { agent_id, .. } = &reason {
+            // An operator's mistake in one agent: loud, and named, so it is found and fixed.
+            tracing::error!(call_sid = %self.cfg.expected_call_sid, agent = %agent_id, %reason, "call ended: the agent's settings were refused; check this agent");
+        } else if reason.is_ai_failure() {
             tracing::warn!(call_sid = %self.cfg.expected_call_sid, %reason, "call ended");
         } else {
             tracing::info!(call_sid = %self.cfg.expected_call_sid, %reason, "call ended");
@@ -824,13 +855,13 @@ impl Call {
             ));
             return;
         }
-        if let Some(expected) = &self.cfg.expected_start_token {
+        if let Some(check) = &self.cfg.start_token {
             let token = start
                 .custom_parameters
                 .iter()
                 .find(|(k, _)| *k == "token")
                 .map(|(_, v)| *v);
-            if token != Some(expected.as_str()) {
+            if !token.is_some_and(|t| check.accepts(t)) {
                 self.end(EndReason::Unauthorized("start token missing or wrong"));
                 return;
             }
@@ -1012,6 +1043,7 @@ impl Call {
     }
 
     fn send_session_update(&mut self) {
+        self.session_update_id = Some(self.next_event_id);
         let id = self.event_id();
         let (model, agent) = (&self.cfg.model, &self.cfg.agent);
         self.outbox.push(Leg::OpenAi, |out| {
@@ -1063,8 +1095,22 @@ impl Call {
     fn on_api_error(&mut self, err: oa::ApiError<'_>) {
         self.stats.openai_errors += 1;
         if self.openai != OpenAiPhase::Ready {
-            let why = format!("{} ({})", err.message, err.code.unwrap_or(err.error_type));
-            self.end(EndReason::OpenAiSetupFailed(why));
+            let why = format!(
+                "{} ({}{}{})",
+                err.message,
+                err.code.unwrap_or(err.error_type),
+                if err.param.is_some() { ", " } else { "" },
+                err.param.unwrap_or("")
+            );
+            let reason = if self.answers_session_update(&err) {
+                EndReason::AgentRejected {
+                    agent_id: self.cfg.agent.id.clone(),
+                    why,
+                }
+            } else {
+                EndReason::OpenAiSetupFailed(why)
+            };
+            self.end(reason);
             return;
         }
         // After setup, errors are benign (a truncate that lost a race, a cancel with nothing to
@@ -1081,6 +1127,27 @@ impl Call {
             message: err.message.to_owned(),
             event_id: err.event_id.map(str::to_owned),
         });
+    }
+
+    /// Whether a setup `error` refuses the agent's settings: it names our `session.update`
+    /// (`error.event_id`), or it is an `invalid_request_error` about a session parameter. The
+    /// model is the server's configuration, not the agent's: an unknown model is everyone's
+    /// problem and stays an OpenAI failure.
+    fn answers_session_update(&self, err: &oa::ApiError<'_>) -> bool {
+        let about_model = err.code == Some("model_not_found")
+            || err
+                .param
+                .is_some_and(|p| p == "model" || p.ends_with(".model"));
+        if about_model {
+            return false;
+        }
+        let names_ours = match (err.event_id, self.session_update_id) {
+            (Some(theirs), Some(ours)) => theirs == EventId::new(ours).as_str(),
+            _ => false,
+        };
+        let about_session = err.error_type == "invalid_request_error"
+            && err.param.is_some_and(|p| p.starts_with("session."));
+        names_ours || about_session
     }
 
     fn on_audio_delta(&mut self, now: Instant, response_id: &str, item_id: &str, delta_b64: &str) {

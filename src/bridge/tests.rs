@@ -7,6 +7,7 @@ use serde_json::{json, Value};
 
 use super::call::{Call, CallConfig, CallEvent, EndReason, Leg};
 use crate::openai::session::AgentSettings;
+use crate::twilio::stream_id::{StartTokenCheck, StreamKey};
 
 const CALL_SID: &str = "CA00000000000000000000000000000001";
 const STREAM_SID: &str = "MZ00000000000000000000000000000001";
@@ -33,7 +34,7 @@ impl Sim {
 
     fn with(tweak: impl FnOnce(&mut CallConfig)) -> Self {
         let mut cfg = CallConfig::new("gpt-realtime", Arc::new(AgentSettings::default()), CALL_SID);
-        cfg.expected_start_token = Some("tok".into());
+        cfg.start_token = Some(StartTokenCheck::new(Arc::new(test_key()), CALL_ID));
         tweak(&mut cfg);
         let t0 = Instant::now();
         Sim {
@@ -88,7 +89,7 @@ impl Sim {
 
     fn start(&mut self) -> &mut Self {
         self.twilio(json!({"event": "connected", "protocol": "Call", "version": "1.0.0"}));
-        self.twilio(start_msg(CALL_SID, "tok"))
+        self.twilio(start_msg(CALL_SID, &good_token()))
     }
 
     /// Start, session.created, session.updated: audio flows.
@@ -164,6 +165,18 @@ impl Sim {
             })
             .collect()
     }
+}
+
+/// The `callId` of the test stream.
+const CALL_ID: &str = "c1";
+
+fn test_key() -> StreamKey {
+    StreamKey::from_secret(b"test-stream-secret-0123456789").unwrap()
+}
+
+/// The start token the webhook would have issued for [`CALL_ID`].
+fn good_token() -> String {
+    test_key().start_token(CALL_ID)
 }
 
 fn start_msg(call_sid: &str, token: &str) -> Value {
@@ -279,6 +292,56 @@ fn an_error_during_setup_is_fatal_and_after_setup_is_not() {
         .any(|e| matches!(e, CallEvent::OpenAiError { event_id: Some(id), .. } if id == "cb_9")));
 }
 
+/// The end reason of a call whose setup meets `error` right after its `session.update`.
+fn setup_error_ends_as(error: Value) -> EndReason {
+    let mut s = Sim::new();
+    s.start();
+    s.openai(json!({"type": "session.created", "event_id": "e1", "session": {"id": "sess_1"}}));
+    let update = s.openai_out.last().expect("session.update sent").clone();
+    assert_eq!(update["type"], "session.update");
+    let mut error = error;
+    if error["error"]["event_id"] == "OURS" {
+        error["error"]["event_id"] = update["event_id"].clone();
+    }
+    s.openai(error);
+    s.ended().cloned().expect("setup errors end the call")
+}
+
+#[test]
+fn an_error_refusing_the_agents_settings_is_the_agents_fault_not_openais() {
+    // It names our session.update's event_id.
+    let r = setup_error_ends_as(
+        json!({"type": "error", "event_id": "e", "error": {"type": "invalid_request_error", "code": "invalid_value", "message": "Invalid value: 'robot'", "param": null, "event_id": "OURS"}}),
+    );
+    let EndReason::AgentRejected { agent_id, why } = &r else {
+        panic!("{r:?}");
+    };
+    assert_eq!(agent_id, "default");
+    assert!(why.contains("Invalid value"), "{why}");
+    assert!(r.is_ai_failure() && !r.is_openai_unreachable());
+    // Or it names a session parameter.
+    let r = setup_error_ends_as(
+        json!({"type": "error", "event_id": "e", "error": {"type": "invalid_request_error", "code": "invalid_value", "message": "bad", "param": "session.audio.output.voice"}}),
+    );
+    assert!(matches!(r, EndReason::AgentRejected { .. }), "{r:?}");
+}
+
+#[test]
+fn setup_errors_that_are_not_the_agents_count_against_openai() {
+    for error in [
+        // The model is the server's configuration: everyone's problem.
+        json!({"type": "error", "event_id": "e", "error": {"type": "invalid_request_error", "code": "model_not_found", "message": "The model does not exist", "param": null, "event_id": "OURS"}}),
+        json!({"type": "error", "event_id": "e", "error": {"type": "invalid_request_error", "code": "invalid_value", "message": "bad", "param": "session.model"}}),
+        json!({"type": "error", "event_id": "e", "error": {"type": "server_error", "message": "boom"}}),
+        // Another event's id, no parameter.
+        json!({"type": "error", "event_id": "e", "error": {"type": "invalid_request_error", "message": "x", "event_id": "cb_999"}}),
+    ] {
+        let r = setup_error_ends_as(error);
+        assert!(matches!(r, EndReason::OpenAiSetupFailed(_)), "{r:?}");
+        assert!(r.is_openai_unreachable());
+    }
+}
+
 #[test]
 fn no_session_updated_in_time_ends_the_call() {
     let mut s = Sim::with(|c| c.session_timeout = ms(2000));
@@ -329,17 +392,27 @@ fn no_start_in_time_ends_the_call() {
 #[test]
 fn a_start_for_another_call_or_with_a_wrong_token_is_refused() {
     let mut s = Sim::new();
-    s.twilio(start_msg("CA99999999999999999999999999999999", "tok"));
+    s.twilio(start_msg(
+        "CA99999999999999999999999999999999",
+        &good_token(),
+    ));
     assert!(matches!(s.ended(), Some(EndReason::Unauthorized(_))));
     let mut s = Sim::new();
     s.twilio(start_msg(CALL_SID, "forged"));
+    assert!(matches!(s.ended(), Some(EndReason::Unauthorized(_))));
+    // The token of another stream id does not open this one.
+    let mut s = Sim::new();
+    s.twilio(start_msg(
+        CALL_SID,
+        &test_key().start_token("another-call-id"),
+    ));
     assert!(matches!(s.ended(), Some(EndReason::Unauthorized(_))));
 }
 
 #[test]
 fn a_media_format_other_than_mulaw_8k_mono_ends_the_call() {
     let mut s = Sim::new();
-    let mut msg = start_msg(CALL_SID, "tok");
+    let mut msg = start_msg(CALL_SID, &good_token());
     msg["start"]["mediaFormat"]["sampleRate"] = json!(16000);
     s.twilio(msg);
     assert!(matches!(s.ended(), Some(EndReason::BadMediaFormat(_))));

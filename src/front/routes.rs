@@ -11,17 +11,21 @@
 //! | `/api/admin/…` | * | the admin API ([`super::admin`]) |
 //! | `/metrics` | GET | Prometheus text format ([`crate::metrics::render`]) |
 
-use crate::front::openai_health::{Admit, OpenAiHealth};
-use std::collections::VecDeque;
+use std::collections::{HashSet, VecDeque};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
-use crate::config::Config;
+use crate::config::{Config, TwilioAuth};
+use crate::front::admission::{Admission, Admit, Reserve};
 use crate::front::form::parse_form;
 use crate::front::http::Request;
 use crate::front::ws;
+use crate::metrics::Refusal;
+use crate::openai::health::{self, Breaker};
 use crate::store::{RecordChange, Store};
-use crate::twilio::stream_id::{StreamKey, StreamKeyError};
+use crate::twilio::party::Masked;
+use crate::twilio::stream_id::{StartTokenCheck, StreamKey, StreamKeyError};
 use crate::twilio::{signature, twiml};
 
 /// Path prefix of the media stream WebSocket.
@@ -31,8 +35,13 @@ pub const MEDIA_STREAM_PREFIX: &str = "/api/twilio/media-stream/";
 /// the form of protocol.md 2.1); answered like `/api/twilio/after-stream`.
 pub const AFTER_STREAM_PREFIX: &str = "/api/twilio/after-stream/";
 
-/// Calls whose outcome is remembered for `after-stream` (a few minutes of heavy traffic).
-const MAX_REMEMBERED_OUTCOMES: usize = 8192;
+/// Calls remembered as having ended normally, for `after-stream` (a few minutes of heavy
+/// traffic). One that is forgotten gets the fallback: the safe side.
+const MAX_REMEMBERED_ENDS: usize = 8192;
+
+/// How long a normal end is remembered: Twilio fetches `after-stream` within seconds of the
+/// stream's close.
+const REMEMBER_ENDS_FOR: Duration = Duration::from_secs(600);
 
 /// An HTTP answer.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -70,10 +79,17 @@ impl Response {
         self.headers.push((name, value.to_owned()));
         self
     }
+
+    /// A refusal: its status and text, counted under `reason`.
+    fn refused(reason: Refusal, status: u16, body: &str) -> Self {
+        crate::metrics::refused(reason);
+        Response::text(status, body)
+    }
 }
 
-/// Permission to upgrade to a media stream, with what the call needs.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Permission to bridge a media stream, with what the call needs. It holds one of the
+/// `MAX_CALLS` slots until it is dropped.
+#[derive(Debug)]
 pub struct UpgradeGrant {
     /// The callSid from the signed `callId`.
     pub call_sid: String,
@@ -81,17 +97,46 @@ pub struct UpgradeGrant {
     pub call_id: String,
     /// `Sec-WebSocket-Accept` value.
     pub accept: String,
-    /// Token the `start` message must carry.
-    pub start_token: String,
+    /// What the `start` message's token must be (checked in constant time).
+    pub start_token: StartTokenCheck,
+    /// The call slot.
+    pub slot: CallSlot,
+}
+
+/// Why an accepted upgrade is closed at once (1000), sending the caller to the fallback through
+/// the TwiML's `<Redirect>`. Twilio resumes the TwiML only when the server closes the socket; what
+/// it does after a refused upgrade is not documented, so the upgrade is accepted first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CloseAtOnce {
+    /// `MAX_CALLS` calls are active on this instance.
+    Overloaded,
+}
+
+impl CloseAtOnce {
+    /// The close frame's reason text.
+    pub fn reason(self) -> &'static str {
+        match self {
+            CloseAtOnce::Overloaded => "over capacity",
+        }
+    }
 }
 
 /// What to do with a request.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug)]
 pub enum Routed {
     /// Answer and keep going (or close, per keep-alive).
     Respond(Response),
     /// Answer 101 and hand the connection to a call.
     Upgrade(UpgradeGrant),
+    /// Answer 101, then close the WebSocket at once with 1000.
+    UpgradeThenClose {
+        /// `Sec-WebSocket-Accept` value.
+        accept: String,
+        /// The callSid from the signed `callId`.
+        call_sid: String,
+        /// Why.
+        why: CloseAtOnce,
+    },
 }
 
 /// Why a webhook call took the legacy path, for logs and records.
@@ -101,34 +146,106 @@ pub enum FallbackReason {
     RealtimeOff,
     /// `MAX_CALLS` reached.
     Overloaded,
-    /// The AI leg failed during the stream.
-    AiFailed,
+    /// The stream did not end normally (the AI leg failed, the stream was closed for the
+    /// fallback, or this instance knows nothing of it).
+    AfterStream,
     /// OpenAI looks unreachable (the last connects failed): no stream is opened.
     OpenAiDown,
 }
 
 impl FallbackReason {
     /// Its `callbridge_calls_total` outcome label, for the webhook's own fallbacks; `None` for
-    /// [`FallbackReason::AiFailed`], counted when the call ended (by its end reason).
+    /// [`FallbackReason::AfterStream`], counted when the call ended (by its end reason).
     pub fn outcome(self) -> Option<&'static str> {
         match self {
             FallbackReason::RealtimeOff => Some("fallback_realtime_off"),
             FallbackReason::Overloaded => Some("fallback_overloaded"),
             FallbackReason::OpenAiDown => Some("fallback_openai_down"),
-            FallbackReason::AiFailed => None,
+            FallbackReason::AfterStream => None,
         }
     }
+}
+
+/// Calls whose stream ended normally on this instance, for `after-stream` (oldest first).
+#[derive(Debug, Default)]
+struct NormalEnds {
+    order: VecDeque<(Instant, String)>,
+    sids: HashSet<String>,
+}
+
+impl NormalEnds {
+    fn remember(&mut self, now: Instant, call_sid: &str) {
+        self.forget_old(now);
+        if self.sids.insert(call_sid.to_owned()) {
+            self.order.push_back((now, call_sid.to_owned()));
+        }
+        while self.order.len() > MAX_REMEMBERED_ENDS {
+            self.forget_oldest();
+        }
+    }
+
+    fn contains(&mut self, now: Instant, call_sid: &str) -> bool {
+        self.forget_old(now);
+        self.sids.contains(call_sid)
+    }
+
+    fn forget_old(&mut self, now: Instant) {
+        while self
+            .order
+            .front()
+            .is_some_and(|(at, _)| now.saturating_duration_since(*at) >= REMEMBER_ENDS_FOR)
+        {
+            self.forget_oldest();
+        }
+    }
+
+    fn forget_oldest(&mut self) {
+        if let Some((_, sid)) = self.order.pop_front() {
+            self.sids.remove(&sid);
+        }
+    }
+}
+
+/// A slot of `MAX_CALLS`, held by a bridged call; freed when dropped.
+#[derive(Debug)]
+pub struct CallSlot {
+    admission: Arc<Mutex<Admission>>,
+}
+
+impl Drop for CallSlot {
+    fn drop(&mut self) {
+        lock(&self.admission).release();
+    }
+}
+
+/// An open HTTP connection, counted against `MAX_CONNECTIONS` until dropped.
+#[derive(Debug)]
+pub struct ConnectionSlot {
+    open: Arc<AtomicUsize>,
+}
+
+impl Drop for ConnectionSlot {
+    fn drop(&mut self) {
+        self.open.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// The application state shared by the connections of a server.
 pub struct App {
     cfg: Arc<Config>,
-    stream_key: StreamKey,
-    active_calls: AtomicUsize,
-    /// Recent calls whose AI leg failed (callSid), for `after-stream`.
-    ai_failures: Mutex<VecDeque<String>>,
-    /// How the last OpenAI connects went: the webhook skips the AI while it looks down.
-    openai_health: Mutex<OpenAiHealth>,
+    stream_key: Arc<StreamKey>,
+    /// Call slots and used stream ids.
+    admission: Arc<Mutex<Admission>>,
+    /// Open HTTP connections.
+    connections: Arc<AtomicUsize>,
+    /// Calls whose stream ended normally here: their `after-stream` hangs up.
+    normal_ends: Mutex<NormalEnds>,
+    /// Whether OpenAI looks reachable: the webhook skips the AI while it does not.
+    breaker: Breaker,
     /// Agents, routes and call records; `None`: nothing is recorded (library use, tests).
     store: Option<Store>,
 }
@@ -136,15 +253,19 @@ pub struct App {
 impl App {
     /// The app for `cfg`; fails only if the stream secret is unusable.
     pub fn new(cfg: Arc<Config>) -> Result<Self, StreamKeyError> {
-        let stream_key = StreamKey::from_secret(&cfg.stream_secret)?;
+        let stream_key = Arc::new(StreamKey::from_secret(&cfg.stream_secret)?);
         // A probe call shows its outcome within the connect and session-setup timeouts.
         let probe_window = cfg.openai_connect_timeout + cfg.openai_session_timeout;
         Ok(App {
+            admission: Arc::new(Mutex::new(Admission::new(
+                cfg.max_calls,
+                cfg.stream_reserve,
+            ))),
             cfg,
             stream_key,
-            active_calls: AtomicUsize::new(0),
-            ai_failures: Mutex::new(VecDeque::new()),
-            openai_health: Mutex::new(OpenAiHealth::new(probe_window)),
+            connections: Arc::new(AtomicUsize::new(0)),
+            normal_ends: Mutex::new(NormalEnds::default()),
+            breaker: Breaker::new(probe_window),
             store: None,
         })
     }
@@ -172,51 +293,45 @@ impl App {
         &self.cfg
     }
 
+    /// The OpenAI circuit breaker (the pools feed it too).
+    pub fn breaker(&self) -> &Breaker {
+        &self.breaker
+    }
+
     /// Calls currently bridged.
     pub fn active_calls(&self) -> usize {
-        self.active_calls.load(Ordering::Relaxed)
+        lock(&self.admission).active()
     }
 
-    /// Counts a call as active until the guard is dropped.
-    pub fn call_started(self: &Arc<Self>) -> ActiveCallGuard {
-        self.active_calls.fetch_add(1, Ordering::Relaxed);
-        ActiveCallGuard {
-            app: Arc::clone(self),
+    /// Counts a new HTTP connection against `MAX_CONNECTIONS`; `None` when it is over (the
+    /// connection is to be closed at once).
+    pub fn open_connection(&self) -> Option<ConnectionSlot> {
+        let max = self.cfg.max_connections;
+        self.connections
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+                (n < max).then_some(n + 1)
+            })
+            .ok()?;
+        Some(ConnectionSlot {
+            open: Arc::clone(&self.connections),
+        })
+    }
+
+    /// HTTP connections open now.
+    pub fn open_connections(&self) -> usize {
+        self.connections.load(Ordering::Relaxed)
+    }
+
+    /// Notes how a bridged call ended: a normal end makes its `after-stream` hang up; anything
+    /// else (or nothing known) sends the caller to the fallback.
+    pub fn call_ended(&self, call_sid: &str, normal: bool) {
+        if normal {
+            lock(&self.normal_ends).remember(Instant::now(), call_sid);
         }
     }
 
-    /// Remembers that `call_sid`'s AI leg failed, so `after-stream` sends the caller to the
-    /// conference instead of hanging up.
-    pub fn record_ai_failure(&self, call_sid: &str) {
-        let mut q = self.ai_failures.lock().unwrap_or_else(|e| e.into_inner());
-        q.push_back(call_sid.to_owned());
-        while q.len() > MAX_REMEMBERED_OUTCOMES {
-            q.pop_front();
-        }
-    }
-
-    /// Notes how a call's AI leg went: `true` once its session is ready, `false` when it failed
-    /// to connect or to set up (see [`OpenAiHealth`]).
-    pub fn note_openai_outcome(&self, ok: bool) {
-        let now = std::time::Instant::now();
-        let mut h = self.openai_health.lock().unwrap_or_else(|e| e.into_inner());
-        if h.on_outcome(ok, now) {
-            tracing::error!(
-                failures_in_a_row = h.failures_in_a_row(),
-                "OpenAI unreachable: new calls go to the legacy conference for {:?}",
-                crate::front::openai_health::OPEN_FOR
-            );
-        }
-    }
-
-    fn openai_down(&self) -> bool {
-        let mut h = self.openai_health.lock().unwrap_or_else(|e| e.into_inner());
-        h.admit(std::time::Instant::now()) == Admit::Conference
-    }
-
-    fn ai_failed(&self, call_sid: &str) -> bool {
-        let q = self.ai_failures.lock().unwrap_or_else(|e| e.into_inner());
-        q.iter().any(|s| s == call_sid)
+    fn ended_normally(&self, call_sid: &str) -> bool {
+        lock(&self.normal_ends).contains(Instant::now(), call_sid)
     }
 
     /// Routes one request at `now_unix` (seconds since the epoch, for stream URL expiry).
@@ -224,7 +339,7 @@ impl App {
         let path = req.path.as_str();
         let resp = match path {
             "/healthz" => self.healthz(req),
-            "/metrics" => metrics_page(req),
+            "/metrics" => self.metrics_page(req),
             "/api/twilio/voice" => self.voice(req, now_unix),
             "/api/twilio/after-stream" => self.after_stream(req),
             // protocol.md 2.1: the <Redirect> target may carry the callId in the path.
@@ -257,13 +372,17 @@ impl App {
         }
     }
 
-    /// The public host for URLs: `PUBLIC_HOST`, else the request's `Host`.
+    /// The public host for URLs: `PUBLIC_HOST`; unsigned, the request's `Host` may stand in.
+    /// With signatures on, `PUBLIC_HOST` is always set (the configuration requires it) and the
+    /// `Host` header is never used.
     fn public_host<'a>(&'a self, req: &'a Request) -> Option<&'a str> {
-        self.cfg
-            .public_host
-            .as_deref()
-            .or_else(|| req.header("host"))
-            .filter(|h| !h.is_empty() && is_host_safe(h))
+        match &self.cfg.twilio {
+            TwilioAuth::Signed { public_host, .. } => Some(public_host.as_str()),
+            TwilioAuth::Unsigned { public_host } => public_host
+                .as_deref()
+                .or_else(|| req.header("host"))
+                .filter(|h| !h.is_empty() && is_host_safe(h)),
+        }
     }
 
     /// Parses the form body and checks the Twilio signature; the error is the answer to send.
@@ -273,21 +392,31 @@ impl App {
         }
         let params = parse_form(&req.body)
             .map_err(|e| Response::text(400, &format!("bad form body: {e}")))?;
-        let Some(token) = &self.cfg.twilio_auth_token else {
+        let TwilioAuth::Signed {
+            tokens,
+            public_host,
+            ..
+        } = &self.cfg.twilio
+        else {
             return Ok(params);
         };
         if req.header("x-twilio-webhooks-signature-settings").is_some() {
             tracing::warn!(path = %req.path, "refused: HMAC_SHA256 webhook signatures (X-Twilio-Webhooks-Signature-Settings) are not configured here");
-            return Err(Response::text(403, "unsupported signature algorithm"));
+            return Err(Response::refused(
+                Refusal::WebhookSignature,
+                403,
+                "unsupported signature algorithm",
+            ));
         }
-        let Some(host) = self.public_host(req) else {
-            return Err(Response::text(400, "no host"));
-        };
-        let url = format!("https://{host}{}", req.raw_target());
+        let url = format!("https://{public_host}{}", req.raw_target());
         let sig = req.header("x-twilio-signature").unwrap_or("");
-        if sig.is_empty() || !signature::validate(token, &url, &params, sig) {
+        if !signed_by_any(tokens, &url, &params, sig) {
             tracing::warn!(%url, "refused: X-Twilio-Signature missing or wrong");
-            return Err(Response::text(403, "invalid signature"));
+            return Err(Response::refused(
+                Refusal::WebhookSignature,
+                403,
+                "invalid signature",
+            ));
         }
         Ok(params)
     }
@@ -316,6 +445,7 @@ impl App {
             agent_id: Some(agent_id.clone()),
             fallback: fallback.map(str::to_owned),
         };
+        let (from_shown, to_shown) = (Masked(from), Masked(to));
         if !self.cfg.use_openai_realtime {
             tracing::info!(call_sid, "realtime mode off: legacy conference");
             self.record(
@@ -323,28 +453,6 @@ impl App {
                 record(Some("USE_OPENAI_REALTIME=false: legacy conference")),
             );
             return self.conference(call_sid, FallbackReason::RealtimeOff);
-        }
-        if self.openai_down() {
-            tracing::warn!(call_sid, "OpenAI unreachable: legacy conference");
-            self.record(
-                call_sid,
-                record(Some(
-                    "OpenAI unreachable (its last connects failed): legacy conference",
-                )),
-            );
-            return self.conference(call_sid, FallbackReason::OpenAiDown);
-        }
-        if self.active_calls() >= self.cfg.max_calls {
-            tracing::warn!(
-                call_sid,
-                max_calls = self.cfg.max_calls,
-                "overloaded: legacy conference"
-            );
-            self.record(
-                call_sid,
-                record(Some("MAX_CALLS reached: legacy conference")),
-            );
-            return self.conference(call_sid, FallbackReason::Overloaded);
         }
         let Some(host) = self.public_host(req) else {
             return Response::text(400, "no host");
@@ -356,6 +464,29 @@ impl App {
             Ok(id) => id,
             Err(e) => return Response::text(400, &format!("cannot stream this call: {e}")),
         };
+        if lock(&self.admission).reserve(Instant::now(), &call_id) == Reserve::Full {
+            tracing::warn!(
+                call_sid,
+                max_calls = self.cfg.max_calls,
+                "overloaded (active calls and streams just minted fill MAX_CALLS): legacy conference"
+            );
+            self.record(
+                call_sid,
+                record(Some("MAX_CALLS reached: legacy conference")),
+            );
+            return self.conference(call_sid, FallbackReason::Overloaded);
+        }
+        if self.breaker.admit() == health::Admit::Conference {
+            lock(&self.admission).unreserve(&call_id);
+            tracing::warn!(call_sid, "OpenAI unreachable: legacy conference");
+            self.record(
+                call_sid,
+                record(Some(
+                    "OpenAI unreachable (its last connects failed): legacy conference",
+                )),
+            );
+            return self.conference(call_sid, FallbackReason::OpenAiDown);
+        }
         let token = self.stream_key.start_token(&call_id);
         let stream_url = format!("wss://{host}{MEDIA_STREAM_PREFIX}{call_id}");
         let redirect = format!("https://{host}/api/twilio/after-stream");
@@ -367,8 +498,8 @@ impl App {
             ("to", to),
             ("token", token.as_str()),
         ];
-        tracing::info!(call_sid, from, to, "incoming call: streaming to the agent");
-        crate::metrics::webhook_streamed(call_sid, std::time::Instant::now());
+        tracing::info!(call_sid, from = %from_shown, to = %to_shown, "incoming call: streaming to the agent");
+        crate::metrics::webhook_streamed(call_sid, Instant::now());
         Response::twiml(twiml::connect_stream(&stream_url, &parameters, &redirect))
     }
 
@@ -386,6 +517,11 @@ impl App {
         Response::twiml(twiml::conference(say, &room))
     }
 
+    /// What Twilio does after the stream. Twilio fetches it only when we closed the stream, never
+    /// after the caller hung up, so `<Hangup/>` is answered only for a call this instance knows
+    /// ended normally; any other call (its AI leg failed, it was closed for the fallback, or it
+    /// was served by another instance) goes to the conference: never silence, and no decision
+    /// depends on which instance the request reaches.
     fn after_stream(&self, req: &Request) -> Response {
         let params = match self.signed_form(req) {
             Ok(p) => p,
@@ -395,12 +531,15 @@ impl App {
             .iter()
             .find(|(n, _)| n == "CallSid")
             .map(|(_, v)| v.as_str())
-            .unwrap_or("");
-        if !call_sid.is_empty() && self.ai_failed(call_sid) {
-            self.record(call_sid, RecordChange::FallbackAfterStream);
-            return self.conference(call_sid, FallbackReason::AiFailed);
+            .filter(|s| is_sid_like(s));
+        let Some(call_sid) = call_sid else {
+            return Response::text(400, "missing or malformed CallSid");
+        };
+        if self.ended_normally(call_sid) {
+            return Response::twiml(twiml::say_hangup(None));
         }
-        Response::twiml(twiml::say_hangup(None))
+        self.record(call_sid, RecordChange::FallbackAfterStream);
+        self.conference(call_sid, FallbackReason::AfterStream)
     }
 
     fn status_callback(&self, req: &Request) -> Response {
@@ -418,6 +557,9 @@ impl App {
         }
     }
 
+    /// The media stream's WebSocket upgrade, checked in this order: the signed stream id (403),
+    /// the upgrade's own signature (403, when enforced), the WebSocket handshake, single use
+    /// (409), then a call slot (none: accepted and closed at once).
     fn media_stream(&self, req: &Request, call_id: &str, now_unix: u64) -> Routed {
         if req.method != "GET" {
             return Routed::Respond(method_not_allowed("GET"));
@@ -426,47 +568,112 @@ impl App {
             Ok(v) => v,
             Err(e) => {
                 tracing::warn!(call_id, "refused media stream: {e}");
-                return Routed::Respond(Response::text(403, "unknown or expired stream"));
+                return Routed::Respond(Response::refused(
+                    Refusal::StreamId,
+                    403,
+                    "unknown or expired stream",
+                ));
             }
         };
-        if let (Some(token), Some(sig)) = (
-            &self.cfg.twilio_auth_token,
-            req.header("x-twilio-signature"),
-        ) {
-            // protocol.md 3.2: signed over the wss:// URL as written in the TwiML; the https://
-            // form is accepted too. The stream is closed only if neither this check nor the
-            // start token passes: the signed callId already proved our webhook minted this URL,
-            // and the token in `start` is always required, so a signature that does not verify
-            // (Twilio signing another form of the URL, a proxy rewriting the host) is logged and
-            // left to the token instead of taking the call down. A missing header likewise.
-            let host = self.public_host(req).unwrap_or("");
+        if let TwilioAuth::Signed {
+            tokens,
+            public_host,
+            verify_upgrade,
+        } = &self.cfg.twilio
+        {
+            // protocol.md 3.2: signed over the wss:// URL as written in the TwiML (with or
+            // without :443); the https:// form is accepted too, should Twilio ever sign that.
+            let sig = req.header("x-twilio-signature").unwrap_or("");
             let ok = ["wss", "https"].iter().any(|scheme| {
-                let url = format!("{scheme}://{host}{MEDIA_STREAM_PREFIX}{call_id}");
-                signature::validate(token, &url, &[], sig)
+                let url = format!("{scheme}://{public_host}{MEDIA_STREAM_PREFIX}{call_id}");
+                signed_by_any(tokens, &url, &[], sig)
             });
-            if !ok {
-                tracing::warn!(
-                    call_id,
-                    "media stream: x-twilio-signature does not verify; the start token decides"
-                );
+            match (ok, verify_upgrade) {
+                (true, _) => {}
+                (false, true) => {
+                    tracing::warn!(
+                        call_sid = %verified.call_sid,
+                        "refused media stream: x-twilio-signature missing or wrong"
+                    );
+                    return Routed::Respond(Response::refused(
+                        Refusal::UpgradeSignature,
+                        403,
+                        "invalid signature",
+                    ));
+                }
+                (false, false) => tracing::warn!(
+                    call_sid = %verified.call_sid,
+                    "media stream: x-twilio-signature does not verify (TWILIO_VERIFY_UPGRADE=false: the start token decides)"
+                ),
             }
         }
-        match ws::check_upgrade(req) {
-            Ok(accept) => Routed::Upgrade(UpgradeGrant {
-                call_sid: verified.call_sid,
-                call_id: call_id.to_owned(),
-                accept,
-                start_token: self.stream_key.start_token(call_id),
-            }),
+        let accept = match ws::check_upgrade(req) {
+            Ok(accept) => accept,
             Err(e) => {
                 let mut resp = Response::text(e.status(), &e.to_string());
                 for (name, value) in e.response_headers() {
                     resp = resp.with_header(name, value);
                 }
-                Routed::Respond(resp)
+                return Routed::Respond(resp);
+            }
+        };
+        let admit = lock(&self.admission).admit(
+            Instant::now(),
+            now_unix,
+            call_id,
+            verified.expires_at_unix,
+        );
+        match admit {
+            Admit::Bridge => Routed::Upgrade(UpgradeGrant {
+                call_sid: verified.call_sid,
+                call_id: call_id.to_owned(),
+                accept,
+                start_token: StartTokenCheck::new(Arc::clone(&self.stream_key), call_id),
+                slot: CallSlot {
+                    admission: Arc::clone(&self.admission),
+                },
+            }),
+            Admit::Reused => {
+                tracing::warn!(call_sid = %verified.call_sid, "refused media stream: its stream id already opened a stream");
+                Routed::Respond(Response::refused(
+                    Refusal::StreamReused,
+                    409,
+                    "stream already opened",
+                ))
+            }
+            Admit::TooManyStreams => {
+                tracing::error!(call_sid = %verified.call_sid, "refused media stream: too many unexpired stream ids remembered");
+                Routed::Respond(Response::refused(
+                    Refusal::TooManyStreams,
+                    503,
+                    "too many streams",
+                ))
+            }
+            Admit::Full => {
+                tracing::warn!(
+                    call_sid = %verified.call_sid,
+                    max_calls = self.cfg.max_calls,
+                    "media stream over MAX_CALLS: accepted and closed, after-stream sends the caller to the conference"
+                );
+                crate::metrics::refused(Refusal::MaxCalls);
+                crate::metrics::call_outcome("fallback_overloaded");
+                Routed::UpgradeThenClose {
+                    accept,
+                    call_sid: verified.call_sid,
+                    why: CloseAtOnce::Overloaded,
+                }
             }
         }
     }
+}
+
+/// Whether `sig` is Twilio's signature of `url` and `params` under any of `tokens` (each one is
+/// checked, so the time taken does not say which matched).
+fn signed_by_any(tokens: &[String], url: &str, params: &[(String, String)], sig: &str) -> bool {
+    !sig.is_empty()
+        && tokens
+            .iter()
+            .fold(false, |ok, t| signature::validate(t, url, params, sig) | ok)
 }
 
 /// Which side of a call is our Twilio number: `To` for inbound calls (and when `Direction` is
@@ -478,22 +685,18 @@ fn our_number<'a>(direction: Option<&str>, from: &'a str, to: &'a str) -> &'a st
     }
 }
 
-/// Keeps a call counted as active while alive.
-pub struct ActiveCallGuard {
-    app: Arc<App>,
-}
-
-impl Drop for ActiveCallGuard {
-    fn drop(&mut self) {
-        self.app.active_calls.fetch_sub(1, Ordering::Relaxed);
+impl App {
+    /// `GET /metrics`: the Prometheus scrape (gauges of this app's state set first).
+    fn metrics_page(&self, req: &Request) -> Response {
+        if req.method != "GET" && req.method != "HEAD" {
+            return method_not_allowed("GET");
+        }
+        crate::metrics::set_http_connections(self.open_connections());
+        metrics_response()
     }
 }
 
-/// `GET /metrics`: the Prometheus scrape.
-fn metrics_page(req: &Request) -> Response {
-    if req.method != "GET" && req.method != "HEAD" {
-        return method_not_allowed("GET");
-    }
+fn metrics_response() -> Response {
     Response {
         status: 200,
         content_type: crate::metrics::CONTENT_TYPE,

@@ -163,6 +163,9 @@ pub struct ApiError<'a> {
     pub message: &'a str,
     /// `error.event_id`: our id of the client event that failed.
     pub event_id: Option<&'a str>,
+    /// `error.param`: the parameter at fault, when the server names one
+    /// (`session.audio.output.voice`).
+    pub param: Option<&'a str>,
 }
 
 /// Token usage of one response (`response.usage`).
@@ -510,6 +513,7 @@ impl<'t, 'a> Fields<'t, 'a> {
             code: self.opt_str("error.code")?,
             message: self.str("error.message")?,
             event_id: self.opt_str("error.event_id")?,
+            param: self.opt_str("error.param")?,
         })
     }
 
@@ -721,6 +725,7 @@ mod tests {
                 code: Some("invalid_value"),
                 message: "Audio content of 980ms is already shorter than 1240ms",
                 event_id: Some("evt_client_17"),
+                param: None,
             })
         );
     }
@@ -773,8 +778,19 @@ mod tests {
                 code: None,
                 message: "boom",
                 event_id: None,
+                param: None,
             })
         );
+    }
+
+    #[test]
+    fn error_param_is_read() {
+        let text = r#"{"type":"error","event_id":"ev","error":{"type":"invalid_request_error","code":"invalid_value","message":"Invalid voice","param":"session.audio.output.voice","event_id":"cb_1"}}"#;
+        let ServerEvent::Error(err) = parse_valid(text) else {
+            panic!("an error event");
+        };
+        assert_eq!(err.param, Some("session.audio.output.voice"));
+        assert_eq!(err.event_id, Some("cb_1"));
     }
 
     #[test]

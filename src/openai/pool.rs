@@ -34,6 +34,7 @@ use tokio::sync::{watch, Notify};
 use crate::front::ws::{Decoder, Encoder, Message, Role};
 use crate::openai::client::ConnectError;
 use crate::openai::events::{ServerEvent, ServerEventParser};
+use crate::openai::health::Breaker;
 use crate::runtime::io::Dial;
 use crate::runtime::{next_phase, Phase};
 
@@ -406,6 +407,7 @@ pub async fn maintain<D: Dial>(
     pool: Arc<SharedPool<D::Conn>>,
     dialer: Arc<D>,
     warm_timeout: Duration,
+    breaker: Breaker,
     mut phase: watch::Receiver<Phase>,
 ) {
     let mut warming = FuturesUnordered::new();
@@ -423,6 +425,8 @@ pub async fn maintain<D: Dial>(
         }
         tokio::select! {
             Some((outcome, took)) = warming.next(), if !warming.is_empty() => {
+                // Warming is a connect like a call's: the breaker learns from it too.
+                breaker.note(outcome.is_ok());
                 let outcome = match outcome {
                     Ok(w) => Some(w),
                     Err(e) => {

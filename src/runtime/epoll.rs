@@ -26,6 +26,7 @@ use crate::bridge::{Call, CallConfig, CallEvent, EndReason, Leg};
 use crate::front::http::{self, Limits, Parsed, Request};
 use crate::front::routes::{App, Response, Routed, UpgradeGrant};
 use crate::front::ws::{self, Decoder, Encoder, Message, Role};
+use crate::metrics::Refusal;
 use crate::metrics::{self, CallMeter};
 use crate::openai::client::Connector;
 use crate::openai::pool::{maintain, PoolConfig, PooledDial, SharedPool};
@@ -96,6 +97,7 @@ pub async fn serve(
             Arc::clone(pool),
             Arc::clone(&connector),
             pc.warm_timeout,
+            app.breaker().clone(),
             phase.clone(),
         ));
     }
@@ -151,8 +153,15 @@ pub(crate) async fn connection<S: Transport, D: Dial>(
     app: Arc<App>,
     dialer: D,
 ) {
+    // MAX_CONNECTIONS: past it the connection is closed at once (dropping the stream).
+    let Some(_open) = app.open_connection() else {
+        metrics::refused(Refusal::MaxConnections);
+        tracing::warn!(%peer, max_connections = app.config().max_connections, "connection refused: MAX_CONNECTIONS open");
+        return;
+    };
     let limits = Limits::default();
     let read_timeout = app.config().http_read_timeout;
+    let write_timeout = app.config().http_write_timeout;
     let mut buf: Vec<u8> = Vec::with_capacity(READ_CHUNK);
     let mut out: Vec<u8> = Vec::new();
     loop {
@@ -163,7 +172,7 @@ pub(crate) async fn connection<S: Transport, D: Dial>(
                 tracing::warn!(%peer, status = resp.status, "bad request: {}", String::from_utf8_lossy(&resp.body).trim_end());
                 metrics::http_request("", resp.status);
                 write_response(&mut out, &resp, false);
-                let _ = tokio::time::timeout(CLOSE_TIMEOUT, send_all(&mut stream, &out)).await;
+                let _ = send_within(&mut stream, &out, CLOSE_TIMEOUT).await;
                 return;
             }
         };
@@ -173,7 +182,12 @@ pub(crate) async fn connection<S: Transport, D: Dial>(
                 tracing::debug!(%peer, method = %request.method, path = %request.path, status = resp.status, "http");
                 metrics::http_request(&request.path, resp.status);
                 write_response(&mut out, &resp, keep_alive);
-                if send_all(&mut stream, &out).await.is_err() || !keep_alive {
+                if request.method == "HEAD" {
+                    // Headers only (RFC 9110 9.3.2), with the length the body would have.
+                    out.truncate(out.len() - resp.body.len());
+                }
+                let sent = send_within(&mut stream, &out, write_timeout).await;
+                if sent.is_err() || !keep_alive {
                     return;
                 }
             }
@@ -181,7 +195,7 @@ pub(crate) async fn connection<S: Transport, D: Dial>(
                 metrics::http_request(&request.path, 101);
                 out.clear();
                 ws::write_upgrade_response(&mut out, &grant.accept);
-                if send_all(&mut stream, &out).await.is_err() {
+                if send_within(&mut stream, &out, write_timeout).await.is_err() {
                     return;
                 }
                 let leftover = std::mem::take(&mut buf);
@@ -190,14 +204,56 @@ pub(crate) async fn connection<S: Transport, D: Dial>(
                 run_call(stream, leftover, grant, app, dialer).await;
                 return;
             }
+            Routed::UpgradeThenClose {
+                accept,
+                call_sid,
+                why,
+            } => {
+                metrics::http_request(&request.path, 101);
+                out.clear();
+                ws::write_upgrade_response(&mut out, &accept);
+                Encoder::new(Role::Server).close(&mut out, 1000, why.reason());
+                tracing::info!(%call_sid, reason = why.reason(), "media stream accepted and closed at once (1000)");
+                if send_within(&mut stream, &out, write_timeout).await.is_ok() {
+                    // Twilio answers the close and closes; its after-stream reaches the fallback.
+                    let (rd, wr) = stream.into_halves();
+                    let mut drain = LegIo::new(
+                        rd,
+                        wr,
+                        std::mem::take(&mut buf),
+                        Role::Server,
+                        MAX_TWILIO_MESSAGE_BYTES,
+                        CLOSE_TIMEOUT,
+                    );
+                    drain.finish(true).await;
+                }
+                return;
+            }
         }
     }
 }
 
-/// Writes all of `out` and flushes (a transport that queues writes sends them on flush).
-async fn send_all<S: AsyncWrite + Unpin>(stream: &mut S, out: &[u8]) -> io::Result<()> {
-    stream.write_all(out).await?;
-    stream.flush().await
+/// Writes all of `out` and flushes (a transport that queues writes sends them on flush), within
+/// `limit` (`HTTP_WRITE_TIMEOUT_SECS`: a peer that reads nothing cannot hold the connection).
+async fn send_within<S: AsyncWrite + Unpin>(
+    stream: &mut S,
+    out: &[u8],
+    limit: Duration,
+) -> io::Result<()> {
+    let send = async {
+        stream.write_all(out).await?;
+        stream.flush().await
+    };
+    match tokio::time::timeout(limit, send).await {
+        Ok(r) => r,
+        Err(_) => {
+            tracing::warn!(
+                bytes = out.len(),
+                "http response not taken within HTTP_WRITE_TIMEOUT_SECS: connection dropped"
+            );
+            Err(io::ErrorKind::TimedOut.into())
+        }
+    }
 }
 
 /// Routes a request. Admin requests (sled reads and writes, fsyncs, listings) run on tokio's
@@ -527,10 +583,9 @@ async fn run_call<S: Transport, D: Dial>(
     dialer: D,
 ) {
     let cfg = app.config();
-    let _active = app.call_started();
     let started = Instant::now();
     let mut call_cfg = CallConfig::new(&cfg.openai_model, Arc::clone(&cfg.agent), &grant.call_sid);
-    call_cfg.expected_start_token = Some(grant.start_token.clone());
+    call_cfg.start_token = Some(grant.start_token.clone());
     call_cfg.session_timeout = cfg.openai_session_timeout;
     call_cfg.twilio_idle_timeout = cfg.twilio_idle_timeout;
     call_cfg.log_event_types = Arc::clone(&cfg.log_event_types);
@@ -551,9 +606,12 @@ async fn run_call<S: Transport, D: Dial>(
         cfg.write_stall_timeout,
     );
     let mut oa: Option<OpenAiLeg<D::Conn>> = None;
-    // Boxed, and dropped once it resolves: inline, the connect future (TCP connect, TLS
-    // handshake state, its timeout) stayed in the call's task for the whole call.
-    let mut connect = Some(Box::pin(dialer.dial()));
+    // The OpenAI leg is dialled (or taken from the pool) only once `start` carried the right
+    // token (the call's `StreamStarted`): an upgrade alone opens no Realtime session. Boxed, and
+    // dropped once it resolves: inline, the connect future (TCP connect, TLS handshake state,
+    // its timeout) stayed in the call's task for the whole call.
+    let mut connect = None;
+    let mut dialed_at: Option<Instant> = None;
     let mut scratch: Vec<u8> = Vec::new();
     let mut tw_open = true;
     let mut oa_open = false;
@@ -600,6 +658,10 @@ async fn run_call<S: Transport, D: Dial>(
         }
         // Nothing above waits: the turn's clock reading still stands.
         let now = turn;
+        if dialed_at.is_none() && call.stream_sid().is_some() {
+            dialed_at = Some(now);
+            connect = Some(Box::pin(dialer.dial()));
+        }
         meter.tick(now, call.outstanding_marks());
         if tw.stalled(now) || oa.as_ref().is_some_and(|o| o.stalled(now)) {
             let leg = if tw.stalled(now) {
@@ -629,7 +691,11 @@ async fn run_call<S: Transport, D: Dial>(
             timer.as_mut().reset(deadline.into());
             armed = deadline;
         }
+        // Twilio is not read while either output queue is above the high-water mark: OpenAI's
+        // (backpressure), or Twilio's own (pongs to a ping flood from a peer that reads
+        // nothing must not grow memory; the stall timeout then ends the call).
         let tw_can_read = tw_open
+            && tw.output.len() < HIGH_WATER_BYTES
             && oa
                 .as_ref()
                 .is_none_or(|o| o.output.len() < HIGH_WATER_BYTES);
@@ -716,10 +782,11 @@ async fn run_call<S: Transport, D: Dial>(
             r = connect_some(&mut connect) => {
                 connect = None;
                 let now = Instant::now();
-                meter.on_openai_connect(now.duration_since(started), r.is_ok());
+                let took = now.duration_since(dialed_at.unwrap_or(started));
+                meter.on_openai_connect(took, r.is_ok());
                 match r {
                     Ok((conn, rest)) => {
-                        tracing::debug!(call_sid = %grant.call_sid, ms = now.duration_since(started).as_millis() as u64, "openai connected");
+                        tracing::debug!(call_sid = %grant.call_sid, ms = took.as_millis() as u64, "openai connected");
                         let (rd, wr) = tokio::io::split(conn);
                         let mut leg = LegIo::new(rd, wr, rest, Role::Client, MAX_OPENAI_MESSAGE_BYTES, cfg.write_stall_timeout);
                         oa_open = true;
@@ -791,23 +858,25 @@ fn dispatch_events(
 }
 
 fn on_call_event(app: &App, grant: &UpgradeGrant, ev: CallEvent) {
-    // The webhook's breaker learns from every AI leg that got ready or failed to.
     match ev {
-        CallEvent::Ended { reason } if reason.is_ai_failure() => {
+        CallEvent::Ended { reason } => {
+            // The webhook's breaker learns from every AI leg that got ready or could not.
             if reason.is_openai_unreachable() {
-                app.note_openai_outcome(false);
+                app.breaker().note(false);
             }
-            app.record_ai_failure(&grant.call_sid)
+            // after-stream hangs up only on a call known to have ended normally here.
+            app.call_ended(&grant.call_sid, reason.is_normal());
         }
         CallEvent::SessionReady { setup, .. } => {
-            app.note_openai_outcome(true);
+            app.breaker().note(true);
             tracing::debug!(call_sid = %grant.call_sid, setup_ms = setup.as_millis() as u64, "session ready");
         }
-        CallEvent::CallerTranscript { text, .. } => {
-            tracing::info!(call_sid = %grant.call_sid, "caller: {text}")
+        // What was said stays out of the log unless LOG_TRANSCRIPTS=true (then at debug).
+        CallEvent::CallerTranscript { text, .. } if app.config().log_transcripts => {
+            tracing::debug!(call_sid = %grant.call_sid, "caller: {text}")
         }
-        CallEvent::AssistantTranscript { text, .. } => {
-            tracing::info!(call_sid = %grant.call_sid, "assistant: {text}")
+        CallEvent::AssistantTranscript { text, .. } if app.config().log_transcripts => {
+            tracing::debug!(call_sid = %grant.call_sid, "assistant: {text}")
         }
         CallEvent::ToolCall { name, call_id, .. } => {
             tracing::info!(call_sid = %grant.call_sid, tool = %name, %call_id, "tool call (tools are not executed yet: answered with an error result)")

@@ -127,6 +127,7 @@ impl Server {
             cfg.openai_connect_timeout,
         )
         .context("setting up the OpenAI connector")?;
+        announce_security(&cfg);
         let (driver, why) = choose_driver(cfg.runtime)?;
         let (listen, workers) = (cfg.listen, cfg.workers);
         let store = open_store(&cfg)?;
@@ -190,6 +191,27 @@ impl Server {
         if let Some(store) = self.app.store().cloned() {
             let _ = tokio::task::spawn_blocking(move || store.close()).await;
         }
+    }
+}
+
+/// Says at start what is not safe about this configuration: no signatures (an error line and
+/// the `callbridge_unsigned_webhooks` gauge at 1), or a per-process stream secret.
+fn announce_security(cfg: &Config) {
+    let unsigned = !cfg.twilio.is_signed();
+    crate::metrics::set_unsigned_webhooks(unsigned);
+    if unsigned {
+        tracing::error!(
+            "ALLOW_UNSIGNED_WEBHOOKS=true: Twilio signatures are NOT checked; anyone who reaches \
+             this port can place calls billed to you. Set TWILIO_AUTH_TOKEN and PUBLIC_HOST for \
+             real use"
+        );
+    }
+    if !cfg.stream_secret_shared {
+        tracing::warn!(
+            "STREAM_SECRET is not set: stream URLs are signed with a random per-process secret, \
+             so several instances (or this one after a restart) refuse each other's streams; set \
+             the same STREAM_SECRET on every instance"
+        );
     }
 }
 

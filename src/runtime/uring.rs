@@ -232,6 +232,7 @@ async fn serve(
             Arc::clone(pool),
             Arc::clone(&dialer),
             pc.warm_timeout,
+            app.breaker().clone(),
             phase.clone(),
         ));
     }

@@ -208,6 +208,35 @@ impl StreamKey {
     }
 }
 
+/// What the `start` message of one stream must carry: the start token of its `callId`, checked
+/// in constant time ([`StreamKey::check_start_token`]).
+#[derive(Clone)]
+pub struct StartTokenCheck {
+    key: std::sync::Arc<StreamKey>,
+    call_id: String,
+}
+
+impl std::fmt::Debug for StartTokenCheck {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "StartTokenCheck({})", self.call_id)
+    }
+}
+
+impl StartTokenCheck {
+    /// The check for the stream `call_id`, under `key`.
+    pub fn new(key: std::sync::Arc<StreamKey>, call_id: &str) -> StartTokenCheck {
+        StartTokenCheck {
+            key,
+            call_id: call_id.to_owned(),
+        }
+    }
+
+    /// Whether `token` is the start token of this stream.
+    pub fn accepts(&self, token: &str) -> bool {
+        self.key.check_start_token(&self.call_id, token)
+    }
+}
+
 /// An HMAC-SHA256 keyed with `key`.
 fn keyed(key: &[u8]) -> HmacSha256 {
     // HMAC takes keys of any length (RFC 2104), so this never fails.

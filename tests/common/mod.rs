@@ -21,6 +21,31 @@ use tokio::net::TcpStream;
 /// The auth token tests sign with.
 pub const AUTH_TOKEN: &str = "test-auth-token-0123456789abcdef";
 
+/// The `PUBLIC_HOST` of signed test servers: Twilio-side requests go to the server's loopback
+/// address but name (and sign) this host, as through a load balancer.
+pub const PUBLIC_HOST: &str = "callbridge.test";
+
+/// The environment of a server that checks signatures like a real deployment.
+pub const SIGNED: [(&str, &str); 2] = [
+    ("TWILIO_AUTH_TOKEN", AUTH_TOKEN),
+    ("PUBLIC_HOST", PUBLIC_HOST),
+];
+
+/// The environment of a server that runs unsigned (the explicit override).
+pub const UNSIGNED: [(&str, &str); 1] = [("ALLOW_UNSIGNED_WEBHOOKS", "true")];
+
+/// Call `n` to `proxy`, signed like Twilio's and naming [`PUBLIC_HOST`].
+pub fn signed_caller(
+    proxy: &Proxy,
+    n: u32,
+    script: callbridge::sim::script::Script,
+) -> CallerConfig {
+    let mut caller = CallerConfig::new(proxy.addr, n, script);
+    caller.auth_token = Some(AUTH_TOKEN.into());
+    caller.public_host = Some(PUBLIC_HOST.into());
+    caller
+}
+
 /// A running `callbridge serve`, killed on drop. Its log is captured.
 pub struct Proxy {
     child: Child,
@@ -37,6 +62,7 @@ pub struct Proxy {
 /// (printing the proxy's log if not).
 pub async fn run_signed_call(proxy: &Proxy, mut caller: CallerConfig) -> CallReport {
     caller.auth_token = Some(AUTH_TOKEN.into());
+    caller.public_host = Some(PUBLIC_HOST.into());
     let report = run_call(caller).await.expect("call ran");
     assert_eq!(
         report.outcome,
@@ -84,7 +110,9 @@ impl Proxy {
     /// Spawns the real binary with a clean environment plus `env`, and waits for "listening on".
     pub fn spawn(env: &[(&str, &str)]) -> Proxy {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_callbridge"));
+        // Run outside the repository, so a developer's ./.env never reaches the tests.
         cmd.arg("serve")
+            .current_dir(std::env::temp_dir())
             .env_clear()
             .env("LISTEN", "127.0.0.1:0")
             .env("LOG_LEVEL", "info")
@@ -150,8 +178,8 @@ impl Proxy {
         let mut env = vec![
             ("OPENAI_REALTIME_URL", url.as_str()),
             ("OPENAI_REALTIME_API_KEY", "sk-test"),
-            ("TWILIO_AUTH_TOKEN", AUTH_TOKEN),
         ];
+        env.extend_from_slice(&SIGNED);
         env.extend_from_slice(extra);
         Proxy::spawn(&env)
     }
@@ -293,7 +321,7 @@ pub async fn webhook(addr: SocketAddr, n: u32) -> HttpResponse {
         extra: vec![],
     };
     let params = webhook::voice_params(&call, "ringing");
-    let url = format!("https://{addr}/api/twilio/voice");
+    let url = format!("https://{PUBLIC_HOST}/api/twilio/voice");
     let sig = webhook::signature(AUTH_TOKEN, &url, &params);
     let body = webhook::form_encode(&params);
     http(
@@ -626,7 +654,7 @@ pub async fn signed_post(
     path: &str,
     params: &[(String, String)],
 ) -> HttpResponse {
-    let url = format!("https://{addr}{path}");
+    let url = format!("https://{PUBLIC_HOST}{path}");
     let sig = webhook::signature(AUTH_TOKEN, &url, params);
     let body = webhook::form_encode(params);
     http(

@@ -10,8 +10,16 @@
 //! breaker, its failure opens it again at once, and if it ends without either (the caller hung
 //! up) the next call probes once the probe window has passed.
 //!
-//! Sans-IO: the time comes in as an argument, so the rule is tested with a fake clock.
+//! What counts (it is everyone's problem, not one call's): a connect, TLS or WebSocket handshake
+//! that fails or times out (a 401, 429 or 5xx answer, an unknown model), a session that never
+//! gets ready, and the same failures of the pool's warming connections. What does not: an
+//! `error` that answers one agent's `session.update` (its settings are refused: the agent's
+//! fault, [`crate::bridge::EndReason::AgentRejected`]).
+//!
+//! [`OpenAiHealth`] is sans-IO (the time comes in as an argument, so the rule is tested with a
+//! fake clock); [`Breaker`] shares it between the webhook, the calls and the pools.
 
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// Failed AI legs in a row that open the breaker.
@@ -86,6 +94,40 @@ impl OpenAiHealth {
     /// Failed AI legs since the last one that became ready.
     pub fn failures_in_a_row(&self) -> u32 {
         self.failures_in_a_row
+    }
+}
+
+/// The breaker shared by the webhook (which asks [`Breaker::admit`]) and whatever learns about
+/// OpenAI's reachability: calls' AI legs and the pools' warming connections
+/// ([`Breaker::note`]).
+#[derive(Debug, Clone)]
+pub struct Breaker(Arc<Mutex<OpenAiHealth>>);
+
+impl Breaker {
+    /// A closed breaker whose probes get `probe_window` to show an outcome.
+    pub fn new(probe_window: Duration) -> Breaker {
+        Breaker(Arc::new(Mutex::new(OpenAiHealth::new(probe_window))))
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, OpenAiHealth> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Notes that OpenAI answered (`true`: a session got ready, a warming connection got
+    /// `session.created`) or could not be reached (`false`); logs when this opens the breaker.
+    pub fn note(&self, reachable: bool) {
+        let mut h = self.lock();
+        if h.on_outcome(reachable, Instant::now()) {
+            tracing::error!(
+                failures_in_a_row = h.failures_in_a_row(),
+                "OpenAI unreachable: new calls go to the legacy conference for {OPEN_FOR:?}"
+            );
+        }
+    }
+
+    /// What the webhook does with a new call now.
+    pub fn admit(&self) -> Admit {
+        self.lock().admit(Instant::now())
     }
 }
 

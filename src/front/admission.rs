@@ -1,0 +1,251 @@
+//! Who gets a call slot, and which stream ids have been used: the hard `MAX_CALLS` limit and
+//! single-use streams, per instance.
+//!
+//! ```text
+//!  webhook  ── reserve(call_id) ──▶ active + reserved < MAX_CALLS ? stream : conference
+//!  upgrade  ── admit(call_id) ────▶ used before?            → 409 (single use)
+//!                                   active < MAX_CALLS ?    → bridge (a slot, released on drop)
+//!                                   else                    → accept, close 1000 (after-stream:
+//!                                                             the conference)
+//! ```
+//!
+//! - The webhook only guesses: a stream it minted may land on another instance, so its
+//!   reservation holds a slot for [`DEFAULT_RESERVE`] (`STREAM_RESERVE_SECS`) and then lapses by
+//!   itself, never leaving a phantom call behind. The upgrade is the binding check.
+//! - A stream id opens at most one stream on this instance: it is remembered until it expires
+//!   (after that [`crate::twilio::stream_id`] refuses it anyway), so the memory it takes is
+//!   bounded by the streams started within one `STREAM_TTL_SECS`, and by [`used_capacity`].
+//!
+//! Sans-IO: the times come in as arguments.
+
+use std::collections::{HashMap, VecDeque};
+use std::time::{Duration, Instant};
+
+/// How long a minted stream holds a call slot before its upgrade arrives. Twilio opens the
+/// stream within a second of our TwiML (the webhook-to-start time measured on loopback is
+/// milliseconds; across the internet, hundreds of ms); 5 s covers a slow Twilio edge and a
+/// retried handshake, and bounds how long a stream that landed on another instance holds a
+/// phantom slot here.
+pub const DEFAULT_RESERVE: Duration = Duration::from_secs(5);
+
+/// Most used stream ids remembered for `max_calls`: 64 streams per call slot within one stream
+/// TTL (120 s by default: calls as short as 2 s at full load), at least 4,096. An id takes about
+/// 150 bytes here, so 2,000 calls cap this at ~19 MB. When it is full, upgrades are refused
+/// (503) rather than forgetting an unexpired id, which would make it reusable.
+pub fn used_capacity(max_calls: usize) -> usize {
+    max_calls.saturating_mul(64).max(4096)
+}
+
+/// The webhook's decision.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reserve {
+    /// A slot is held for the stream until it upgrades or the reservation lapses.
+    Reserved,
+    /// Active calls and reservations fill `MAX_CALLS`: the caller goes to the fallback.
+    Full,
+}
+
+/// The upgrade's decision.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Admit {
+    /// Bridge the call: it holds a slot until [`Admission::release`].
+    Bridge,
+    /// This stream id already opened a stream here (409).
+    Reused,
+    /// `MAX_CALLS` calls are active: accept and close at once (1000), so Twilio follows the
+    /// `<Redirect>` and the caller reaches the fallback.
+    Full,
+    /// Too many unexpired stream ids are remembered ([`used_capacity`]): refused (503).
+    TooManyStreams,
+}
+
+/// The slot and stream-id bookkeeping of one instance.
+#[derive(Debug)]
+pub struct Admission {
+    max_calls: usize,
+    reserve_for: Duration,
+    /// Calls holding a slot.
+    active: usize,
+    /// Streams minted and not yet upgraded, oldest first: (minted at, call id).
+    reserved: VecDeque<(Instant, String)>,
+    /// Stream ids that opened a stream here, with their expiry (unix seconds).
+    used: HashMap<String, u64>,
+    /// Most entries of `used`.
+    used_capacity: usize,
+    /// `used` is swept of expired ids at most once per second.
+    swept_at_unix: u64,
+}
+
+impl Admission {
+    /// Bookkeeping for `max_calls` slots, reservations lasting `reserve_for`.
+    pub fn new(max_calls: usize, reserve_for: Duration) -> Admission {
+        Admission {
+            max_calls,
+            reserve_for,
+            active: 0,
+            reserved: VecDeque::new(),
+            used: HashMap::new(),
+            used_capacity: used_capacity(max_calls),
+            swept_at_unix: 0,
+        }
+    }
+
+    /// Calls holding a slot.
+    pub fn active(&self) -> usize {
+        self.active
+    }
+
+    /// Reservations still holding a slot at `now`.
+    pub fn reserved(&mut self, now: Instant) -> usize {
+        self.lapse(now);
+        self.reserved.len()
+    }
+
+    /// Stream ids remembered as used.
+    pub fn used_ids(&self) -> usize {
+        self.used.len()
+    }
+
+    /// The webhook minted `call_id` at `now`: holds a slot for it, if one is free.
+    pub fn reserve(&mut self, now: Instant, call_id: &str) -> Reserve {
+        self.lapse(now);
+        if self.active + self.reserved.len() >= self.max_calls {
+            return Reserve::Full;
+        }
+        self.reserved.push_back((now, call_id.to_owned()));
+        Reserve::Reserved
+    }
+
+    /// Gives back the reservation of `call_id` (the webhook did not send the stream after all).
+    pub fn unreserve(&mut self, call_id: &str) {
+        if let Some(pos) = self.reserved.iter().position(|(_, id)| id == call_id) {
+            self.reserved.remove(pos);
+        }
+    }
+
+    /// The upgrade of a verified stream `call_id` (valid through `expires_at_unix`) arrived.
+    pub fn admit(
+        &mut self,
+        now: Instant,
+        now_unix: u64,
+        call_id: &str,
+        expires_at_unix: u64,
+    ) -> Admit {
+        self.sweep(now_unix);
+        self.lapse(now);
+        if self.used.contains_key(call_id) {
+            return Admit::Reused;
+        }
+        if self.used.len() >= self.used_capacity {
+            return Admit::TooManyStreams;
+        }
+        self.used.insert(call_id.to_owned(), expires_at_unix);
+        self.unreserve(call_id);
+        if self.active >= self.max_calls {
+            return Admit::Full;
+        }
+        self.active += 1;
+        Admit::Bridge
+    }
+
+    /// A call admitted with [`Admit::Bridge`] ended: its slot is free.
+    pub fn release(&mut self) {
+        self.active = self.active.saturating_sub(1);
+    }
+
+    /// Drops the reservations that lapsed by `now` (the oldest are at the front).
+    fn lapse(&mut self, now: Instant) {
+        while let Some((at, _)) = self.reserved.front() {
+            if now.saturating_duration_since(*at) < self.reserve_for {
+                break;
+            }
+            self.reserved.pop_front();
+        }
+    }
+
+    /// Forgets the used ids that expired before `now_unix` (at most once a second).
+    fn sweep(&mut self, now_unix: u64) {
+        if now_unix <= self.swept_at_unix {
+            return;
+        }
+        self.swept_at_unix = now_unix;
+        self.used.retain(|_, expires| *expires >= now_unix);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const RESERVE: Duration = Duration::from_secs(5);
+
+    #[test]
+    fn reservations_and_active_calls_share_the_limit_and_reservations_lapse() {
+        let t0 = Instant::now();
+        let mut a = Admission::new(2, RESERVE);
+        assert_eq!(a.reserve(t0, "c1"), Reserve::Reserved);
+        assert_eq!(a.reserve(t0, "c2"), Reserve::Reserved);
+        assert_eq!(a.reserve(t0, "c3"), Reserve::Full);
+        // c1 upgrades: its reservation becomes an active call, still two slots used.
+        assert_eq!(a.admit(t0, 100, "c1", 200), Admit::Bridge);
+        assert_eq!((a.active(), a.reserved(t0)), (1, 1));
+        assert_eq!(a.reserve(t0, "c3"), Reserve::Full);
+        // c2's stream went to another instance: its reservation lapses, no phantom call.
+        let later = t0 + RESERVE;
+        assert_eq!(a.reserved(later), 0);
+        assert_eq!(a.reserve(later, "c3"), Reserve::Reserved);
+    }
+
+    #[test]
+    fn the_upgrade_is_the_binding_check() {
+        let t0 = Instant::now();
+        let mut a = Admission::new(1, RESERVE);
+        // Two webhooks on other instances minted these; both upgrades land here.
+        assert_eq!(a.admit(t0, 100, "c1", 200), Admit::Bridge);
+        assert_eq!(a.admit(t0, 100, "c2", 200), Admit::Full);
+        a.release();
+        assert_eq!(a.active(), 0);
+        assert_eq!(a.admit(t0, 100, "c3", 200), Admit::Bridge);
+    }
+
+    #[test]
+    fn a_stream_id_opens_one_stream_until_it_expires_and_is_then_forgotten() {
+        let t0 = Instant::now();
+        let mut a = Admission::new(10, RESERVE);
+        assert_eq!(a.admit(t0, 100, "c1", 120), Admit::Bridge);
+        assert_eq!(a.admit(t0, 100, "c1", 120), Admit::Reused);
+        a.release();
+        assert_eq!(
+            a.admit(t0, 120, "c1", 120),
+            Admit::Reused,
+            "still valid at its expiry second"
+        );
+        // Past its expiry the id would not verify anyway: it is forgotten.
+        assert_eq!(a.admit(t0, 121, "c2", 300), Admit::Bridge);
+        assert_eq!(a.used_ids(), 1);
+    }
+
+    #[test]
+    fn a_refused_full_upgrade_still_uses_its_id() {
+        let t0 = Instant::now();
+        let mut a = Admission::new(1, RESERVE);
+        assert_eq!(a.admit(t0, 100, "c1", 200), Admit::Bridge);
+        assert_eq!(a.admit(t0, 100, "c2", 200), Admit::Full);
+        a.release();
+        assert_eq!(a.admit(t0, 100, "c2", 200), Admit::Reused);
+    }
+
+    #[test]
+    fn used_ids_are_bounded_and_never_forgotten_before_they_expire() {
+        let t0 = Instant::now();
+        let mut a = Admission::new(1, RESERVE);
+        let cap = used_capacity(1);
+        for i in 0..cap {
+            a.admit(t0, 100, &format!("c{i}"), 200);
+            a.release();
+        }
+        assert_eq!(a.admit(t0, 100, "one-more", 200), Admit::TooManyStreams);
+        assert_eq!(a.admit(t0, 100, "c0", 200), Admit::Reused);
+        assert_eq!(a.admit(t0, 201, "one-more", 300), Admit::Bridge);
+    }
+}
