@@ -6,8 +6,8 @@
 //! stays in the buffer. Every limit is checked as early as the bytes allow, so a peer can never make
 //! us buffer more than [`Limits`] says, even while the request is still incomplete.
 //!
-//! Only `Content-Length` bodies are supported: Twilio's webhooks always send one, and chunked
-//! request bodies would be code with no caller (RFC 9112 section 6.1 lets a server answer 501).
+//! Bodies come with `Content-Length` (Twilio's webhooks always send one) or chunked (some
+//! proxies re-chunk webhook bodies), within the same limit.
 
 use memchr::memchr;
 
@@ -168,9 +168,15 @@ pub enum HttpError {
         /// The announced `Content-Length`.
         length: u64,
     },
-    /// The request uses `Transfer-Encoding` (chunked bodies are not supported).
-    #[error("transfer-encoding is not supported, send content-length")]
+    /// A transfer coding other than `chunked` (alone).
+    #[error("only the chunked transfer-encoding is supported")]
     TransferEncodingUnsupported,
+    /// Both `Content-Length` and `Transfer-Encoding`: the framing is ambiguous (RFC 9112 6.3).
+    #[error("content-length together with transfer-encoding")]
+    LengthAndChunked,
+    /// A chunked body that does not follow RFC 9112 7.1 (bad size line, missing CR LF).
+    #[error("malformed chunked body")]
+    BadChunk,
     /// An HTTP version other than 1.0 or 1.1.
     #[error("http version not supported")]
     VersionNotSupported,
@@ -180,7 +186,10 @@ impl HttpError {
     /// The response status for this error.
     pub fn status(&self) -> u16 {
         match self {
-            HttpError::Malformed(_) | HttpError::BadContentLength => 400,
+            HttpError::Malformed(_)
+            | HttpError::BadContentLength
+            | HttpError::LengthAndChunked
+            | HttpError::BadChunk => 400,
             HttpError::BodyTooLarge { .. } => 413,
             HttpError::RequestLineTooLong => 414,
             HttpError::HeadersTooLarge | HttpError::TooManyHeaders => 431,
@@ -190,37 +199,359 @@ impl HttpError {
     }
 }
 
-/// Parses one request from the start of `buf`.
-///
-/// `buf` may hold part of a request, exactly one, or one plus the start of the next; see
-/// [`Parsed`]. Limits are enforced on partial input too, so the driver can stop reading as soon as
-/// an error is returned.
+/// Parses one request from the start of `buf`, all at once (see [`RequestParser`], which the
+/// driver keeps across reads).
 pub fn parse_request(buf: &[u8], limits: &Limits) -> Result<Parsed, HttpError> {
-    let mut slots = vec![httparse::EMPTY_HEADER; limits.max_headers];
-    let mut req = httparse::Request::new(&mut slots);
-    let status = match req.parse(buf) {
-        Ok(status) => status,
-        Err(e) => return Err(map_httparse_error(e, buf)),
-    };
-    let line_end = request_line_end(buf);
-    check_request_line(buf, line_end, limits)?;
-    let head_len = match status {
-        httparse::Status::Partial => {
-            check_header_bytes(buf.len(), line_end, limits)?;
-            return Ok(Parsed::Partial);
+    RequestParser::default().parse(buf, limits)
+}
+
+/// Longest chunk-size line of a chunked body (`1a2b;ext=value\r\n`): sizes are a few hex digits;
+/// extensions carry nothing we use, so a long one is refused rather than buffered.
+pub const MAX_CHUNK_LINE: usize = 256;
+
+/// An incremental request parser: it remembers where it stopped, so the bytes of a request are
+/// each examined a bounded number of times however they are split over reads (a header section
+/// arriving a byte per read costs linear time, not quadratic).
+///
+/// Call [`RequestParser::parse`] after every read with the whole unconsumed buffer (the bytes
+/// passed before, plus the new ones); after [`Parsed::Complete`] or an error it starts over.
+///
+/// - Head: the request line and header lines are scanned as they arrive (limits checked, control
+///   bytes in the request line refused at once); httparse checks the request line once it is
+///   complete and parses the whole head once its empty line has arrived.
+/// - Body: `Content-Length`, or `Transfer-Encoding: chunked` decoded as it arrives (httparse's
+///   chunk-size parser), within the same body limit. Both at once are refused (RFC 9112 6.3).
+#[derive(Debug, Default, Clone)]
+pub struct RequestParser {
+    head: HeadScan,
+    body: Option<BodyState>,
+    /// Bytes examined so far, over every request (tests bound the work with it).
+    work: u64,
+}
+
+/// How far the head has been scanned.
+#[derive(Debug, Default, Clone)]
+struct HeadScan {
+    /// Where the request line starts: after the leading CR/LF bytes (RFC 9112 2.2).
+    start: Option<usize>,
+    /// Index of the request line's `\n`, once seen.
+    line_end: Option<usize>,
+    /// Bytes scanned for line ends so far.
+    scanned: usize,
+    /// Where the header line being scanned starts.
+    line_start: usize,
+    /// Header lines seen so far.
+    lines: usize,
+}
+
+/// The body being read, once the head is complete.
+#[derive(Debug, Clone)]
+struct BodyState {
+    /// The parsed head (its body filled in at the end).
+    request: Request,
+    /// Where the body starts in the buffer.
+    head_len: usize,
+    kind: BodyKind,
+}
+
+#[derive(Debug, Clone)]
+enum BodyKind {
+    /// `Content-Length` bytes.
+    Length(usize),
+    /// A chunked body, decoded up to `pos` in the buffer.
+    Chunked { pos: usize, phase: ChunkPhase },
+}
+
+/// Where a chunked body's decoding is (RFC 9112 7.1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ChunkPhase {
+    /// At a chunk-size line, this many of its bytes scanned for its line break.
+    Size(usize),
+    /// Inside a chunk's data, with this many bytes left.
+    Data(usize),
+    /// After a chunk's data: its CR LF.
+    DataEnd,
+    /// After the last chunk: trailer lines until an empty one.
+    Trailers {
+        /// Bytes of complete trailer lines so far.
+        seen: usize,
+        /// Bytes of the current line scanned for its line break.
+        scanned: usize,
+    },
+}
+
+impl RequestParser {
+    /// Bytes examined since this parser was made: a request that arrives in N pieces costs
+    /// about its length, not N times it.
+    pub fn work(&self) -> u64 {
+        self.work
+    }
+
+    /// Continues parsing `buf` (everything unconsumed: what was passed before, plus new bytes).
+    pub fn parse(&mut self, buf: &[u8], limits: &Limits) -> Result<Parsed, HttpError> {
+        let result = self.parse_inner(buf, limits);
+        if !matches!(result, Ok(Parsed::Partial)) {
+            // The next request (or, after an error, nothing) starts from scratch.
+            self.head = HeadScan::default();
+            self.body = None;
         }
-        httparse::Status::Complete(head_len) => head_len,
-    };
-    check_header_bytes(head_len, line_end, limits)?;
-    let body_len = body_length(req.headers, limits)?;
-    let Some(consumed) = head_len
-        .checked_add(body_len)
-        .filter(|&end| end <= buf.len())
-    else {
-        return Ok(Parsed::Partial);
-    };
-    let request = build_request(&req, &buf[head_len..consumed]);
-    Ok(Parsed::Complete { request, consumed })
+        result
+    }
+
+    fn parse_inner(&mut self, buf: &[u8], limits: &Limits) -> Result<Parsed, HttpError> {
+        if self.body.is_none() {
+            let Some(head_len) = self.scan_head(buf, limits)? else {
+                return Ok(Parsed::Partial);
+            };
+            self.body = Some(self.parse_head(&buf[..head_len], limits)?);
+        }
+        let body = self.body.as_mut().expect("set above");
+        match &mut body.kind {
+            BodyKind::Length(len) => {
+                let Some(end) = body
+                    .head_len
+                    .checked_add(*len)
+                    .filter(|&end| end <= buf.len())
+                else {
+                    return Ok(Parsed::Partial);
+                };
+                self.work += *len as u64;
+                let mut request = std::mem::replace(&mut body.request, empty_request());
+                request.body = buf[body.head_len..end].to_vec();
+                Ok(Parsed::Complete {
+                    request,
+                    consumed: end,
+                })
+            }
+            BodyKind::Chunked { pos, phase } => {
+                let before = *pos;
+                let done = decode_chunks(
+                    buf,
+                    body.head_len,
+                    pos,
+                    phase,
+                    &mut body.request.body,
+                    limits,
+                );
+                self.work += (*pos - before) as u64;
+                if !done? {
+                    return Ok(Parsed::Partial);
+                }
+                Ok(Parsed::Complete {
+                    request: std::mem::replace(&mut body.request, empty_request()),
+                    consumed: *pos,
+                })
+            }
+        }
+    }
+
+    /// Scans the bytes of the head not scanned yet: `Ok(Some(len))` once its empty line has
+    /// arrived, `Ok(None)` while it has not.
+    fn scan_head(&mut self, buf: &[u8], limits: &Limits) -> Result<Option<usize>, HttpError> {
+        let h = &mut self.head;
+        let start = match h.start {
+            Some(start) => start,
+            None => {
+                let start = leading_empty_lines(buf);
+                self.work += start as u64;
+                if start == buf.len() {
+                    // Only empty lines so far.
+                    if start > limits.max_request_line {
+                        return Err(HttpError::RequestLineTooLong);
+                    }
+                    return Ok(None);
+                }
+                h.start = Some(start);
+                h.scanned = start;
+                start
+            }
+        };
+        if h.line_end.is_none() {
+            let from = h.scanned;
+            let newline = memchr(b'\n', &buf[from..]).map(|i| from + i);
+            let upto = newline.unwrap_or(buf.len());
+            self.work += (upto - from) as u64;
+            // Binary garbage is answered at once, not when a line break happens to come.
+            if buf[from..upto]
+                .iter()
+                .any(|&b| (b < 0x20 && b != b'\r' && b != b'\t') || b == 0x7f)
+            {
+                return Err(HttpError::Malformed(httparse::Error::Token));
+            }
+            check_request_line(buf, (start, newline), limits)?;
+            let Some(newline) = newline else {
+                h.scanned = buf.len();
+                return Ok(None);
+            };
+            // The request line on its own: a bad method, target or version is refused now.
+            let mut no_slots: [httparse::Header<'_>; 0] = [];
+            match httparse::Request::new(&mut no_slots).parse(&buf[..=newline]) {
+                Ok(_) | Err(httparse::Error::TooManyHeaders) => {}
+                Err(e) => return Err(map_httparse_error(e, buf)),
+            }
+            self.work += (newline + 1 - start) as u64;
+            h.line_end = Some(newline);
+            h.scanned = newline + 1;
+            h.line_start = newline + 1;
+        }
+        let line_end = h.line_end;
+        loop {
+            let from = h.scanned;
+            let Some(newline) = memchr(b'\n', &buf[from..]).map(|i| from + i) else {
+                self.work += (buf.len() - from) as u64;
+                h.scanned = buf.len();
+                check_header_bytes(buf.len(), (start, line_end), limits)?;
+                return Ok(None);
+            };
+            self.work += (newline + 1 - from) as u64;
+            h.scanned = newline + 1;
+            check_header_bytes(newline + 1, (start, line_end), limits)?;
+            let line = &buf[h.line_start..newline];
+            h.line_start = newline + 1;
+            if matches!(line, [] | [b'\r']) {
+                return Ok(Some(newline + 1));
+            }
+            h.lines += 1;
+            if h.lines > limits.max_headers {
+                return Err(HttpError::TooManyHeaders);
+            }
+        }
+    }
+
+    /// Parses a complete head (once) and decides how its body is framed.
+    fn parse_head(&mut self, head: &[u8], limits: &Limits) -> Result<BodyState, HttpError> {
+        let mut slots = vec![httparse::EMPTY_HEADER; limits.max_headers];
+        let mut req = httparse::Request::new(&mut slots);
+        self.work += head.len() as u64;
+        match req.parse(head) {
+            Ok(httparse::Status::Complete(n)) if n == head.len() => {}
+            // A head our scan saw end that httparse does not: its line breaks are not valid.
+            Ok(_) => return Err(HttpError::Malformed(httparse::Error::NewLine)),
+            Err(e) => return Err(map_httparse_error(e, head)),
+        }
+        let kind = match body_framing(req.headers, limits)? {
+            Framing::Length(len) => BodyKind::Length(len),
+            Framing::Chunked => BodyKind::Chunked {
+                pos: head.len(),
+                phase: ChunkPhase::Size(0),
+            },
+        };
+        Ok(BodyState {
+            request: build_request(&req, &[]),
+            head_len: head.len(),
+            kind,
+        })
+    }
+}
+
+/// A request with nothing in it (what a finished parser leaves behind).
+fn empty_request() -> Request {
+    Request {
+        method: String::new(),
+        path: String::new(),
+        query: None,
+        headers: Vec::new(),
+        body: Vec::new(),
+        version_minor: 1,
+    }
+}
+
+/// Decodes chunks from `buf[*pos..]` into `body` (RFC 9112 7.1); `Ok(true)` once the last chunk
+/// and its trailers are in. Bounds: the decoded body by `max_body`, the whole chunked body on the
+/// wire (sizes, extensions, trailers) by twice that, each size line by [`MAX_CHUNK_LINE`], the
+/// trailers by `max_header_bytes`. Each byte is looked at a bounded number of times however the
+/// body is split over reads: a line is parsed once its line break has arrived.
+fn decode_chunks(
+    buf: &[u8],
+    body_start: usize,
+    pos: &mut usize,
+    phase: &mut ChunkPhase,
+    body: &mut Vec<u8>,
+    limits: &Limits,
+) -> Result<bool, HttpError> {
+    let wire_limit = limits.max_body.saturating_mul(2);
+    loop {
+        if *pos - body_start > wire_limit {
+            return Err(HttpError::BodyTooLarge {
+                length: (*pos - body_start) as u64,
+            });
+        }
+        let rest = &buf[*pos..];
+        match *phase {
+            ChunkPhase::Size(scanned) => {
+                let Some(newline) = memchr(b'\n', &rest[scanned..]).map(|i| scanned + i) else {
+                    if rest.len() > MAX_CHUNK_LINE {
+                        return Err(HttpError::BadChunk);
+                    }
+                    *phase = ChunkPhase::Size(rest.len());
+                    return Ok(false);
+                };
+                let Ok(httparse::Status::Complete((used, size))) =
+                    httparse::parse_chunk_size(&rest[..=newline])
+                else {
+                    return Err(HttpError::BadChunk);
+                };
+                if used > MAX_CHUNK_LINE {
+                    return Err(HttpError::BadChunk);
+                }
+                let total = (body.len() as u64).saturating_add(size);
+                if total > limits.max_body as u64 {
+                    return Err(HttpError::BodyTooLarge { length: total });
+                }
+                *pos += used;
+                *phase = match size {
+                    0 => ChunkPhase::Trailers { seen: 0, scanned: 0 },
+                    n => ChunkPhase::Data(n as usize),
+                };
+            }
+            ChunkPhase::Data(left) => {
+                if rest.is_empty() {
+                    return Ok(false);
+                }
+                let take = left.min(rest.len());
+                body.extend_from_slice(&rest[..take]);
+                *pos += take;
+                *phase = match left - take {
+                    0 => ChunkPhase::DataEnd,
+                    n => ChunkPhase::Data(n),
+                };
+            }
+            ChunkPhase::DataEnd => match rest {
+                [b'\r', b'\n', ..] => {
+                    *pos += 2;
+                    *phase = ChunkPhase::Size(0);
+                }
+                [b'\n', ..] => {
+                    *pos += 1;
+                    *phase = ChunkPhase::Size(0);
+                }
+                [] | [b'\r'] => return Ok(false),
+                _ => return Err(HttpError::BadChunk),
+            },
+            ChunkPhase::Trailers { seen, scanned } => {
+                let Some(newline) = memchr(b'\n', &rest[scanned..]).map(|i| scanned + i) else {
+                    if seen + rest.len() > limits.max_header_bytes {
+                        return Err(HttpError::HeadersTooLarge);
+                    }
+                    *phase = ChunkPhase::Trailers {
+                        seen,
+                        scanned: rest.len(),
+                    };
+                    return Ok(false);
+                };
+                *pos += newline + 1;
+                if matches!(&rest[..newline], [] | [b'\r']) {
+                    return Ok(true);
+                }
+                // Trailer fields are read past and dropped: nothing here needs them.
+                let seen = seen + newline + 1;
+                if seen > limits.max_header_bytes {
+                    return Err(HttpError::HeadersTooLarge);
+                }
+                *phase = ChunkPhase::Trailers { seen, scanned: 0 };
+            }
+        }
+    }
 }
 
 /// Maps an httparse error; a well-formed `HTTP/x.y` other than 1.0/1.1 becomes 505, not 400.
@@ -249,13 +580,6 @@ fn leading_empty_lines(buf: &[u8]) -> usize {
     buf.iter()
         .take_while(|&&b| b == b'\r' || b == b'\n')
         .count()
-}
-
-/// Where the request line ends: `(start, Some(index of its '\n'))`, or `None` for the newline
-/// when it has not arrived yet.
-fn request_line_end(buf: &[u8]) -> (usize, Option<usize>) {
-    let start = leading_empty_lines(buf);
-    (start, memchr(b'\n', &buf[start..]).map(|i| start + i))
 }
 
 /// 414 when the request line (without CR LF) is over the limit, finished or not.
@@ -288,13 +612,27 @@ fn check_header_bytes(
     Ok(())
 }
 
-/// The body length from the headers: 0 without `Content-Length`. Rejects `Transfer-Encoding`,
-/// unparsable or conflicting lengths, and lengths over the limit (before the body is read).
-fn body_length(headers: &[httparse::Header<'_>], limits: &Limits) -> Result<usize, HttpError> {
+/// How a request's body is framed.
+enum Framing {
+    /// `Content-Length` bytes (0 without the header).
+    Length(usize),
+    /// `Transfer-Encoding: chunked`.
+    Chunked,
+}
+
+/// The body framing from the headers: `Content-Length` (0 without it), or chunked. Refuses a
+/// transfer coding other than `chunked`, both headers at once (RFC 9112 6.3: a request smuggling
+/// vector), unparsable or conflicting lengths, and lengths over the limit (before the body is
+/// read).
+fn body_framing(headers: &[httparse::Header<'_>], limits: &Limits) -> Result<Framing, HttpError> {
     let mut length: Option<u64> = None;
+    let mut chunked = false;
     for h in headers {
         if h.name.eq_ignore_ascii_case("transfer-encoding") {
-            return Err(HttpError::TransferEncodingUnsupported);
+            if chunked || !trim_ows(h.value).eq_ignore_ascii_case(b"chunked") {
+                return Err(HttpError::TransferEncodingUnsupported);
+            }
+            chunked = true;
         }
         if h.name.eq_ignore_ascii_case("content-length") {
             let value = parse_content_length(h.value)?;
@@ -304,9 +642,15 @@ fn body_length(headers: &[httparse::Header<'_>], limits: &Limits) -> Result<usiz
             length = Some(value);
         }
     }
+    if chunked {
+        return match length {
+            Some(_) => Err(HttpError::LengthAndChunked),
+            None => Ok(Framing::Chunked),
+        };
+    }
     let length = length.unwrap_or(0);
     match usize::try_from(length) {
-        Ok(len) if len <= limits.max_body => Ok(len),
+        Ok(len) if len <= limits.max_body => Ok(Framing::Length(len)),
         _ => Err(HttpError::BodyTooLarge { length }),
     }
 }
@@ -639,13 +983,134 @@ mod tests {
         assert_eq!(req.body, b"ab");
     }
 
+    const CHUNKED: &[u8] = b"POST /api/twilio/voice HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n\
+        7\r\nCallSid\r\n\
+        4;ext=1\r\n=CA1\r\n\
+        0\r\nX-Trailer: t\r\n\r\n";
+
     #[test]
-    fn transfer_encoding_is_501() {
-        let raw = b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n";
-        let err = parse(raw).unwrap_err();
-        assert_eq!(err, HttpError::TransferEncodingUnsupported);
-        assert_eq!(err.status(), 501);
-        assert!(err.to_string().contains("content-length"));
+    fn a_chunked_body_is_decoded_and_its_trailers_are_read_past() {
+        let mut buf = CHUNKED.to_vec();
+        buf.extend_from_slice(b"GET /next HTTP/1.1\r\n\r\n");
+        let (req, consumed) = complete(&buf);
+        assert_eq!(req.body, b"CallSid=CA1");
+        assert_eq!(consumed, CHUNKED.len(), "the pipelined request stays");
+        for end in 0..CHUNKED.len() {
+            assert_eq!(parse(&CHUNKED[..end]), Ok(Parsed::Partial), "prefix {end}");
+        }
+    }
+
+    #[test]
+    fn a_chunked_body_is_bounded_by_the_body_limit() {
+        let limits = Limits {
+            max_body: 10,
+            ..Limits::default()
+        };
+        assert_eq!(
+            parse_request(CHUNKED, &limits),
+            Err(HttpError::BodyTooLarge { length: 11 })
+        );
+        // A huge announced chunk is refused before any of it arrives.
+        let raw = b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\nffffffffff\r\n";
+        assert_eq!(status_of(raw, &Limits::default()), 413);
+    }
+
+    #[test]
+    fn length_with_chunked_is_400_and_other_codings_501() {
+        let both = b"POST / HTTP/1.1\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n";
+        assert_eq!(parse(both), Err(HttpError::LengthAndChunked));
+        assert_eq!(HttpError::LengthAndChunked.status(), 400);
+        for raw in [
+            &b"POST / HTTP/1.1\r\nTransfer-Encoding: gzip, chunked\r\n\r\n"[..],
+            b"POST / HTTP/1.1\r\nTransfer-Encoding: identity\r\n\r\n",
+            b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n",
+        ] {
+            assert_eq!(parse(raw), Err(HttpError::TransferEncodingUnsupported));
+            assert_eq!(status_of(raw, &Limits::default()), 501);
+        }
+    }
+
+    #[test]
+    fn malformed_chunked_bodies_are_400() {
+        let head = b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
+        for body in [
+            &b"zz\r\n"[..],
+            b"3\r\nabcX",
+            b"3\r\nabc\rX",
+            &[b'1'; MAX_CHUNK_LINE + 1],
+        ] {
+            let mut raw = head.clone();
+            raw.extend_from_slice(body);
+            assert_eq!(
+                parse(&raw),
+                Err(HttpError::BadChunk),
+                "{}",
+                String::from_utf8_lossy(body)
+            );
+        }
+        // Framing is bounded too: endless chunk extensions around one-byte chunks.
+        let mut raw = head.clone();
+        for _ in 0..2_000 {
+            raw.extend_from_slice(format!("1;{}\r\nx\r\n", "e".repeat(200)).as_bytes());
+        }
+        assert!(matches!(
+            parse(&raw),
+            Err(HttpError::BodyTooLarge { .. })
+        ));
+        // Trailers are bounded like a header section.
+        let limits = Limits {
+            max_header_bytes: 16,
+            ..Limits::default()
+        };
+        let mut raw = head.clone();
+        raw.extend_from_slice(b"0\r\nX-Long-Trailer: 1234567890\r\n\r\n");
+        assert_eq!(status_of(&raw, &limits), 431);
+    }
+
+    /// Feeds `raw` to one parser `step` bytes at a time, as reads would; the answer and the work.
+    fn parse_in_steps(raw: &[u8], step: usize) -> (Result<Parsed, HttpError>, u64) {
+        let mut parser = RequestParser::default();
+        let mut end = 0;
+        loop {
+            end = (end + step).min(raw.len());
+            let r = parser.parse(&raw[..end], &Limits::default());
+            if r != Ok(Parsed::Partial) || end == raw.len() {
+                return (r, parser.work());
+            }
+        }
+    }
+
+    #[test]
+    fn a_request_split_over_reads_parses_as_a_whole_one() {
+        for raw in [WEBHOOK, CHUNKED, b"\r\nGET / HTTP/1.1\r\nA: 1\r\n\r\n"] {
+            for step in [1, 2, 3, 7, 64, raw.len()] {
+                assert_eq!(parse_in_steps(raw, step).0, parse(raw), "step {step}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_header_section_arriving_a_byte_per_read_costs_linear_work() {
+        // 15 KiB of headers (just under the limit), one byte per read: the parser must look at
+        // each byte a bounded number of times. A parse from the start on every read would do
+        // ~n²/2 = 115 million byte visits here.
+        let mut raw = b"POST /api/twilio/voice HTTP/1.1\r\n".to_vec();
+        for i in 0..60 {
+            raw.extend_from_slice(format!("X-Filler-{i:02}: {}\r\n", "a".repeat(240)).as_bytes());
+        }
+        raw.extend_from_slice(b"Content-Length: 0\r\n\r\n");
+        assert!(raw.len() > 15_000);
+        let (r, work) = parse_in_steps(&raw, 1);
+        assert!(matches!(r, Ok(Parsed::Complete { .. })), "{r:?}");
+        assert!(
+            work <= 4 * raw.len() as u64,
+            "{work} byte visits for {} bytes",
+            raw.len()
+        );
+        // The same holds for a body arriving byte by byte.
+        let (r, work) = parse_in_steps(CHUNKED, 1);
+        assert!(matches!(r, Ok(Parsed::Complete { .. })), "{r:?}");
+        assert!(work <= 4 * CHUNKED.len() as u64, "{work}");
     }
 
     #[test]
@@ -658,7 +1123,7 @@ mod tests {
             status_of(b"GET / HTTP/1.2\r\n\r\n", &Limits::default()),
             505
         );
-        assert_eq!(status_of(b"GET / HTTP/3", &Limits::default()), 505);
+        assert_eq!(status_of(b"GET / HTTP/3\r\n", &Limits::default()), 505);
         assert_eq!(status_of(b"GET / FTP/1.1\r\n\r\n", &Limits::default()), 400);
     }
 

@@ -23,7 +23,7 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 
 use crate::bridge::{Call, CallConfig, CallEvent, EndReason, Leg};
-use crate::front::http::{self, Limits, Parsed, Request};
+use crate::front::http::{self, Limits, Parsed, Request, RequestParser};
 use crate::front::routes::{App, Response, Routed, UpgradeGrant};
 use crate::front::ws::{self, Decoder, Encoder, Message, Role};
 use crate::metrics::Refusal;
@@ -296,8 +296,11 @@ async fn read_request<S: AsyncRead + Unpin>(
     read_timeout: Duration,
 ) -> Result<Option<http::Request>, Response> {
     let mut deadline: Option<tokio::time::Instant> = None;
+    // Resumes where the last read's bytes left it: a request dribbled a byte at a time costs
+    // its length, not its length squared.
+    let mut parser = RequestParser::default();
     loop {
-        match http::parse_request(buf, limits) {
+        match parser.parse(buf, limits) {
             Ok(Parsed::Complete { request, consumed }) => {
                 buf.drain(..consumed);
                 return Ok(Some(request));
