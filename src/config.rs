@@ -810,6 +810,44 @@ mod tests {
     const LOCAL: [&str; 2] = ["--openai-url", "ws://127.0.0.1:9/"];
 
     #[test]
+    fn env_example_lists_every_setting_with_its_default() {
+        use clap::CommandFactory;
+        let text = include_str!("../.env.example");
+        // `NAME=value` lines, commented out or not.
+        let listed: std::collections::HashMap<&str, &str> = text
+            .lines()
+            .map(|l| l.trim_start_matches('#').trim_start())
+            .filter_map(|l| l.split_once('='))
+            .filter(|(k, _)| {
+                !k.is_empty() && k.bytes().all(|b| b.is_ascii_uppercase() || b == b'_')
+            })
+            .collect();
+        let mut settings = vec!["LOG_LEVEL"];
+        let command = Cli::command();
+        for arg in command.get_arguments() {
+            let Some(env) = arg.get_env() else { continue };
+            let name = env.to_str().unwrap();
+            settings.push(name);
+            let value = listed
+                .get(name)
+                .unwrap_or_else(|| panic!("{name} is missing from .env.example"));
+            if let [default] = arg.get_default_values() {
+                assert_eq!(
+                    *value,
+                    default.to_str().unwrap(),
+                    "{name}: .env.example shows another default"
+                );
+            }
+        }
+        for name in listed.keys() {
+            assert!(
+                settings.contains(name),
+                "{name} in .env.example is no setting"
+            );
+        }
+    }
+
+    #[test]
     fn serve_refuses_to_run_unsigned_unless_asked_and_says_how() {
         let err = parse_exact(&LOCAL).unwrap_err().to_string();
         assert!(

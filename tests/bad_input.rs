@@ -59,7 +59,7 @@ async fn established(mock: &MockServer, proxy: &Proxy, n: u32) -> RawStream {
     let mut raw = RawStream::open(proxy.addr, n).await;
     raw.start().await;
     assert!(
-        eventually(Duration::from_secs(3), || session_updated(mock)
+        eventually(Duration::from_secs(10), || session_updated(mock)
             && proxy_saw_session_updated(proxy))
         .await,
         "no session.updated; log:\n{}",
@@ -236,7 +236,7 @@ async fn media_before_start_is_dropped_with_a_media_before_start_warning_and_sta
     raw.send(media(&sid, 1, &frame(n, 99))).await;
     raw.start().await;
     assert!(
-        eventually(Duration::from_secs(3), || session_updated(&mock)
+        eventually(Duration::from_secs(10), || session_updated(&mock)
             && proxy_saw_session_updated(&proxy))
         .await
     );
@@ -747,19 +747,144 @@ async fn a_request_line_over_8_kb_gets_414() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_chunked_request_gets_501() {
-    let (_mock, mut proxy) = http_proxy(&[]).await;
-    let req = format!(
-        "POST /api/twilio/voice HTTP/1.1\r\nHost: {}\r\nContent-Type: application/x-www-form-urlencoded\r\nTransfer-Encoding: chunked\r\n\r\nb\r\nCallSid=CA1\r\n0\r\n\r\n",
-        proxy.addr
+async fn a_ping_flood_from_a_twilio_peer_that_reads_nothing_is_not_read_and_the_call_ends_stalled()
+{
+    let n = 43;
+    let mock = mock(|_| {}).await;
+    // A stall timeout longer than the flood takes to fill 32 MB without backpressure.
+    let mut proxy = Proxy::with_mock(&mock, &[("WRITE_STALL_TIMEOUT_SECS", "5")]);
+    let mut raw = established(&mock, &proxy, n).await;
+    // Pings of the largest control payload, never reading a pong. Without backpressure the
+    // proxy would read them all and queue a pong for each: memory without bound.
+    let payload = [0x55u8; 125];
+    let mut sent: usize = 0;
+    let limit = 64 * 1024 * 1024;
+    while sent < limit {
+        match tokio::time::timeout(Duration::from_secs(3), raw.try_send_ping(&payload)).await {
+            Ok(Ok(())) => sent += 131,
+            // The proxy stopped reading (our send blocked), then ended the call (it failed).
+            Err(_) | Ok(Err(_)) => break,
+        }
+    }
+    assert!(
+        sent < limit / 2,
+        "{sent} bytes of pings went in without pushback"
     );
-    let (resp, _) = raw_exchange(proxy.addr, req.as_bytes()).await;
+    let summary = finished_line_within(&proxy, Duration::from_secs(30)).await;
+    assert!(summary.contains("reason=\"twilio_stalled\""), "{summary}");
+    assert!(proxy.is_running());
+}
+
+/// A signed voice webhook for call `n` whose form body is sent chunked (as a proxy that
+/// re-chunks bodies would), `pieces` bytes per chunk, with `extra` headers.
+fn chunked_webhook(n: u32, pieces: usize, extra: &str) -> Vec<u8> {
+    use callbridge::sim::webhook;
+    let call = webhook::CallIdentity {
+        call_sid: webhook::sid("CA", u128::from(n)),
+        account_sid: webhook::sid("AC", 1),
+        from: "+819012345678".into(),
+        to: "+81501234567".into(),
+        extra: vec![],
+    };
+    let params = webhook::voice_params(&call, "ringing");
+    let url = format!("https://{}/api/twilio/voice", common::PUBLIC_HOST);
+    let sig = webhook::signature(common::AUTH_TOKEN, &url, &params);
+    let body = webhook::form_encode(&params);
+    let mut req = format!(
+        "POST /api/twilio/voice HTTP/1.1\r\nHost: {}\r\nX-Twilio-Signature: {sig}\r\n\
+         Content-Type: application/x-www-form-urlencoded\r\n{extra}\r\n",
+        common::PUBLIC_HOST
+    )
+    .into_bytes();
+    for chunk in body.as_bytes().chunks(pieces) {
+        req.extend_from_slice(format!("{:x}\r\n", chunk.len()).as_bytes());
+        req.extend_from_slice(chunk);
+        req.extend_from_slice(b"\r\n");
+    }
+    req.extend_from_slice(b"0\r\n\r\n");
+    req
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_chunked_webhook_body_is_decoded_and_answered() {
+    let (_mock, mut proxy) = http_proxy(&[]).await;
+    let req = chunked_webhook(51, 37, "Transfer-Encoding: chunked\r\n");
+    let (resp, _) = raw_exchange(proxy.addr, &req).await;
+    assert_eq!(resp.status, 200, "{}", String::from_utf8_lossy(&resp.body));
+    let twiml = Twiml::parse(std::str::from_utf8(&resp.body).unwrap()).unwrap();
+    assert!(twiml.stream().is_some(), "the signed form was read whole");
+    assert!(proxy.is_running());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn content_length_with_transfer_encoding_gets_400_and_other_codings_501() {
+    let (_mock, mut proxy) = http_proxy(&[]).await;
+    let req = chunked_webhook(
+        52,
+        64,
+        "Transfer-Encoding: chunked\r\nContent-Length: 5\r\n",
+    );
+    let (resp, _) = raw_exchange(proxy.addr, &req).await;
+    assert_eq!(resp.status, 400);
+    assert!(
+        bad_request_logged(&proxy, 400).await,
+        "log:\n{}",
+        proxy.log()
+    );
+    let req = chunked_webhook(53, 64, "Transfer-Encoding: gzip, chunked\r\n");
+    let (resp, _) = raw_exchange(proxy.addr, &req).await;
     assert_eq!(resp.status, 501);
     assert!(
         bad_request_logged(&proxy, 501).await,
         "log:\n{}",
         proxy.log()
     );
+    assert!(proxy.is_running());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn head_gets_the_headers_of_get_and_no_body() {
+    let (_mock, mut proxy) = http_proxy(&[]).await;
+    let raw = http_raw(
+        proxy.addr,
+        b"HEAD /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        Duration::from_secs(3),
+    )
+    .await;
+    let text = String::from_utf8_lossy(&raw);
+    let (head, body) = text.split_once("\r\n\r\n").expect("a head");
+    assert!(head.starts_with("HTTP/1.1 200 OK"), "{head}");
+    let length: usize = head
+        .lines()
+        .find_map(|l| l.strip_prefix("Content-Length: "))
+        .expect("Content-Length")
+        .parse()
+        .unwrap();
+    assert!(length > 0, "the length GET's body would have");
+    assert_eq!(body, "", "no body after a HEAD");
+    assert!(proxy.is_running());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_reads_no_responses_is_dropped_after_the_write_timeout() {
+    use tokio::io::AsyncWriteExt;
+    let (_mock, mut proxy) = http_proxy(&[("HTTP_WRITE_TIMEOUT_SECS", "1")]).await;
+    // A small receive window, and scrape after pipelined scrape, none of them read: the
+    // answers fill the socket and the proxy's next write cannot complete.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let mut stream = socket.connect(proxy.addr).await.expect("connect");
+    let scrapes = b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n".repeat(2_000);
+    let _ = tokio::time::timeout(Duration::from_secs(5), stream.write_all(&scrapes)).await;
+    assert!(
+        eventually(Duration::from_secs(10), || proxy
+            .log()
+            .contains("http response not taken within HTTP_WRITE_TIMEOUT_SECS"))
+        .await,
+        "log:\n{}",
+        proxy.log()
+    );
+    drop(stream);
     assert!(proxy.is_running());
 }
 

@@ -59,3 +59,27 @@ async fn after_three_failed_connects_the_webhook_sends_callers_straight_to_the_c
             .join("\n")
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_pools_failed_warming_opens_the_breaker_before_any_call_tries() {
+    // No call is placed: only the pool's own connects learn that OpenAI is unreachable.
+    let proxy = Proxy::spawn(&[
+        ("OPENAI_REALTIME_URL", "ws://127.0.0.1:1/v1/realtime"),
+        ("OPENAI_REALTIME_API_KEY", "sk-test"),
+        ("OPENAI_POOL_MAX", "2"),
+        ("TWILIO_AUTH_TOKEN", common::AUTH_TOKEN),
+        ("PUBLIC_HOST", common::PUBLIC_HOST),
+    ]);
+    assert!(
+        common::eventually(Duration::from_secs(10), || proxy
+            .log()
+            .contains("OpenAI unreachable: new calls go to the legacy conference"))
+        .await,
+        "log:\n{}",
+        proxy.log()
+    );
+    let resp = post_webhook(proxy.addr, 70).await;
+    let twiml = Twiml::parse(std::str::from_utf8(&resp.body).unwrap()).expect("TwiML");
+    assert!(twiml.stream().is_none(), "{:?}", twiml);
+    assert_eq!(twiml.conference(), Some(room(70).as_str()));
+}

@@ -111,7 +111,7 @@ async fn start_and_media_in_one_write(
 /// Waits until the mock has confirmed a session (sent `session.updated`), then lets the proxy
 /// read it: audio sent from now on is forwarded (audio still buffered when a call ends is not).
 async fn wait_session_ready(mock: &MockServer) {
-    let ready = eventually(Duration::from_secs(3), || {
+    let ready = eventually(Duration::from_secs(10), || {
         mock.sessions().iter().any(|s| {
             s.sent_events
                 .iter()

@@ -500,7 +500,10 @@ fn decode_chunks(
                 }
                 *pos += used;
                 *phase = match size {
-                    0 => ChunkPhase::Trailers { seen: 0, scanned: 0 },
+                    0 => ChunkPhase::Trailers {
+                        seen: 0,
+                        scanned: 0,
+                    },
                     n => ChunkPhase::Data(n as usize),
                 };
             }
@@ -983,7 +986,8 @@ mod tests {
         assert_eq!(req.body, b"ab");
     }
 
-    const CHUNKED: &[u8] = b"POST /api/twilio/voice HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n\
+    const CHUNKED: &[u8] =
+        b"POST /api/twilio/voice HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n\
         7\r\nCallSid\r\n\
         4;ext=1\r\n=CA1\r\n\
         0\r\nX-Trailer: t\r\n\r\n";
@@ -1017,7 +1021,8 @@ mod tests {
 
     #[test]
     fn length_with_chunked_is_400_and_other_codings_501() {
-        let both = b"POST / HTTP/1.1\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n";
+        let both =
+            b"POST / HTTP/1.1\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n";
         assert_eq!(parse(both), Err(HttpError::LengthAndChunked));
         assert_eq!(HttpError::LengthAndChunked.status(), 400);
         for raw in [
@@ -1053,10 +1058,7 @@ mod tests {
         for _ in 0..2_000 {
             raw.extend_from_slice(format!("1;{}\r\nx\r\n", "e".repeat(200)).as_bytes());
         }
-        assert!(matches!(
-            parse(&raw),
-            Err(HttpError::BodyTooLarge { .. })
-        ));
+        assert!(matches!(parse(&raw), Err(HttpError::BodyTooLarge { .. })));
         // Trailers are bounded like a header section.
         let limits = Limits {
             max_header_bytes: 16,

@@ -4,9 +4,9 @@
 //! | route | method | answer |
 //! | --- | --- | --- |
 //! | `/api/twilio/voice` | POST | TwiML: `<Connect><Stream>` (or the legacy conference) |
-//! | `/api/twilio/after-stream[/{callId}]` | POST | TwiML after the stream: `<Hangup/>`, or the conference when the AI leg failed |
+//! | `/api/twilio/after-stream[/{callId}]` | POST | TwiML after the stream: `<Hangup/>` for a call seen to end normally here, else the conference |
 //! | `/api/twilio/status` | POST | 204 (status callbacks) |
-//! | `/api/twilio/media-stream/{callId}` | GET | WebSocket upgrade for a signed, unexpired `callId`; 403 otherwise |
+//! | `/api/twilio/media-stream/{callId}` | GET | WebSocket upgrade for a signed, unexpired, unused `callId` with a valid upgrade signature (403, 409 otherwise); past `MAX_CALLS` accepted and closed at once |
 //! | `/healthz` | GET | 200 with the active call count |
 //! | `/api/admin/…` | * | the admin API ([`super::admin`]) |
 //! | `/metrics` | GET | Prometheus text format ([`crate::metrics::render`]) |

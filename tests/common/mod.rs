@@ -108,11 +108,17 @@ pub fn temp_data_dir(tag: &str) -> std::path::PathBuf {
 
 impl Proxy {
     /// Spawns the real binary with a clean environment plus `env`, and waits for "listening on".
+    /// It runs in the temp directory, outside the repository, so a developer's ./.env never
+    /// reaches the tests.
     pub fn spawn(env: &[(&str, &str)]) -> Proxy {
+        Proxy::spawn_in(&std::env::temp_dir(), env)
+    }
+
+    /// [`Proxy::spawn`] with `dir` as the working directory (where `serve` looks for `.env`).
+    pub fn spawn_in(dir: &std::path::Path, env: &[(&str, &str)]) -> Proxy {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_callbridge"));
-        // Run outside the repository, so a developer's ./.env never reaches the tests.
         cmd.arg("serve")
-            .current_dir(std::env::temp_dir())
+            .current_dir(dir)
             .env_clear()
             .env("LISTEN", "127.0.0.1:0")
             .env("LOG_LEVEL", "info")
@@ -437,9 +443,14 @@ impl RawStream {
 
     /// Sends a ping frame (masked, as a client's must be).
     pub async fn send_ping(&mut self, payload: &[u8]) {
+        self.try_send_ping(payload).await.expect("send ping");
+    }
+
+    /// Sends a ping frame; the error when the proxy has closed the socket.
+    pub async fn try_send_ping(&mut self, payload: &[u8]) -> std::io::Result<()> {
         let mut out = Vec::new();
         self.enc.ping(&mut out, payload);
-        self.stream.write_all(&out).await.expect("send ping");
+        self.stream.write_all(&out).await
     }
 
     /// Sends a binary frame.
