@@ -122,6 +122,19 @@ pub struct ServeArgs {
     /// Seconds to wait for a complete HTTP request head and body.
     #[arg(long, env = "HTTP_READ_TIMEOUT_SECS", default_value_t = 10.0)]
     pub http_read_timeout_secs: f64,
+    /// Seconds after SIGTERM during which media-stream upgrades are still bridged (their TwiML
+    /// is out, and load balancers take time to notice /readyz); later ones are accepted and
+    /// closed at once, so the caller reaches the fallback.
+    #[arg(long, env = "DRAIN_ACCEPT_SECS", default_value_t = 10.0)]
+    pub drain_accept_secs: f64,
+    /// Seconds calls in flight may run on after SIGTERM; past it they are closed (the caller
+    /// reaches the fallback, the record says `drained`).
+    #[arg(long, env = "DRAIN_TIMEOUT_SECS", default_value_t = 900.0)]
+    pub drain_timeout_secs: f64,
+    /// Seconds the HTTP listener stays open after the last call of a drain ended, for Twilio's
+    /// after-stream and status callbacks.
+    #[arg(long, env = "DRAIN_HTTP_GRACE_SECS", default_value_t = 5.0)]
+    pub drain_http_grace_secs: f64,
     /// Seconds a peer may take to read one HTTP response before the connection is dropped.
     #[arg(long, env = "HTTP_WRITE_TIMEOUT_SECS", default_value_t = 10.0)]
     pub http_write_timeout_secs: f64,
@@ -341,6 +354,17 @@ impl WsUrl {
     }
 }
 
+/// How long each part of a drain may take (`DRAIN_*`; README "Deploying").
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DrainConfig {
+    /// Upgrades are still bridged this long after the signal.
+    pub accept: Duration,
+    /// Calls in flight run on at most this long.
+    pub timeout: Duration,
+    /// The listener stays open this long after the last call, for after-stream and callbacks.
+    pub http_grace: Duration,
+}
+
 /// Shortest accepted `ADMIN_TOKEN`: 16 characters (with letters and digits, ~95 bits), beyond
 /// guessing over the network.
 pub const MIN_ADMIN_TOKEN_LEN: usize = 16;
@@ -433,6 +457,8 @@ pub struct Config {
     pub http_read_timeout: Duration,
     /// HTTP response write timeout.
     pub http_write_timeout: Duration,
+    /// How the instance drains on SIGTERM.
+    pub drain: DrainConfig,
     /// Transcripts in the log at debug level (`LOG_TRANSCRIPTS`).
     pub log_transcripts: bool,
     /// A started Twilio stream silent for this long is dead.
@@ -609,6 +635,11 @@ impl ServeArgs {
             admin_token,
             http_read_timeout: secs("HTTP_READ_TIMEOUT_SECS", self.http_read_timeout_secs)?,
             http_write_timeout: secs("HTTP_WRITE_TIMEOUT_SECS", self.http_write_timeout_secs)?,
+            drain: DrainConfig {
+                accept: secs_or_zero("DRAIN_ACCEPT_SECS", self.drain_accept_secs)?,
+                timeout: secs_or_zero("DRAIN_TIMEOUT_SECS", self.drain_timeout_secs)?,
+                http_grace: secs_or_zero("DRAIN_HTTP_GRACE_SECS", self.drain_http_grace_secs)?,
+            },
             log_transcripts: self.log_transcripts,
             twilio_idle_timeout: secs("TWILIO_IDLE_TIMEOUT_SECS", self.twilio_idle_timeout_secs)?,
             write_stall_timeout: secs("WRITE_STALL_TIMEOUT_SECS", self.write_stall_timeout_secs)?,
@@ -704,6 +735,18 @@ impl ServeArgs {
             tools,
             speed: None,
             noise_reduction: Some("near_field".to_owned()),
+        })
+    }
+}
+
+/// A number of seconds in `[0, 1 day]` (a drain may be told to take no time, or a long time).
+fn secs_or_zero(name: &'static str, v: f64) -> Result<Duration, ConfigError> {
+    if v.is_finite() && (0.0..=86_400.0).contains(&v) {
+        Ok(Duration::from_secs_f64(v))
+    } else {
+        Err(ConfigError::Invalid {
+            name,
+            why: format!("{v} is not a number of seconds in [0, 86400]"),
         })
     }
 }
@@ -1034,7 +1077,9 @@ mod tests {
     #[test]
     fn bad_values_are_refused_by_name() {
         let base = ["--openai-url", "ws://127.0.0.1:9/"];
-        let cases: [(&[&str], &str); 14] = [
+        let cases: [(&[&str], &str); 16] = [
+            (&["--drain-timeout-secs=-1"], "DRAIN_TIMEOUT_SECS"),
+            (&["--drain-accept-secs", "NaN"], "DRAIN_ACCEPT_SECS"),
             (&["--admin-token", "short-token"], "ADMIN_TOKEN"),
             (&["--stream-reserve-secs", "0"], "STREAM_RESERVE_SECS"),
             (

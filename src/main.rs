@@ -145,21 +145,46 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     tracing::info!(addr = %server.local_addr, realtime, openai = %url, "callbridge listening");
     // Tests and scripts read this line to find the port.
     println!("listening on {}", server.local_addr);
-    shutdown_signal().await;
+    // SIGTERM or SIGINT drains (README "Deploying"); a second one ends the drain at once.
+    let mut signals = Signals::new().context("installing the signal handlers")?;
+    signals.next().await;
+    let drain = server.app.config().drain;
     tracing::info!(
         active_calls = server.app.active_calls(),
-        "shutting down: no new calls, waiting for active ones (30 s at most)"
+        accept_secs = drain.accept.as_secs_f64(),
+        timeout_secs = drain.timeout.as_secs_f64(),
+        "signal: draining (/readyz 503; calls in flight run on; a second signal exits at once)"
     );
-    server.stop(Duration::from_secs(30)).await;
+    server
+        .drain(async move {
+            signals.next().await;
+        })
+        .await;
+    tracing::info!("drained: exiting");
     Ok(())
 }
 
-async fn shutdown_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate()).ok();
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {}
+/// SIGTERM and SIGINT, as one stream of signals.
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn new() -> std::io::Result<Signals> {
+        use tokio::signal::unix::{signal, SignalKind};
+        Ok(Signals {
+            term: signal(SignalKind::terminate())?,
+            int: signal(SignalKind::interrupt())?,
+        })
+    }
+
+    /// The next SIGTERM or SIGINT.
+    async fn next(&mut self) {
+        tokio::select! {
+            _ = self.term.recv() => {}
+            _ = self.int.recv() => {}
+        }
     }
 }
 
@@ -194,7 +219,10 @@ async fn mock_openai(args: MockArgs) -> anyhow::Result<()> {
             ""
         }
     );
-    shutdown_signal().await;
+    Signals::new()
+        .context("installing the signal handlers")?
+        .next()
+        .await;
     Ok(())
 }
 

@@ -94,6 +94,10 @@ pub const REFUSED: &str = "callbridge_refused_total";
 pub const AGENT_ERRORS: &str = "callbridge_agent_errors_total";
 /// 1 when the server runs without Twilio signatures (`ALLOW_UNSIGNED_WEBHOOKS=true`), else 0.
 pub const UNSIGNED_WEBHOOKS: &str = "callbridge_unsigned_webhooks";
+/// 1 while the instance drains (after SIGTERM), else 0.
+pub const DRAINING: &str = "callbridge_draining";
+/// Calls still up during a drain, set every second of it.
+pub const DRAIN_CALLS_LEFT: &str = "callbridge_drain_calls_left";
 /// Open HTTP connections, calls' streams included (gauge, set at scrape time).
 pub const HTTP_CONNECTIONS: &str = "callbridge_http_connections";
 /// Process CPU time, user + system (counter, from `/proc/self/stat`).
@@ -129,6 +133,8 @@ pub const ALL_METRICS: &[&str] = &[
     AGENT_ERRORS,
     UNSIGNED_WEBHOOKS,
     HTTP_CONNECTIONS,
+    DRAINING,
+    DRAIN_CALLS_LEFT,
     PROCESS_CPU,
     PROCESS_RSS,
     PROCESS_OPEN_FDS,
@@ -151,13 +157,16 @@ pub enum Refusal {
     MaxCalls,
     /// Too many unexpired stream ids remembered: 503.
     TooManyStreams,
+    /// An upgrade after the drain's accept window: accepted and closed at once with 1000.
+    Draining,
     /// A connection past `MAX_CONNECTIONS`: closed at once.
     MaxConnections,
 }
 
 impl Refusal {
     /// Every reason, for registering the series at zero.
-    pub const ALL: [Refusal; 7] = [
+    pub const ALL: [Refusal; 8] = [
+        Refusal::Draining,
         Refusal::WebhookSignature,
         Refusal::UpgradeSignature,
         Refusal::StreamId,
@@ -177,6 +186,7 @@ impl Refusal {
             Refusal::MaxCalls => "max_calls",
             Refusal::TooManyStreams => "too_many_streams",
             Refusal::MaxConnections => "max_connections",
+            Refusal::Draining => "draining",
         }
     }
 }
@@ -195,6 +205,12 @@ pub fn agent_error(agent: &str) {
 /// Sets [`UNSIGNED_WEBHOOKS`] (once, at start).
 pub fn set_unsigned_webhooks(unsigned: bool) {
     gauge!(UNSIGNED_WEBHOOKS).set(if unsigned { 1.0 } else { 0.0 });
+}
+
+/// Sets [`DRAINING`] and [`DRAIN_CALLS_LEFT`].
+pub fn set_drain(draining: bool, calls_left: usize) {
+    gauge!(DRAINING).set(if draining { 1.0 } else { 0.0 });
+    gauge!(DRAIN_CALLS_LEFT).set(calls_left as f64);
 }
 
 /// Sets [`HTTP_CONNECTIONS`] (at scrape time).
@@ -417,7 +433,7 @@ fn describe_all() {
     describe_counter!(
         REFUSED,
         Unit::Count,
-        "Requests and connections refused by a safety check, by reason (webhook_signature, upgrade_signature, stream_id, stream_reused, max_calls, too_many_streams, max_connections)."
+        "Requests and connections refused by a safety check, by reason (webhook_signature, upgrade_signature, stream_id, stream_reused, max_calls, too_many_streams, max_connections, draining)."
     );
     describe_counter!(
         AGENT_ERRORS,
@@ -428,6 +444,16 @@ fn describe_all() {
         UNSIGNED_WEBHOOKS,
         Unit::Count,
         "1 when Twilio signatures are not checked (ALLOW_UNSIGNED_WEBHOOKS=true): anyone can place calls."
+    );
+    describe_gauge!(
+        DRAINING,
+        Unit::Count,
+        "1 while the instance drains after SIGTERM (/readyz answers 503), else 0."
+    );
+    describe_gauge!(
+        DRAIN_CALLS_LEFT,
+        Unit::Count,
+        "Calls still up during a drain, updated every second of it."
     );
     describe_gauge!(
         HTTP_CONNECTIONS,
@@ -467,12 +493,14 @@ pub const OUTCOMES: &[&str] = &[
     "openai_connect_failed",
     "openai_setup_failed",
     "agent_rejected",
+    "drained",
     "openai_closed",
     "twilio_stalled",
     "openai_stalled",
     "fallback_realtime_off",
     "fallback_overloaded",
     "fallback_openai_down",
+    "fallback_draining",
 ];
 
 /// Call setup phases, the `phase` label of [`CALL_SETUP`].
@@ -578,6 +606,8 @@ impl Handles {
             counter!(REFUSED, "reason" => r.label()).increment(0);
         }
         gauge!(HTTP_CONNECTIONS).increment(0.0);
+        gauge!(DRAINING).increment(0.0);
+        gauge!(DRAIN_CALLS_LEFT).increment(0.0);
         for leg in ["twilio", "openai"] {
             counter!(PROTOCOL_ERRORS, "leg" => leg, "kind" => "other").increment(0);
         }
@@ -1188,6 +1218,7 @@ mod tests {
                 agent_id: s(),
                 why: s(),
             },
+            EndReason::Drained,
         ];
         for r in &all {
             match r {
@@ -1201,7 +1232,8 @@ mod tests {
                 | EndReason::OpenAiSetupFailed(_)
                 | EndReason::OpenAiClosed(_)
                 | EndReason::PeerStalled { .. }
-                | EndReason::AgentRejected { .. } => {}
+                | EndReason::AgentRejected { .. }
+                | EndReason::Drained => {}
             }
             assert!(
                 OUTCOMES.contains(&r.label()),

@@ -175,6 +175,9 @@ pub enum EndReason {
     },
     /// The OpenAI socket closed.
     OpenAiClosed(String),
+    /// The instance is shutting down and the call outlived its drain (`DRAIN_TIMEOUT_SECS`):
+    /// the stream is closed normally, so the caller reaches the fallback through after-stream.
+    Drained,
     /// A peer stopped reading: output queued for it made no progress for `after` (a hung
     /// peer, or one whose network vanished without a reset). An OpenAI leg that stalls is an
     /// AI failure: the caller gets the fallback path.
@@ -230,6 +233,7 @@ impl EndReason {
             EndReason::OpenAiConnectFailed(_) => "openai_connect_failed",
             EndReason::OpenAiSetupFailed(_) => "openai_setup_failed",
             EndReason::AgentRejected { .. } => "agent_rejected",
+            EndReason::Drained => "drained",
             EndReason::OpenAiClosed(_) => "openai_closed",
             EndReason::PeerStalled {
                 leg: Leg::Twilio, ..
@@ -256,6 +260,9 @@ impl std::fmt::Display for EndReason {
             EndReason::BadMediaFormat(what) => write!(f, "unsupported media format: {what}"),
             EndReason::OpenAiConnectFailed(why) => write!(f, "openai connect failed: {why}"),
             EndReason::OpenAiSetupFailed(why) => write!(f, "openai session setup failed: {why}"),
+            EndReason::Drained => {
+                f.write_str("drained: the instance shut down before the call ended")
+            }
             EndReason::AgentRejected { agent_id, why } => {
                 write!(f, "openai refused the settings of agent {agent_id}: {why}")
             }

@@ -7,7 +7,8 @@
 //! | `/api/twilio/after-stream[/{callId}]` | POST | TwiML after the stream: `<Hangup/>` for a call seen to end normally here, else the conference |
 //! | `/api/twilio/status` | POST | 204 (status callbacks) |
 //! | `/api/twilio/media-stream/{callId}` | GET | WebSocket upgrade for a signed, unexpired, unused `callId` with a valid upgrade signature (403, 409 otherwise); past `MAX_CALLS` accepted and closed at once |
-//! | `/healthz` | GET | 200 with the active call count |
+//! | `/healthz` | GET | 200 with the active call count (liveness) |
+//! | `/readyz` | GET | 200 while taking calls; 503 starting, draining or with the store unavailable |
 //! | `/api/admin/…` | * | the admin API ([`super::admin`]) |
 //! | `/metrics` | GET | Prometheus text format ([`crate::metrics::render`]) |
 
@@ -110,6 +111,8 @@ pub struct UpgradeGrant {
 pub enum CloseAtOnce {
     /// `MAX_CALLS` calls are active on this instance.
     Overloaded,
+    /// The instance drains, and the accept window (`DRAIN_ACCEPT_SECS`) has passed.
+    Draining,
 }
 
 impl CloseAtOnce {
@@ -117,6 +120,7 @@ impl CloseAtOnce {
     pub fn reason(self) -> &'static str {
         match self {
             CloseAtOnce::Overloaded => "over capacity",
+            CloseAtOnce::Draining => "shutting down",
         }
     }
 }
@@ -206,6 +210,28 @@ impl NormalEnds {
     }
 }
 
+/// Where the instance is in its life (design.md "Life of an instance"), for `/readyz`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Readiness {
+    /// Started, but not yet serving (its driver is coming up).
+    Starting,
+    /// Takes calls.
+    Ready,
+    /// SIGTERM came: no new calls should come here; calls in flight run on.
+    Draining,
+}
+
+/// What a drain needs to know, shared by the connections.
+#[derive(Debug)]
+struct Lifecycle {
+    readiness: Readiness,
+    /// During a drain: upgrades are still bridged until then.
+    accept_until: Option<Instant>,
+    /// Calls this instance closed during the drain whose after-stream has not come yet: the
+    /// listener stays open for them (within `DRAIN_HTTP_GRACE_SECS`).
+    awaiting_after_stream: HashSet<String>,
+}
+
 /// A slot of `MAX_CALLS`, held by a bridged call; freed when dropped.
 #[derive(Debug)]
 pub struct CallSlot {
@@ -246,6 +272,10 @@ pub struct App {
     normal_ends: Mutex<NormalEnds>,
     /// Whether OpenAI looks reachable: the webhook skips the AI while it does not.
     breaker: Breaker,
+    /// Starting, ready or draining.
+    lifecycle: Mutex<Lifecycle>,
+    /// Set at the drain's deadline: every call still up ends (`EndReason::Drained`).
+    end_calls: tokio::sync::watch::Sender<bool>,
     /// Agents, routes and call records; `None`: nothing is recorded (library use, tests).
     store: Option<Store>,
 }
@@ -266,8 +296,54 @@ impl App {
             connections: Arc::new(AtomicUsize::new(0)),
             normal_ends: Mutex::new(NormalEnds::default()),
             breaker: Breaker::new(probe_window),
+            lifecycle: Mutex::new(Lifecycle {
+                readiness: Readiness::Starting,
+                accept_until: None,
+                awaiting_after_stream: HashSet::new(),
+            }),
+            end_calls: tokio::sync::watch::channel(false).0,
             store: None,
         })
+    }
+
+    /// Where the instance is in its life.
+    pub fn readiness(&self) -> Readiness {
+        lock(&self.lifecycle).readiness
+    }
+
+    /// The driver is serving: `/readyz` answers 200.
+    pub fn mark_ready(&self) {
+        let mut l = lock(&self.lifecycle);
+        if l.readiness == Readiness::Starting {
+            l.readiness = Readiness::Ready;
+        }
+    }
+
+    /// SIGTERM: `/readyz` answers 503 from now on, and upgrades are bridged for
+    /// `DRAIN_ACCEPT_SECS` more.
+    pub fn begin_drain(&self, now: Instant) {
+        let mut l = lock(&self.lifecycle);
+        if l.readiness != Readiness::Draining {
+            l.readiness = Readiness::Draining;
+            l.accept_until = Some(now + self.cfg.drain.accept);
+        }
+        crate::metrics::set_drain(true, self.active_calls());
+    }
+
+    /// The drain's deadline has come: every call still up is ended (`drained`), its stream
+    /// closed normally so the caller reaches the fallback.
+    pub fn end_calls(&self) {
+        self.end_calls.send_replace(true);
+    }
+
+    /// What a call watches to learn that it must end ([`App::end_calls`]).
+    pub fn end_calls_signal(&self) -> tokio::sync::watch::Receiver<bool> {
+        self.end_calls.subscribe()
+    }
+
+    /// Calls closed during the drain whose after-stream has not reached this instance yet.
+    pub fn awaiting_after_streams(&self) -> usize {
+        lock(&self.lifecycle).awaiting_after_stream.len()
     }
 
     /// The same app, recording into `store` and picking agents from it.
@@ -327,6 +403,13 @@ impl App {
     pub fn call_ended(&self, call_sid: &str, normal: bool) {
         if normal {
             lock(&self.normal_ends).remember(Instant::now(), call_sid);
+            return;
+        }
+        // We closed the stream: Twilio follows the <Redirect>, and a draining instance keeps its
+        // listener open for that request.
+        let mut l = lock(&self.lifecycle);
+        if l.readiness == Readiness::Draining {
+            l.awaiting_after_stream.insert(call_sid.to_owned());
         }
     }
 
@@ -339,6 +422,7 @@ impl App {
         let path = req.path.as_str();
         let resp = match path {
             "/healthz" => self.healthz(req),
+            "/readyz" => self.readyz(req),
             "/metrics" => self.metrics_page(req),
             "/api/twilio/voice" => self.voice(req, now_unix),
             "/api/twilio/after-stream" => self.after_stream(req),
@@ -369,6 +453,21 @@ impl App {
             content_type: "application/json",
             body: body.into_bytes(),
             headers: vec![],
+        }
+    }
+
+    /// `/readyz`: 200 while the instance takes calls; 503 while it starts, drains, or its store
+    /// takes no writes, the body saying which. `/healthz` stays liveness only.
+    fn readyz(&self, req: &Request) -> Response {
+        if req.method != "GET" && req.method != "HEAD" {
+            return method_not_allowed("GET");
+        }
+        let store_ok = self.store.as_ref().is_none_or(Store::is_available);
+        match (self.readiness(), store_ok) {
+            (Readiness::Draining, _) => Response::text(503, "draining"),
+            (Readiness::Starting, _) => Response::text(503, "starting"),
+            (Readiness::Ready, false) => Response::text(503, "store unavailable"),
+            (Readiness::Ready, true) => Response::text(200, "ready"),
         }
     }
 
@@ -535,6 +634,7 @@ impl App {
         let Some(call_sid) = call_sid else {
             return Response::text(400, "missing or malformed CallSid");
         };
+        lock(&self.lifecycle).awaiting_after_stream.remove(call_sid);
         if self.ended_normally(call_sid) {
             return Response::twiml(twiml::say_hangup(None));
         }
@@ -617,6 +717,31 @@ impl App {
                 return Routed::Respond(resp);
             }
         };
+        // Draining, past the accept window: the stream is accepted and closed at once, so Twilio
+        // follows the <Redirect> to the fallback (the TwiML is out; the caller must hear someone).
+        let mut lifecycle = lock(&self.lifecycle);
+        if lifecycle
+            .accept_until
+            .is_some_and(|until| Instant::now() >= until)
+        {
+            // Its after-stream is on the way: the listener waits for it.
+            lifecycle
+                .awaiting_after_stream
+                .insert(verified.call_sid.clone());
+            drop(lifecycle);
+            tracing::warn!(
+                call_sid = %verified.call_sid,
+                "media stream after the drain's accept window: accepted and closed, after-stream sends the caller to the conference"
+            );
+            crate::metrics::refused(Refusal::Draining);
+            crate::metrics::call_outcome("fallback_draining");
+            return Routed::UpgradeThenClose {
+                accept,
+                call_sid: verified.call_sid,
+                why: CloseAtOnce::Draining,
+            };
+        }
+        drop(lifecycle);
         let admit = lock(&self.admission).admit(
             Instant::now(),
             now_unix,

@@ -78,17 +78,17 @@ fn shrink_if_idle(buf: &mut Vec<u8>) {
     }
 }
 
-/// Accepts connections while `phase` is [`Phase::Running`]; when it turns
-/// [`Phase::Draining`], closes the listener and lets the connections finish; when it turns
-/// [`Phase::Closed`] (or every connection has finished), drops what is left (closing its sockets)
-/// and returns.
+/// Accepts connections until `phase` turns [`Phase::Closed`] (a drain keeps accepting: its
+/// webhooks and Twilio's after-stream requests must be answered). Then it takes every
+/// connection still queued on the listener (closing a listener resets what is in its accept
+/// queue), closes the listener, gives the connections left [`CLOSE_TIMEOUT`] to finish, and
+/// drops the rest (closing their sockets).
 pub async fn serve(
     listener: TcpListener,
     app: Arc<App>,
     connector: Arc<Connector>,
     mut phase: watch::Receiver<Phase>,
 ) {
-    let mut listener = Some(listener);
     let mut tasks = JoinSet::new();
     let pool_cfg = PoolConfig::from_config(app.config());
     let pool = pool_cfg.map(SharedPool::new);
@@ -102,39 +102,38 @@ pub async fn serve(
         ));
     }
     let dial = PooledDial::new(connector, pool);
+    let spawn = |tasks: &mut JoinSet<()>, stream: tokio::net::TcpStream, peer: SocketAddr| {
+        let _ = stream.set_nodelay(true);
+        let (app, dial) = (Arc::clone(&app), dial.clone());
+        tasks.spawn(async move { connection(stream, peer, app, dial).await });
+    };
     loop {
         tokio::select! {
-            accepted = async { listener.as_ref().expect("guarded").accept().await }, if listener.is_some() => match accepted {
-                Ok((stream, peer)) => {
-                    let _ = stream.set_nodelay(true);
-                    let (app, dial) = (Arc::clone(&app), dial.clone());
-                    tasks.spawn(async move { connection(stream, peer, app, dial).await });
-                }
+            accepted = listener.accept() => match accepted {
+                Ok((stream, peer)) => spawn(&mut tasks, stream, peer),
                 Err(e) => {
                     // EMFILE and friends: back off instead of spinning.
                     tracing::error!("accept failed: {e}");
                     tokio::time::sleep(Duration::from_millis(50)).await;
                 }
             },
-            Some(_) = tasks.join_next(), if !tasks.is_empty() => {
-                if listener.is_none() && tasks.is_empty() {
-                    break;
-                }
-            }
+            Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
             now = next_phase(&mut phase) => {
-                match now {
-                    Phase::Running => {}
-                    Phase::Draining => {
-                        listener = None;
-                        if tasks.is_empty() {
-                            break;
-                        }
-                    }
-                    Phase::Closed => break,
+                if now == Phase::Closed {
+                    break;
                 }
             }
         }
     }
+    // What is already queued on the listener is taken and served, not reset by the close.
+    while let Some(Ok((stream, peer))) = listener.accept().now_or_never() {
+        spawn(&mut tasks, stream, peer);
+    }
+    drop(listener);
+    let _ = tokio::time::timeout(CLOSE_TIMEOUT, async {
+        while tasks.join_next().await.is_some() {}
+    })
+    .await;
     tasks.shutdown().await;
 }
 
@@ -626,6 +625,12 @@ async fn run_call<S: Transport, D: Dial>(
     let mut armed = started + Duration::from_secs(3600);
     let timer = tokio::time::sleep_until(armed.into());
     tokio::pin!(timer);
+    // The drain's deadline: the call is ended (`drained`) and closed normally. One future for the
+    // whole call, so a loop turn costs no registration.
+    let mut end_calls = app.end_calls_signal();
+    let ended_by_drain = end_calls.wait_for(|end| *end);
+    tokio::pin!(ended_by_drain);
+    let mut drain_seen = false;
 
     // Bytes that arrived with the upgrade request.
     if !tw.input.is_empty() {
@@ -807,6 +812,10 @@ async fn run_call<S: Transport, D: Dial>(
             }
             _ = &mut timer => {
                 call.handle_timeout(Instant::now());
+            }
+            _ = &mut ended_by_drain, if !drain_seen => {
+                drain_seen = true;
+                call.hang_up(Instant::now(), EndReason::Drained);
             }
         }
     }

@@ -31,9 +31,10 @@ use crate::store::{Store, StoreOptions};
 pub enum Phase {
     /// Accepting.
     Running,
-    /// Not accepting; connections and calls finish.
+    /// Draining (`Server::drain`): still accepting (webhooks, after-stream and callbacks are
+    /// answered throughout); the OpenAI pools stop warming.
     Draining,
-    /// Everything left is dropped, closing its sockets.
+    /// The listeners close (taking what is queued on them first) and the connections left end.
     Closed,
 }
 
@@ -161,6 +162,7 @@ impl Server {
             "io driver: {}{threads} ({why})",
             driver.name()
         );
+        app.mark_ready();
         Ok(Server {
             local_addr,
             app,
@@ -170,14 +172,80 @@ impl Server {
         })
     }
 
-    /// Stops accepting, waits up to `grace` for active calls to finish, then closes every
-    /// connection that is left (on either driver) and waits for the driver to end.
+    /// Stops the server within `grace`: calls get `grace` to end on their own, then the ones left
+    /// are ended (`drained`, closed normally), and everything is closed and flushed. For the
+    /// library's users (the demo, tests); `serve` drains with [`Server::drain`].
     pub async fn stop(self, grace: Duration) {
+        let plan = DrainPlan {
+            calls: grace,
+            http_grace: Duration::ZERO,
+        };
+        self.shut_down(plan, std::future::pending()).await;
+    }
+
+    /// The drain of a signalled instance (design.md "Life of an instance"; README "Deploying"):
+    ///
+    /// 1. at once: `/readyz` answers 503 and `callbridge_draining` reads 1; the listener stays
+    ///    open: webhooks, after-stream and status callbacks are answered throughout, and
+    ///    upgrades are bridged for `DRAIN_ACCEPT_SECS` (later ones are accepted and closed, so the
+    ///    caller reaches the fallback);
+    /// 2. calls in flight run on, for `DRAIN_TIMEOUT_SECS` at most; then the ones left are ended
+    ///    (`drained`: closed normally, so Twilio follows the `<Redirect>` to the fallback);
+    /// 3. the listener stays open until the after-stream of every call this instance closed has
+    ///    come, or `DRAIN_HTTP_GRACE_SECS` after the last call;
+    /// 4. the listeners close without losing a queued connection, the store flushes.
+    ///
+    /// `force` (a second signal) ends it at once: calls are ended now, the grace is skipped, and
+    /// the store still flushes.
+    pub async fn drain(self, force: impl std::future::Future<Output = ()>) {
+        let drain = self.app.config().drain;
+        let plan = DrainPlan {
+            calls: drain.timeout,
+            http_grace: drain.http_grace,
+        };
+        self.shut_down(plan, force).await;
+    }
+
+    async fn shut_down(self, plan: DrainPlan, force: impl std::future::Future<Output = ()>) {
+        // Fused: once it has fired, later waits see it as pending instead of polling it again.
+        let force = futures_util::FutureExt::fuse(force);
+        tokio::pin!(force);
+        let started = tokio::time::Instant::now();
+        self.app.begin_drain(started.into_std());
         let _ = self.phase.send(Phase::Draining);
-        let deadline = tokio::time::Instant::now() + grace;
-        while self.app.active_calls() > 0 && tokio::time::Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(20)).await;
+        let mut forced = false;
+        // 2. Calls run on, until they are done or the deadline.
+        let deadline = started + plan.calls;
+        forced |= wait_for_calls(&self.app, deadline, true, force.as_mut()).await;
+        if self.app.active_calls() > 0 {
+            tracing::warn!(
+                calls = self.app.active_calls(),
+                "drain: ending the calls still up (their callers go to the fallback)"
+            );
+            self.app.end_calls();
+            // Each call closes both legs within its own CLOSE_TIMEOUT and records its end.
+            let bound = if forced { FORCED_CALL_END } else { CALL_END };
+            let until = tokio::time::Instant::now() + bound;
+            forced |= wait_for_calls(&self.app, until, false, force.as_mut()).await;
         }
+        // 3. Twilio's after-stream for the calls we closed.
+        if !forced && plan.http_grace > Duration::ZERO {
+            let until = tokio::time::Instant::now() + plan.http_grace;
+            let mut poll = tokio::time::interval(DRAIN_POLL);
+            while self.app.awaiting_after_streams() > 0 && tokio::time::Instant::now() < until {
+                tokio::select! {
+                    _ = poll.tick() => {}
+                    _ = force.as_mut() => break,
+                }
+            }
+        }
+        crate::metrics::set_drain(true, self.app.active_calls());
+        tracing::info!(
+            took_ms = started.elapsed().as_millis() as u64,
+            calls_left = self.app.active_calls(),
+            "drain done: closing the listeners"
+        );
+        // 4. Close (the drivers take what is queued on their listeners first).
         let _ = self.phase.send(Phase::Closed);
         match self.running {
             Running::Epoll(task) => {
@@ -190,6 +258,61 @@ impl Server {
         // Everything the calls recorded is written and flushed before the process exits.
         if let Some(store) = self.app.store().cloned() {
             let _ = tokio::task::spawn_blocking(move || store.close()).await;
+        }
+    }
+}
+
+/// How long each part of a shut-down may take.
+#[derive(Debug, Clone, Copy)]
+struct DrainPlan {
+    /// Calls run on this long before they are ended.
+    calls: Duration,
+    /// The listener waits this long after the last call for after-stream requests.
+    http_grace: Duration,
+}
+
+/// How often a drain looks at what is left (it reports the calls left once a second).
+const DRAIN_POLL: Duration = Duration::from_millis(50);
+
+/// How long calls told to end get to close both legs and record their end: the call loop's
+/// own close bound (2 s) plus a margin.
+const CALL_END: Duration = Duration::from_secs(3);
+
+/// The same after a second signal: records still land, but the process does not wait for slow
+/// peers' closing handshakes.
+const FORCED_CALL_END: Duration = Duration::from_secs(1);
+
+/// Waits until no call is active, `deadline`, or `force` (returns `true` then). Reports the calls
+/// left every second (`callbridge_drain_calls_left`, and a log line every 10 s when `report`).
+async fn wait_for_calls(
+    app: &App,
+    deadline: tokio::time::Instant,
+    report: bool,
+    mut force: std::pin::Pin<&mut impl std::future::Future<Output = ()>>,
+) -> bool {
+    let mut poll = tokio::time::interval(DRAIN_POLL);
+    let mut last_report = tokio::time::Instant::now();
+    let mut reports = 0u32;
+    loop {
+        let left = app.active_calls();
+        let now = tokio::time::Instant::now();
+        if now.duration_since(last_report) >= Duration::from_secs(1) || reports == 0 {
+            crate::metrics::set_drain(true, left);
+            if report && reports % 10 == 0 {
+                tracing::info!(calls_left = left, "draining");
+            }
+            reports += 1;
+            last_report = now;
+        }
+        if left == 0 || now >= deadline {
+            return false;
+        }
+        tokio::select! {
+            _ = poll.tick() => {}
+            _ = force.as_mut() => {
+                tracing::warn!(calls_left = left, "second signal: ending the drain now");
+                return true;
+            }
         }
     }
 }

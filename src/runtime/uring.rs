@@ -25,7 +25,7 @@ use anyhow::Context as _;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
-use super::epoll;
+use super::epoll::{self, CLOSE_TIMEOUT};
 use super::io::Dial;
 use super::uring_stream::UringStream;
 use super::{next_phase, Phase};
@@ -217,9 +217,8 @@ async fn serve(
     connector: Arc<Connector>,
     mut phase: watch::Receiver<Phase>,
 ) {
-    // A second descriptor of the listening socket, to shut it at drain: that ends an accept in
-    // flight (tokio-uring does not cancel it in the kernel, so it would accept and leak one more
-    // connection) and sends new connections to the other workers' listeners, or refuses them.
+    // A second descriptor of the listening socket: at close, it takes the queued connections
+    // (non-blocking accepts), then shuts the socket, which ends the ring's accept in flight.
     let mut stop_handle = listener.try_clone().ok();
     let listener = Rc::new(tokio_uring::net::TcpListener::from_std(listener));
     let mut accepting: Option<AcceptFuture> = Some(accept(&listener));
@@ -237,16 +236,22 @@ async fn serve(
         ));
     }
     let dial = PooledDial::new(dialer, pool);
+    let serve_one = |tasks: &mut JoinSet<()>, sock: tokio_uring::net::TcpStream, peer| {
+        let _ = sock.set_nodelay(true);
+        let stream = UringStream::new(sock);
+        tasks.spawn_local(epoll::connection(
+            stream,
+            peer,
+            Arc::clone(&app),
+            dial.clone(),
+        ));
+    };
     loop {
         tokio::select! {
-            accepted = async { accepting.as_mut().expect("guarded").await }, if accepting.is_some() => {
+            accepted = async { accepting.as_mut().expect("always set while serving").await } => {
                 accepting = Some(accept(&listener));
                 match accepted {
-                    Ok((sock, peer)) => {
-                        let _ = sock.set_nodelay(true);
-                        let stream = UringStream::new(sock);
-                        tasks.spawn_local(epoll::connection(stream, peer, Arc::clone(&app), dial.clone()));
-                    }
+                    Ok((sock, peer)) => serve_one(&mut tasks, sock, peer),
                     Err(e) => {
                         // EMFILE and friends: back off instead of spinning.
                         tracing::error!("accept failed: {e}");
@@ -254,28 +259,40 @@ async fn serve(
                     }
                 }
             }
-            Some(_) = tasks.join_next(), if !tasks.is_empty() => {
-                if accepting.is_none() && tasks.is_empty() {
-                    break;
-                }
-            }
+            Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
             now = next_phase(&mut phase) => {
-                match now {
-                    Phase::Running => {}
-                    Phase::Draining => {
-                        accepting = None;
-                        stop_listening(&mut stop_handle);
-                        if tasks.is_empty() {
-                            break;
-                        }
-                    }
-                    Phase::Closed => break,
+                if now == Phase::Closed {
+                    break;
                 }
             }
         }
     }
-    drop(accepting);
+    // Closing a SO_REUSEPORT listener resets the connections in its accept queue (they are not
+    // handed to the other workers' listeners). So: take what is queued with non-blocking accepts
+    // on the second descriptor, then shut the socket (which also ends the ring's accept in
+    // flight: tokio-uring would not cancel it in the kernel, and a cancelled accept can lose the
+    // connection it took), and serve whatever that accept still returns.
+    if let Some(h) = &stop_handle {
+        while let Ok((sock, peer)) = h.accept() {
+            if sock.set_nonblocking(true).is_ok() {
+                serve_one(
+                    &mut tasks,
+                    tokio_uring::net::TcpStream::from_std(sock),
+                    peer,
+                );
+            }
+        }
+    }
     stop_listening(&mut stop_handle);
+    if let Some(in_flight) = accepting.take() {
+        if let Ok(Ok((sock, peer))) = tokio::time::timeout(CLOSE_TIMEOUT, in_flight).await {
+            serve_one(&mut tasks, sock, peer);
+        }
+    }
+    let _ = tokio::time::timeout(CLOSE_TIMEOUT, async {
+        while tasks.join_next().await.is_some() {}
+    })
+    .await;
     tasks.shutdown().await;
 }
 

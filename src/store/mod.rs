@@ -383,6 +383,20 @@ impl Store {
         })
     }
 
+    /// Whether the store takes writes: its writer thread runs and its queue has room. `/readyz`
+    /// answers 503 (`store unavailable`) otherwise, so new calls go to an instance whose records
+    /// will be kept.
+    pub fn is_available(&self) -> bool {
+        let running = self
+            .inner
+            .writer
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+            .is_some_and(|h| !h.is_finished());
+        running && self.inner.tx.len() < self.inner.capacity
+    }
+
     /// Ops waiting in the queue.
     pub fn queue_len(&self) -> usize {
         self.inner.tx.len()

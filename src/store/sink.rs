@@ -210,6 +210,8 @@ impl CallRecorder {
 pub fn end_status(reason: &EndReason) -> CallStatus {
     match reason {
         EndReason::TwilioStop => CallStatus::Completed,
+        // The caller is handed to the fallback, like after an AI failure.
+        EndReason::Drained => CallStatus::Fallback,
         r if r.is_ai_failure() => CallStatus::Fallback,
         _ => CallStatus::Failed,
     }
