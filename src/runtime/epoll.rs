@@ -126,7 +126,7 @@ pub async fn serve(
         }
     }
     // What is already queued on the listener is taken and served, not reset by the close.
-    while let Some(Ok((stream, peer))) = listener.accept().now_or_never() {
+    for (stream, peer) in take_queued(&listener) {
         spawn(&mut tasks, stream, peer);
     }
     drop(listener);
@@ -135,6 +135,12 @@ pub async fn serve(
     })
     .await;
     tasks.shutdown().await;
+}
+
+/// The connections waiting in `listener`'s accept queue, taken without waiting: closing a
+/// listener resets whatever is still queued on it.
+fn take_queued(listener: &TcpListener) -> Vec<(tokio::net::TcpStream, SocketAddr)> {
+    std::iter::from_fn(|| listener.accept().now_or_never()?.ok()).collect()
 }
 
 fn unix_now() -> u64 {
@@ -910,6 +916,25 @@ mod tests {
             MAX_TWILIO_MESSAGE_BYTES,
             WRITE_STALL_TIMEOUT,
         )
+    }
+
+    #[tokio::test]
+    async fn connections_queued_on_the_listener_are_taken_before_it_closes() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let mut clients = Vec::new();
+        for _ in 0..5 {
+            clients.push(tokio::net::TcpStream::connect(addr).await.unwrap());
+        }
+        // The handshakes are complete on the client side; the listener may need a moment to
+        // report them (its readiness event), so take until all five are in.
+        let mut taken = Vec::new();
+        while taken.len() < clients.len() {
+            taken.extend(take_queued(&listener));
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(taken.len(), 5);
+        assert!(take_queued(&listener).is_empty());
     }
 
     #[test]

@@ -273,14 +273,12 @@ async fn serve(
     // flight: tokio-uring would not cancel it in the kernel, and a cancelled accept can lose the
     // connection it took), and serve whatever that accept still returns.
     if let Some(h) = &stop_handle {
-        while let Ok((sock, peer)) = h.accept() {
-            if sock.set_nonblocking(true).is_ok() {
-                serve_one(
-                    &mut tasks,
-                    tokio_uring::net::TcpStream::from_std(sock),
-                    peer,
-                );
-            }
+        for (sock, peer) in take_queued(h) {
+            serve_one(
+                &mut tasks,
+                tokio_uring::net::TcpStream::from_std(sock),
+                peer,
+            );
         }
     }
     stop_listening(&mut stop_handle);
@@ -294,6 +292,21 @@ async fn serve(
     })
     .await;
     tasks.shutdown().await;
+}
+
+/// The connections waiting in `listener`'s accept queue, taken without blocking (and made
+/// non-blocking for the ring), so that closing the listener resets none of them.
+fn take_queued(listener: &std::net::TcpListener) -> Vec<(std::net::TcpStream, SocketAddr)> {
+    let mut taken = Vec::new();
+    if listener.set_nonblocking(true).is_err() {
+        return taken;
+    }
+    while let Ok((sock, peer)) = listener.accept() {
+        if sock.set_nonblocking(true).is_ok() {
+            taken.push((sock, peer));
+        }
+    }
+    taken
 }
 
 /// Shuts the listening socket (every descriptor of it): no more connections are queued on it, and
@@ -355,6 +368,19 @@ mod tests {
         );
         let enomem = explain(&io::Error::from_raw_os_error(12));
         assert!(enomem.contains("RLIMIT_MEMLOCK"), "{enomem}");
+    }
+
+    #[test]
+    fn connections_queued_on_a_listener_are_taken_before_it_closes() {
+        let listener = reuseport_listener("127.0.0.1:0".parse().unwrap()).unwrap();
+        let addr = listener.local_addr().unwrap();
+        // The kernel completes these handshakes and queues them: nobody has accepted yet.
+        let clients: Vec<_> = (0..5)
+            .map(|_| std::net::TcpStream::connect(addr).unwrap())
+            .collect();
+        let taken = take_queued(&listener);
+        assert_eq!(taken.len(), clients.len());
+        assert!(take_queued(&listener).is_empty(), "the queue is empty now");
     }
 
     #[test]

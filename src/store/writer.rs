@@ -488,7 +488,8 @@ impl Writer {
                 };
                 r.status = CallStatus::Fallback;
                 if r.end_reason.is_none() {
-                    r.end_reason = Some("ai leg failed: caller sent to the conference".into());
+                    r.end_reason =
+                        Some("the stream did not end normally: after-stream sent the caller to the conference".into());
                 }
             }
         }

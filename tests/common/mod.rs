@@ -213,6 +213,32 @@ impl Proxy {
         let _ = self.child.wait();
     }
 
+    /// Sends `signal` (`TERM`, `INT`, …) without waiting.
+    pub fn signal(&self, signal: &str) {
+        let ok = Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(self.child.id().to_string())
+            .status()
+            .expect("run kill")
+            .success();
+        assert!(ok, "kill -{signal} failed");
+    }
+
+    /// Waits for the process to exit, at most `within`: its exit code (`None`: still running,
+    /// or ended by a signal).
+    pub fn wait_for_exit(&mut self, within: Duration) -> Option<i32> {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                return status.code();
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
     /// SIGTERM (a clean shutdown) and wait for the exit, at most `within`.
     pub fn terminate(&mut self, within: Duration) -> bool {
         let _ = Command::new("kill")
