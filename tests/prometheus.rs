@@ -228,6 +228,7 @@ fn dashboard_has_the_rows_and_variables_operators_expect() {
             "Latency",
             "Barge-in and truncation",
             "OpenAI health",
+            "Safety and lifecycle",
             "Store",
             "Process"
         ]
