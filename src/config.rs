@@ -635,11 +635,7 @@ impl ServeArgs {
             admin_token,
             http_read_timeout: secs("HTTP_READ_TIMEOUT_SECS", self.http_read_timeout_secs)?,
             http_write_timeout: secs("HTTP_WRITE_TIMEOUT_SECS", self.http_write_timeout_secs)?,
-            drain: DrainConfig {
-                accept: secs_or_zero("DRAIN_ACCEPT_SECS", self.drain_accept_secs)?,
-                timeout: secs_or_zero("DRAIN_TIMEOUT_SECS", self.drain_timeout_secs)?,
-                http_grace: secs_or_zero("DRAIN_HTTP_GRACE_SECS", self.drain_http_grace_secs)?,
-            },
+            drain: self.drain()?,
             log_transcripts: self.log_transcripts,
             twilio_idle_timeout: secs("TWILIO_IDLE_TIMEOUT_SECS", self.twilio_idle_timeout_secs)?,
             write_stall_timeout: secs("WRITE_STALL_TIMEOUT_SECS", self.write_stall_timeout_secs)?,
@@ -662,6 +658,25 @@ impl ServeArgs {
                 self.openai_pool_max_idle_secs,
             )?,
         })
+    }
+
+    /// The drain's timings; the accept window cannot outlast the drain.
+    fn drain(&self) -> Result<DrainConfig, ConfigError> {
+        let drain = DrainConfig {
+            accept: secs_or_zero("DRAIN_ACCEPT_SECS", self.drain_accept_secs)?,
+            timeout: secs_or_zero("DRAIN_TIMEOUT_SECS", self.drain_timeout_secs)?,
+            http_grace: secs_or_zero("DRAIN_HTTP_GRACE_SECS", self.drain_http_grace_secs)?,
+        };
+        if drain.accept > drain.timeout {
+            return Err(ConfigError::Invalid {
+                name: "DRAIN_ACCEPT_SECS",
+                why: format!(
+                    "{} s is longer than DRAIN_TIMEOUT_SECS ({} s): calls bridged in the window would be cut",
+                    self.drain_accept_secs, self.drain_timeout_secs
+                ),
+            });
+        }
+        Ok(drain)
     }
 
     /// The Twilio authentication: signed with the configured tokens (then `PUBLIC_HOST` is
@@ -1077,7 +1092,11 @@ mod tests {
     #[test]
     fn bad_values_are_refused_by_name() {
         let base = ["--openai-url", "ws://127.0.0.1:9/"];
-        let cases: [(&[&str], &str); 16] = [
+        let cases: [(&[&str], &str); 17] = [
+            (
+                &["--drain-accept-secs", "30", "--drain-timeout-secs", "20"],
+                "DRAIN_ACCEPT_SECS",
+            ),
             (&["--drain-timeout-secs=-1"], "DRAIN_TIMEOUT_SECS"),
             (&["--drain-accept-secs", "NaN"], "DRAIN_ACCEPT_SECS"),
             (&["--admin-token", "short-token"], "ADMIN_TOKEN"),

@@ -1,5 +1,6 @@
-//! Process limits raised at start: every call holds ~2 sockets in the proxy (Twilio's and
-//! OpenAI's), so 1,000 concurrent calls need more descriptors than the usual soft limit of 1,024.
+//! Process limits raised (and checked) at start: every call holds two sockets in the proxy
+//! (Twilio's and OpenAI's), so 1,000 concurrent calls need more descriptors than the usual soft
+//! limit of 1,024.
 
 /// What [`raise_nofile_limit`] did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -19,27 +20,28 @@ pub fn raise_nofile_limit() -> std::io::Result<NofileLimit> {
     Ok(NofileLimit { before, now, hard })
 }
 
-/// Descriptors the process needs beside its calls: listening sockets, the store's files, the
-/// log, scrapes and admin requests, the io_uring rings.
+/// Descriptors the process needs beside its connections: listening sockets, the store's files,
+/// the log, the io_uring rings, a few more for admin work.
 pub const SPARE_DESCRIPTORS: u64 = 64;
 
-/// Descriptors `max_calls` calls need: two sockets each (Twilio's and OpenAI's), plus
-/// [`SPARE_DESCRIPTORS`].
-pub fn descriptors_needed(max_calls: usize) -> u64 {
-    (max_calls as u64)
-        .saturating_mul(2)
-        .saturating_add(SPARE_DESCRIPTORS)
+/// Descriptors the configuration can use at once: every HTTP connection `MAX_CONNECTIONS` allows
+/// (calls' Twilio streams included), an OpenAI socket per call (`MAX_CALLS`), the pre-warmed
+/// OpenAI connections (`OPENAI_POOL_MAX` per worker), and [`SPARE_DESCRIPTORS`].
+pub fn descriptors_needed(max_connections: usize, max_calls: usize, pooled: usize) -> u64 {
+    [max_connections, max_calls, pooled]
+        .iter()
+        .fold(SPARE_DESCRIPTORS, |sum, &n| sum.saturating_add(n as u64))
 }
 
-/// Refuses a hard `RLIMIT_NOFILE` too low for `max_calls`: past it calls would fail with
-/// EMFILE in the middle of the night instead of at start.
-pub fn check_nofile(hard: u64, max_calls: usize) -> Result<(), String> {
-    let needed = descriptors_needed(max_calls);
+/// Refuses a hard `RLIMIT_NOFILE` below `needed` ([`descriptors_needed`]): past it connections
+/// and calls would fail with EMFILE under load instead of the server refusing to start.
+pub fn check_nofile(hard: u64, needed: u64) -> Result<(), String> {
     if hard < needed {
         return Err(format!(
-            "the hard RLIMIT_NOFILE is {hard}, below the {needed} descriptors MAX_CALLS={max_calls} \
-             needs (2 per call + {SPARE_DESCRIPTORS}): raise it (ulimit -Hn, LimitNOFILE= in systemd, \
-             the container's nofile ulimit) or lower MAX_CALLS"
+            "the hard RLIMIT_NOFILE is {hard}, below the {needed} descriptors this configuration \
+             can use (MAX_CONNECTIONS + one OpenAI socket per call of MAX_CALLS + OPENAI_POOL_MAX \
+             per worker + {SPARE_DESCRIPTORS}): raise it (ulimit -Hn, LimitNOFILE= in systemd, the \
+             container's nofile ulimit) or lower MAX_CALLS"
         ));
     }
     Ok(())
@@ -50,11 +52,19 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_hard_limit_below_two_descriptors_per_call_is_refused_by_name() {
-        assert!(check_nofile(4064, 2000).is_ok());
-        let err = check_nofile(4063, 2000).unwrap_err();
-        assert!(err.contains("4063") && err.contains("4064"), "{err}");
-        assert!(err.contains("MAX_CALLS=2000"), "{err}");
+    fn a_hard_limit_below_what_the_configuration_can_use_is_refused() {
+        // MAX_CALLS 2000 with the default MAX_CONNECTIONS (2 × 2000 + 256) and no pool.
+        let needed = descriptors_needed(4256, 2000, 0);
+        assert_eq!(needed, 6320);
+        assert_eq!(
+            descriptors_needed(4256, 2000, 2 * 8),
+            6336,
+            "8 pooled per worker, 2 workers"
+        );
+        assert!(check_nofile(6320, needed).is_ok());
+        let err = check_nofile(6319, needed).unwrap_err();
+        assert!(err.contains("6319") && err.contains("6320"), "{err}");
+        assert!(err.contains("MAX_CONNECTIONS"), "{err}");
     }
 
     #[test]

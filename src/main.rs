@@ -129,7 +129,10 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
                 hard = l.hard,
                 "RLIMIT_NOFILE"
             );
-            callbridge::limits::check_nofile(l.hard, cfg.max_calls).map_err(anyhow::Error::msg)?;
+            let pooled = cfg.openai_pool_max * cfg.workers;
+            let needed =
+                callbridge::limits::descriptors_needed(cfg.max_connections, cfg.max_calls, pooled);
+            callbridge::limits::check_nofile(l.hard, needed).map_err(anyhow::Error::msg)?;
         }
         Err(e) => tracing::warn!("could not raise RLIMIT_NOFILE: {e}"),
     }
@@ -141,12 +144,13 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         cfg.openai_url.port,
         cfg.openai_url.path_and_query
     );
+    // Installed before the server starts: a signal that comes while it starts is a drain too.
+    let mut signals = Signals::new().context("installing the signal handlers")?;
     let server = Server::start(cfg).await?;
     tracing::info!(addr = %server.local_addr, realtime, openai = %url, "callbridge listening");
     // Tests and scripts read this line to find the port.
     println!("listening on {}", server.local_addr);
     // SIGTERM or SIGINT drains (README "Deploying"); a second one ends the drain at once.
-    let mut signals = Signals::new().context("installing the signal handlers")?;
     signals.next().await;
     let drain = server.app.config().drain;
     tracing::info!(

@@ -179,7 +179,11 @@ async fn calls_that_outlast_the_drain_timeout_are_closed_and_reach_the_conferenc
     let dir_s = dir.to_str().unwrap().to_owned();
     let mut proxy = Proxy::with_mock(
         &mock,
-        &[("DATA_DIR", dir_s.as_str()), ("DRAIN_TIMEOUT_SECS", "2")],
+        &[
+            ("DATA_DIR", dir_s.as_str()),
+            ("DRAIN_TIMEOUT_SECS", "2"),
+            ("DRAIN_ACCEPT_SECS", "1"),
+        ],
     );
     let calls: Vec<_> = (31..=33)
         .map(|n| {
@@ -277,4 +281,31 @@ async fn a_second_signal_during_the_drain_exits_at_once_with_the_store_flushed()
         assert_eq!(r["status"], "fallback", "flushed and final: {r}");
     }
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_instance_keeps_its_accept_window_before_it_exits() {
+    // No call is up when the signal comes, but a webhook's TwiML went out just before: its
+    // stream must still be bridged during DRAIN_ACCEPT_SECS, not refused by a closed port.
+    let mock = mock(|_| {}).await;
+    let mut proxy = Proxy::with_mock(&mock, &[("DRAIN_ACCEPT_SECS", "2")]);
+    let stream = stream_of(&proxy, 51).await;
+    proxy.signal("TERM");
+    let sent = Instant::now();
+    assert!(common::logged(&proxy, "signal: draining").await);
+    let mut raw = upgrade(&proxy, &stream, 51).await;
+    raw.start().await;
+    assert!(
+        eventually(Duration::from_secs(10), || sessions_ready(&mock, 1)).await,
+        "the upgrade inside the window was bridged; log:\n{}",
+        proxy.log()
+    );
+    raw.stop().await;
+    assert_eq!(raw.until_closed(Duration::from_secs(5)).await, Some(1000));
+    assert_eq!(proxy.wait_for_exit(Duration::from_secs(10)), Some(0));
+    let lived = sent.elapsed();
+    assert!(
+        lived >= Duration::from_secs(2),
+        "exited {lived:?} after the signal, inside its accept window"
+    );
 }

@@ -290,3 +290,31 @@ async fn with_the_pool_every_session_serves_exactly_one_call() {
         "each call's audio in exactly one session"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_whose_start_token_is_wrong_takes_nothing_from_the_pool() {
+    let mock = mock(|_| {}).await;
+    let proxy = Proxy::with_mock(&mock, &[("OPENAI_POOL_MAX", "1"), ("WORKERS", "1")]);
+    pool_warm(&mock).await;
+    let mut raw = RawStream::open(proxy.addr, 9).await;
+    raw.params
+        .iter_mut()
+        .find(|(k, _)| k == "token")
+        .expect("a token parameter")
+        .1 = "AAAAAAAAAAAAAAAA".into();
+    raw.start().await;
+    assert_eq!(raw.until_closed(Duration::from_secs(5)).await, Some(1000));
+    assert!(common::logged(&proxy, "stream refused: start token missing or wrong").await);
+    assert!(common::logged(&proxy, "call finished").await);
+    // The warm connection is still idle: no session.update reached it, and none other opened.
+    let sessions = mock.sessions();
+    assert_eq!(sessions.len(), 1, "one connection: the pool's");
+    assert!(
+        sessions[0].closed_at.is_none(),
+        "the pooled connection is still open"
+    );
+    assert!(
+        sessions[0].stats.session_updates.is_empty(),
+        "nobody used it"
+    );
+}

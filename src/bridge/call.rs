@@ -112,7 +112,8 @@ pub struct CallConfig {
     pub start_token: Option<StartTokenCheck>,
     /// Twilio `start` must arrive within this time of the upgrade.
     pub start_timeout: Duration,
-    /// `session.updated` must arrive within this time of the upgrade.
+    /// `session.updated` must arrive within this time of the accepted `start` (when the OpenAI
+    /// leg is dialled).
     pub session_timeout: Duration,
     /// Caller audio kept before the session is ready, ms.
     pub max_presession_audio_ms: u64,
@@ -216,7 +217,10 @@ impl EndReason {
 
     /// Whether the call ended as it should: the caller hung up (Twilio `stop`). Only then does
     /// `after-stream`, should Twilio fetch it, hang up; every other end sends the caller to the
-    /// fallback.
+    /// fallback. Twilio does not fetch after-stream after its own `stop` (protocol.md 2.1), so
+    /// today every after-stream that reaches callbridge answers the fallback; the distinction is
+    /// kept for ends callbridge will close on purpose with the caller still there (an agent that
+    /// says goodbye), which must hang up instead.
     pub fn is_normal(&self) -> bool {
         matches!(self, EndReason::TwilioStop)
     }
@@ -519,6 +523,9 @@ pub struct Call {
     /// The number of our `session.update`'s `event_id`, once sent: an `error` naming it refuses
     /// the agent's settings.
     session_update_id: Option<u64>,
+    /// When `session.updated` must have arrived: `start` + the session timeout, set when `start`
+    /// is accepted (the OpenAI leg is dialled only then).
+    session_deadline: Option<Instant>,
     /// Reused buffer for mark names.
     mark_name: String,
     ended: Option<EndReason>,
@@ -550,6 +557,7 @@ impl Call {
             logged_kinds: Vec::new(),
             next_event_id: 1,
             session_update_id: None,
+            session_deadline: None,
             mark_name: String::with_capacity(64),
             ended: None,
         }
@@ -615,8 +623,10 @@ impl Call {
             None => self.created_at + self.cfg.start_timeout,
             Some(_) => self.last_twilio_at + self.cfg.twilio_idle_timeout,
         });
-        if self.openai != OpenAiPhase::Ready {
-            let d = self.created_at + self.cfg.session_timeout;
+        if let Some(d) = self
+            .session_deadline
+            .filter(|_| self.openai != OpenAiPhase::Ready)
+        {
             deadline = Some(deadline.map_or(d, |x| x.min(d)));
         }
         deadline
@@ -637,7 +647,7 @@ impl Call {
                 now.saturating_duration_since(self.last_twilio_at),
             ));
         } else if self.openai != OpenAiPhase::Ready
-            && now >= self.created_at + self.cfg.session_timeout
+            && self.session_deadline.is_some_and(|d| now >= d)
         {
             let secs = self.cfg.session_timeout.as_secs_f32();
             self.end(EndReason::OpenAiSetupFailed(format!(
@@ -794,7 +804,7 @@ impl Call {
     fn on_twilio(&mut self, now: Instant, ev: TwilioEvent<'_>) {
         match ev {
             TwilioEvent::Connected => {}
-            TwilioEvent::Start(start) => self.on_start(start),
+            TwilioEvent::Start(start) => self.on_start(now, start),
             TwilioEvent::Media(media) => {
                 if self.check_stream(media.stream_sid, "media") {
                     self.on_caller_audio(media.payload_b64);
@@ -847,7 +857,7 @@ impl Call {
         }
     }
 
-    fn on_start(&mut self, start: tw::Start<'_>) {
+    fn on_start(&mut self, now: Instant, start: tw::Start<'_>) {
         if self.stream_sid.is_some() {
             self.protocol_error(
                 Leg::Twilio,
@@ -882,6 +892,9 @@ impl Call {
             return;
         }
         self.stream_sid = Some(start.stream_sid.to_owned());
+        // OpenAI is dialled from now on: its session gets its whole timeout from here (a stream
+        // that never starts ends by the start timeout, and counts nothing against OpenAI).
+        self.session_deadline = Some(now + self.cfg.session_timeout);
         self.events.push_back(CallEvent::StreamStarted {
             stream_sid: start.stream_sid.to_owned(),
             call_sid: start.call_sid.to_owned(),
@@ -988,10 +1001,13 @@ impl Call {
                 ..
             } => self.on_tool_call(response_id, call_id, name, arguments),
             ServerEvent::SpeechStopped { .. } => self.caller_speaking = false,
-            ServerEvent::OutputItemAdded {
+            // An item's audio part: from now on it can be truncated (at 0 ms if the caller speaks
+            // before any of its audio plays). An item with no audio part has nothing to truncate.
+            ServerEvent::ContentPartAdded {
                 response_id,
                 item_id,
-                item_type: "message",
+                content_index: 0,
+                part_type: Some("audio" | "output_audio"),
             } if !self.interrupted_responses.iter().any(|r| r == response_id) => {
                 self.ledger.on_item_added(now, response_id, item_id);
             }
@@ -1148,13 +1164,16 @@ impl Call {
         if about_model {
             return false;
         }
+        // Only a refusal of what we asked for is the agent's: a server error, a rate limit or a
+        // quota answering the same session.update is everyone's (OpenAI's or the account's).
+        if err.error_type != "invalid_request_error" {
+            return false;
+        }
         let names_ours = match (err.event_id, self.session_update_id) {
             (Some(theirs), Some(ours)) => theirs == EventId::new(ours).as_str(),
             _ => false,
         };
-        let about_session = err.error_type == "invalid_request_error"
-            && err.param.is_some_and(|p| p.starts_with("session."));
-        names_ours || about_session
+        names_ours || err.param.is_some_and(|p| p.starts_with("session."))
     }
 
     fn on_audio_delta(&mut self, now: Instant, response_id: &str, item_id: &str, delta_b64: &str) {
@@ -1362,6 +1381,7 @@ pub fn event_type<'a>(ev: &ServerEvent<'a>) -> &'a str {
         }
         ServerEvent::ResponseCreated { .. } => "response.created",
         ServerEvent::OutputItemAdded { .. } => "response.output_item.added",
+        ServerEvent::ContentPartAdded { .. } => "response.content_part.added",
         ServerEvent::OutputAudioDelta { .. } => "response.output_audio.delta",
         ServerEvent::OutputAudioDone { .. } => "response.output_audio.done",
         ServerEvent::OutputAudioTranscriptDone { .. } => "response.output_audio_transcript.done",

@@ -203,9 +203,9 @@ impl Ledger {
         Some(cum_ms)
     }
 
-    /// An assistant message item announced by `response.output_item.added`, before any of its
-    /// audio: if the caller interrupts before its audio starts playing, it is truncated at 0
-    /// (the server may already hold audio for it that nobody will hear).
+    /// An assistant message item whose audio part was announced (`response.content_part.added`),
+    /// before any of its audio: if the caller interrupts before its audio starts playing, it is
+    /// truncated at 0 (the server may already hold audio for it that nobody will hear).
     pub fn on_item_added(&mut self, now: Instant, response_id: &str, item_id: &str) {
         if item_id.is_empty() {
             return;

@@ -333,6 +333,9 @@ fn setup_errors_that_are_not_the_agents_count_against_openai() {
         json!({"type": "error", "event_id": "e", "error": {"type": "invalid_request_error", "code": "model_not_found", "message": "The model does not exist", "param": null, "event_id": "OURS"}}),
         json!({"type": "error", "event_id": "e", "error": {"type": "invalid_request_error", "code": "invalid_value", "message": "bad", "param": "session.model"}}),
         json!({"type": "error", "event_id": "e", "error": {"type": "server_error", "message": "boom"}}),
+        // An outage or the account's quota, even when it answers our session.update.
+        json!({"type": "error", "event_id": "e", "error": {"type": "server_error", "message": "boom", "event_id": "OURS"}}),
+        json!({"type": "error", "event_id": "e", "error": {"type": "rate_limit_error", "code": "rate_limit_exceeded", "message": "slow down", "event_id": "OURS"}}),
         // Another event's id, no parameter.
         json!({"type": "error", "event_id": "e", "error": {"type": "invalid_request_error", "message": "x", "event_id": "cb_999"}}),
     ] {
@@ -343,19 +346,41 @@ fn setup_errors_that_are_not_the_agents_count_against_openai() {
 }
 
 #[test]
-fn no_session_updated_in_time_ends_the_call() {
+fn no_session_updated_in_time_after_start_ends_the_call() {
+    // The session timeout runs from `start` (when OpenAI is dialled), not from the upgrade.
     let mut s = Sim::with(|c| c.session_timeout = ms(2000));
-    s.start();
-    assert_eq!(s.call.poll_timeout(), Some(s.t0 + ms(2000)));
-    s.at(1999);
+    s.at(500).start();
+    assert_eq!(s.call.poll_timeout(), Some(s.t0 + ms(2500)));
+    s.at(2499);
     s.call.handle_timeout(s.now);
     s.drain();
     assert!(s.ended().is_none());
-    s.at(2000);
+    s.at(2500);
     s.call.handle_timeout(s.now);
     s.drain();
     assert!(s.ended().unwrap().is_ai_failure());
     assert_eq!(s.call.poll_timeout(), None);
+}
+
+#[test]
+fn a_stream_that_never_starts_ends_by_the_start_timeout_and_blames_nothing_on_openai() {
+    // A session timeout shorter than the start timeout must not turn a stream that never sends
+    // `start` (nothing was dialled) into an OpenAI failure the breaker would count.
+    let mut s = Sim::with(|c| {
+        c.session_timeout = ms(1000);
+        c.start_timeout = ms(10_000);
+    });
+    assert_eq!(s.call.poll_timeout(), Some(s.t0 + ms(10_000)));
+    s.at(5_000);
+    s.call.handle_timeout(s.now);
+    s.drain();
+    assert!(s.ended().is_none());
+    s.at(10_000);
+    s.call.handle_timeout(s.now);
+    s.drain();
+    let r = s.ended().unwrap();
+    assert_eq!(r, &EndReason::StartTimeout);
+    assert!(!r.is_openai_unreachable() && !r.is_ai_failure());
 }
 
 #[test]
@@ -938,8 +963,8 @@ fn worked_example_b_amended_truncates_at_450_without_a_clear_while_still_generat
 
 #[test]
 fn an_announced_item_of_the_generating_response_is_truncated_at_zero() {
-    // resp_1's first item was heard completely; its second item was announced but none of its
-    // audio reached us before the caller spoke.
+    // resp_1's first item was heard completely; its second item's audio part was announced but
+    // none of its audio reached us before the caller spoke.
     let mut s = Sim::ready();
     s.openai(response_created("resp_1"));
     s.openai(json!({"type": "response.output_item.added", "event_id": "e", "response_id": "resp_1", "output_index": 0,
@@ -948,6 +973,11 @@ fn an_announced_item_of_the_generating_response_is_truncated_at_zero() {
     s.at(50).echo("e=0;i=item_A;ms=50");
     s.openai(json!({"type": "response.output_item.added", "event_id": "e", "response_id": "resp_1", "output_index": 1,
         "item": {"id": "item_B", "object": "realtime.item", "type": "message", "role": "assistant", "status": "in_progress", "content": []}}));
+    // item_C is announced with no audio part yet: nothing of it can be truncated.
+    s.openai(json!({"type": "response.output_item.added", "event_id": "e", "response_id": "resp_1", "output_index": 3,
+        "item": {"id": "item_C", "object": "realtime.item", "type": "message", "role": "assistant", "status": "in_progress", "content": []}}));
+    s.openai(json!({"type": "response.content_part.added", "event_id": "e", "response_id": "resp_1", "item_id": "item_B",
+        "output_index": 1, "content_index": 0, "part": {"type": "audio", "transcript": ""}}));
     s.openai(json!({"type": "response.output_item.added", "event_id": "e", "response_id": "resp_1", "output_index": 2,
         "item": {"id": "item_F", "object": "realtime.item", "type": "function_call", "status": "in_progress", "call_id": "c", "name": "f", "arguments": ""}}));
     s.twilio_out.clear();

@@ -18,7 +18,7 @@
 //!
 //! Sans-IO: the times come in as arguments.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashSet, VecDeque};
 use std::time::{Duration, Instant};
 
 /// How long a minted stream holds a call slot before its upgrade arrives. Twilio opens the
@@ -57,6 +57,9 @@ pub enum Admit {
     Full,
     /// Too many unexpired stream ids are remembered ([`used_capacity`]): refused (503).
     TooManyStreams,
+    /// The instance no longer bridges calls (draining): accept and close at once (1000), like
+    /// [`Admit::Full`]. The id is used all the same.
+    NotBridging,
 }
 
 /// The slot and stream-id bookkeeping of one instance.
@@ -68,12 +71,14 @@ pub struct Admission {
     active: usize,
     /// Streams minted and not yet upgraded, oldest first: (minted at, call id).
     reserved: VecDeque<(Instant, String)>,
-    /// Stream ids that opened a stream here, with their expiry (unix seconds).
-    used: HashMap<String, u64>,
+    /// Stream ids that opened a stream here.
+    used: HashSet<String>,
+    /// The same ids with their expiry (unix seconds), in the order they were used: about the
+    /// order they expire (ids are minted `STREAM_TTL_SECS` before they expire and used seconds
+    /// later), so forgetting the expired ones looks only at the front.
+    used_order: VecDeque<(u64, String)>,
     /// Most entries of `used`.
     used_capacity: usize,
-    /// `used` is swept of expired ids at most once per second.
-    swept_at_unix: u64,
 }
 
 impl Admission {
@@ -84,9 +89,9 @@ impl Admission {
             reserve_for,
             active: 0,
             reserved: VecDeque::new(),
-            used: HashMap::new(),
+            used: HashSet::new(),
+            used_order: VecDeque::new(),
             used_capacity: used_capacity(max_calls),
-            swept_at_unix: 0,
         }
     }
 
@@ -123,24 +128,31 @@ impl Admission {
         }
     }
 
-    /// The upgrade of a verified stream `call_id` (valid through `expires_at_unix`) arrived.
+    /// The upgrade of a verified stream `call_id` (valid through `expires_at_unix`) arrived;
+    /// `bridging` is false while the instance drains past its accept window.
     pub fn admit(
         &mut self,
         now: Instant,
         now_unix: u64,
         call_id: &str,
         expires_at_unix: u64,
+        bridging: bool,
     ) -> Admit {
         self.sweep(now_unix);
         self.lapse(now);
-        if self.used.contains_key(call_id) {
+        if self.used.contains(call_id) {
             return Admit::Reused;
         }
         if self.used.len() >= self.used_capacity {
             return Admit::TooManyStreams;
         }
-        self.used.insert(call_id.to_owned(), expires_at_unix);
+        self.used.insert(call_id.to_owned());
+        self.used_order
+            .push_back((expires_at_unix, call_id.to_owned()));
         self.unreserve(call_id);
+        if !bridging {
+            return Admit::NotBridging;
+        }
         if self.active >= self.max_calls {
             return Admit::Full;
         }
@@ -150,6 +162,7 @@ impl Admission {
 
     /// A call admitted with [`Admit::Bridge`] ended: its slot is free.
     pub fn release(&mut self) {
+        debug_assert!(self.active > 0, "a slot released twice");
         self.active = self.active.saturating_sub(1);
     }
 
@@ -163,13 +176,17 @@ impl Admission {
         }
     }
 
-    /// Forgets the used ids that expired before `now_unix` (at most once a second).
+    /// Forgets the used ids that expired before `now_unix`, from the front of the use order
+    /// (an id behind one that expires later waits for it: at most a few seconds longer).
     fn sweep(&mut self, now_unix: u64) {
-        if now_unix <= self.swept_at_unix {
-            return;
+        while let Some((expires, _)) = self.used_order.front() {
+            if *expires >= now_unix {
+                break;
+            }
+            if let Some((_, id)) = self.used_order.pop_front() {
+                self.used.remove(&id);
+            }
         }
-        self.swept_at_unix = now_unix;
-        self.used.retain(|_, expires| *expires >= now_unix);
     }
 }
 
@@ -187,7 +204,7 @@ mod tests {
         assert_eq!(a.reserve(t0, "c2"), Reserve::Reserved);
         assert_eq!(a.reserve(t0, "c3"), Reserve::Full);
         // c1 upgrades: its reservation becomes an active call, still two slots used.
-        assert_eq!(a.admit(t0, 100, "c1", 200), Admit::Bridge);
+        assert_eq!(a.admit(t0, 100, "c1", 200, true), Admit::Bridge);
         assert_eq!((a.active(), a.reserved(t0)), (1, 1));
         assert_eq!(a.reserve(t0, "c3"), Reserve::Full);
         // c2's stream went to another instance: its reservation lapses, no phantom call.
@@ -201,27 +218,27 @@ mod tests {
         let t0 = Instant::now();
         let mut a = Admission::new(1, RESERVE);
         // Two webhooks on other instances minted these; both upgrades land here.
-        assert_eq!(a.admit(t0, 100, "c1", 200), Admit::Bridge);
-        assert_eq!(a.admit(t0, 100, "c2", 200), Admit::Full);
+        assert_eq!(a.admit(t0, 100, "c1", 200, true), Admit::Bridge);
+        assert_eq!(a.admit(t0, 100, "c2", 200, true), Admit::Full);
         a.release();
         assert_eq!(a.active(), 0);
-        assert_eq!(a.admit(t0, 100, "c3", 200), Admit::Bridge);
+        assert_eq!(a.admit(t0, 100, "c3", 200, true), Admit::Bridge);
     }
 
     #[test]
     fn a_stream_id_opens_one_stream_until_it_expires_and_is_then_forgotten() {
         let t0 = Instant::now();
         let mut a = Admission::new(10, RESERVE);
-        assert_eq!(a.admit(t0, 100, "c1", 120), Admit::Bridge);
-        assert_eq!(a.admit(t0, 100, "c1", 120), Admit::Reused);
+        assert_eq!(a.admit(t0, 100, "c1", 120, true), Admit::Bridge);
+        assert_eq!(a.admit(t0, 100, "c1", 120, true), Admit::Reused);
         a.release();
         assert_eq!(
-            a.admit(t0, 120, "c1", 120),
+            a.admit(t0, 120, "c1", 120, true),
             Admit::Reused,
             "still valid at its expiry second"
         );
         // Past its expiry the id would not verify anyway: it is forgotten.
-        assert_eq!(a.admit(t0, 121, "c2", 300), Admit::Bridge);
+        assert_eq!(a.admit(t0, 121, "c2", 300, true), Admit::Bridge);
         assert_eq!(a.used_ids(), 1);
     }
 
@@ -229,10 +246,20 @@ mod tests {
     fn a_refused_full_upgrade_still_uses_its_id() {
         let t0 = Instant::now();
         let mut a = Admission::new(1, RESERVE);
-        assert_eq!(a.admit(t0, 100, "c1", 200), Admit::Bridge);
-        assert_eq!(a.admit(t0, 100, "c2", 200), Admit::Full);
+        assert_eq!(a.admit(t0, 100, "c1", 200, true), Admit::Bridge);
+        assert_eq!(a.admit(t0, 100, "c2", 200, true), Admit::Full);
         a.release();
-        assert_eq!(a.admit(t0, 100, "c2", 200), Admit::Reused);
+        assert_eq!(a.admit(t0, 100, "c2", 200, true), Admit::Reused);
+    }
+
+    #[test]
+    fn a_draining_instance_uses_the_id_but_bridges_nothing() {
+        let t0 = Instant::now();
+        let mut a = Admission::new(10, RESERVE);
+        assert_eq!(a.reserve(t0, "c1"), Reserve::Reserved);
+        assert_eq!(a.admit(t0, 100, "c1", 200, false), Admit::NotBridging);
+        assert_eq!((a.active(), a.reserved(t0)), (0, 0));
+        assert_eq!(a.admit(t0, 100, "c1", 200, false), Admit::Reused);
     }
 
     #[test]
@@ -241,11 +268,14 @@ mod tests {
         let mut a = Admission::new(1, RESERVE);
         let cap = used_capacity(1);
         for i in 0..cap {
-            a.admit(t0, 100, &format!("c{i}"), 200);
+            a.admit(t0, 100, &format!("c{i}"), 200, true);
             a.release();
         }
-        assert_eq!(a.admit(t0, 100, "one-more", 200), Admit::TooManyStreams);
-        assert_eq!(a.admit(t0, 100, "c0", 200), Admit::Reused);
-        assert_eq!(a.admit(t0, 201, "one-more", 300), Admit::Bridge);
+        assert_eq!(
+            a.admit(t0, 100, "one-more", 200, true),
+            Admit::TooManyStreams
+        );
+        assert_eq!(a.admit(t0, 100, "c0", 200, true), Admit::Reused);
+        assert_eq!(a.admit(t0, 201, "one-more", 300, true), Admit::Bridge);
     }
 }

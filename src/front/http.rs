@@ -352,8 +352,11 @@ impl RequestParser {
         let start = match h.start {
             Some(start) => start,
             None => {
-                let start = leading_empty_lines(buf);
-                self.work += start as u64;
+                // Leading empty lines, scanned from where the last read left off.
+                let from = h.scanned;
+                let start = from + leading_empty_lines(&buf[from..]);
+                self.work += (start - from) as u64;
+                h.scanned = start;
                 if start == buf.len() {
                     // Only empty lines so far.
                     if start > limits.max_request_line {
@@ -362,7 +365,6 @@ impl RequestParser {
                     return Ok(None);
                 }
                 h.start = Some(start);
-                h.scanned = start;
                 start
             }
         };
@@ -486,6 +488,10 @@ fn decode_chunks(
                     *phase = ChunkPhase::Size(rest.len());
                     return Ok(false);
                 };
+                // `chunk-size = 1*HEXDIG` (httparse would read an empty line as size 0: the end).
+                if !rest.first().is_some_and(u8::is_ascii_hexdigit) {
+                    return Err(HttpError::BadChunk);
+                }
                 let Ok(httparse::Status::Complete((used, size))) =
                     httparse::parse_chunk_size(&rest[..=newline])
                 else {
@@ -519,13 +525,10 @@ fn decode_chunks(
                     n => ChunkPhase::Data(n),
                 };
             }
+            // Chunk data ends with CR LF exactly (RFC 9112 7.1).
             ChunkPhase::DataEnd => match rest {
                 [b'\r', b'\n', ..] => {
                     *pos += 2;
-                    *phase = ChunkPhase::Size(0);
-                }
-                [b'\n', ..] => {
-                    *pos += 1;
                     *phase = ChunkPhase::Size(0);
                 }
                 [] | [b'\r'] => return Ok(false),
@@ -1042,6 +1045,9 @@ mod tests {
             &b"zz\r\n"[..],
             b"3\r\nabcX",
             b"3\r\nabc\rX",
+            b"3\r\nabc\n0\r\n\r\n",
+            b"\r\n",
+            b";ext\r\n",
             &[b'1'; MAX_CHUNK_LINE + 1],
         ] {
             let mut raw = head.clone();
@@ -1089,6 +1095,15 @@ mod tests {
                 assert_eq!(parse_in_steps(raw, step).0, parse(raw), "step {step}");
             }
         }
+    }
+
+    #[test]
+    fn leading_empty_lines_arriving_a_byte_per_read_cost_linear_work() {
+        let mut raw = b"\r\n".repeat(2_000);
+        raw.extend_from_slice(b"GET / HTTP/1.1\r\n\r\n");
+        let (r, work) = parse_in_steps(&raw, 1);
+        assert!(matches!(r, Ok(Parsed::Complete { .. })), "{r:?}");
+        assert!(work <= 4 * raw.len() as u64, "{work} byte visits");
     }
 
     #[test]

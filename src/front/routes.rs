@@ -232,6 +232,68 @@ struct Lifecycle {
     awaiting_after_stream: HashSet<String>,
 }
 
+/// The drain's "end every call now": a flag each call loop checks once per turn (one relaxed
+/// load, no lock on the audio path), and a waker per call, registered once, so that a call with
+/// nothing to read is woken too.
+#[derive(Debug, Default)]
+pub struct EndCalls {
+    now: std::sync::atomic::AtomicBool,
+    wakers: Mutex<std::collections::HashMap<u64, Arc<futures_util::task::AtomicWaker>>>,
+    next_id: std::sync::atomic::AtomicU64,
+}
+
+impl EndCalls {
+    /// Registers a call: the future resolves once calls must end.
+    pub fn watch(self: &Arc<Self>) -> EndCallsWatch {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let waker = Arc::new(futures_util::task::AtomicWaker::new());
+        lock(&self.wakers).insert(id, Arc::clone(&waker));
+        EndCallsWatch {
+            calls: Arc::clone(self),
+            id,
+            waker,
+        }
+    }
+
+    fn end_all(&self) {
+        self.now.store(true, Ordering::SeqCst);
+        for w in lock(&self.wakers).values() {
+            w.wake();
+        }
+    }
+}
+
+/// One call's watch on [`EndCalls`]: a future that resolves when the call must end.
+#[derive(Debug)]
+pub struct EndCallsWatch {
+    calls: Arc<EndCalls>,
+    id: u64,
+    waker: Arc<futures_util::task::AtomicWaker>,
+}
+
+impl std::future::Future for EndCallsWatch {
+    type Output = ();
+
+    fn poll(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<()> {
+        // Register first, then look: an `end_all` in between still wakes this task.
+        self.waker.register(cx.waker());
+        if self.calls.now.load(Ordering::SeqCst) {
+            std::task::Poll::Ready(())
+        } else {
+            std::task::Poll::Pending
+        }
+    }
+}
+
+impl Drop for EndCallsWatch {
+    fn drop(&mut self) {
+        lock(&self.calls.wakers).remove(&self.id);
+    }
+}
+
 /// A slot of `MAX_CALLS`, held by a bridged call; freed when dropped.
 #[derive(Debug)]
 pub struct CallSlot {
@@ -275,7 +337,7 @@ pub struct App {
     /// Starting, ready or draining.
     lifecycle: Mutex<Lifecycle>,
     /// Set at the drain's deadline: every call still up ends (`EndReason::Drained`).
-    end_calls: tokio::sync::watch::Sender<bool>,
+    end_calls: Arc<EndCalls>,
     /// Agents, routes and call records; `None`: nothing is recorded (library use, tests).
     store: Option<Store>,
 }
@@ -301,7 +363,7 @@ impl App {
                 accept_until: None,
                 awaiting_after_stream: HashSet::new(),
             }),
-            end_calls: tokio::sync::watch::channel(false).0,
+            end_calls: Arc::default(),
             store: None,
         })
     }
@@ -319,26 +381,40 @@ impl App {
         }
     }
 
-    /// SIGTERM: `/readyz` answers 503 from now on, and upgrades are bridged for
-    /// `DRAIN_ACCEPT_SECS` more.
-    pub fn begin_drain(&self, now: Instant) {
-        let mut l = lock(&self.lifecycle);
-        if l.readiness != Readiness::Draining {
-            l.readiness = Readiness::Draining;
-            l.accept_until = Some(now + self.cfg.drain.accept);
-        }
+    /// SIGTERM: `/readyz` answers 503 from now on, and upgrades are bridged for `accept` more
+    /// (`DRAIN_ACCEPT_SECS`); returns when that window ends.
+    pub fn begin_drain(&self, now: Instant, accept: Duration) -> Instant {
+        let until = {
+            let mut l = lock(&self.lifecycle);
+            if l.readiness != Readiness::Draining {
+                l.readiness = Readiness::Draining;
+                l.accept_until = Some(now + accept);
+            }
+            l.accept_until.unwrap_or(now)
+        };
         crate::metrics::set_drain(true, self.active_calls());
+        until
+    }
+
+    /// The drain is closing: from now on every upgrade is accepted and closed at once, whatever
+    /// the accept window said, so no call can start after the drain stopped waiting for calls.
+    pub fn stop_bridging(&self) {
+        let mut l = lock(&self.lifecycle);
+        let now = Instant::now();
+        if l.accept_until.is_none_or(|until| until > now) {
+            l.accept_until = Some(now);
+        }
     }
 
     /// The drain's deadline has come: every call still up is ended (`drained`), its stream
     /// closed normally so the caller reaches the fallback.
     pub fn end_calls(&self) {
-        self.end_calls.send_replace(true);
+        self.end_calls.end_all();
     }
 
     /// What a call watches to learn that it must end ([`App::end_calls`]).
-    pub fn end_calls_signal(&self) -> tokio::sync::watch::Receiver<bool> {
-        self.end_calls.subscribe()
+    pub fn end_calls_watch(&self) -> EndCallsWatch {
+        self.end_calls.watch()
     }
 
     /// Calls closed during the drain whose after-stream has not reached this instance yet.
@@ -717,62 +793,45 @@ impl App {
                 return Routed::Respond(resp);
             }
         };
-        // Draining, past the accept window: the stream is accepted and closed at once, so Twilio
-        // follows the <Redirect> to the fallback (the TwiML is out; the caller must hear someone).
-        let mut lifecycle = lock(&self.lifecycle);
-        if lifecycle
+        // Draining past the accept window: no call is bridged any more (the id is used all the
+        // same, so single use still holds).
+        let bridging = lock(&self.lifecycle)
             .accept_until
-            .is_some_and(|until| Instant::now() >= until)
-        {
-            // Its after-stream is on the way: the listener waits for it.
-            lifecycle
-                .awaiting_after_stream
-                .insert(verified.call_sid.clone());
-            drop(lifecycle);
-            tracing::warn!(
-                call_sid = %verified.call_sid,
-                "media stream after the drain's accept window: accepted and closed, after-stream sends the caller to the conference"
-            );
-            crate::metrics::refused(Refusal::Draining);
-            crate::metrics::call_outcome("fallback_draining");
-            return Routed::UpgradeThenClose {
-                accept,
-                call_sid: verified.call_sid,
-                why: CloseAtOnce::Draining,
-            };
-        }
-        drop(lifecycle);
+            .is_none_or(|until| Instant::now() < until);
         let admit = lock(&self.admission).admit(
             Instant::now(),
             now_unix,
             call_id,
             verified.expires_at_unix,
+            bridging,
         );
-        match admit {
-            Admit::Bridge => Routed::Upgrade(UpgradeGrant {
-                call_sid: verified.call_sid,
-                call_id: call_id.to_owned(),
-                accept,
-                start_token: StartTokenCheck::new(Arc::clone(&self.stream_key), call_id),
-                slot: CallSlot {
-                    admission: Arc::clone(&self.admission),
-                },
-            }),
+        let why = match admit {
+            Admit::Bridge => {
+                return Routed::Upgrade(UpgradeGrant {
+                    call_sid: verified.call_sid,
+                    call_id: call_id.to_owned(),
+                    accept,
+                    start_token: StartTokenCheck::new(Arc::clone(&self.stream_key), call_id),
+                    slot: CallSlot {
+                        admission: Arc::clone(&self.admission),
+                    },
+                })
+            }
             Admit::Reused => {
                 tracing::warn!(call_sid = %verified.call_sid, "refused media stream: its stream id already opened a stream");
-                Routed::Respond(Response::refused(
+                return Routed::Respond(Response::refused(
                     Refusal::StreamReused,
                     409,
                     "stream already opened",
-                ))
+                ));
             }
             Admit::TooManyStreams => {
                 tracing::error!(call_sid = %verified.call_sid, "refused media stream: too many unexpired stream ids remembered");
-                Routed::Respond(Response::refused(
+                return Routed::Respond(Response::refused(
                     Refusal::TooManyStreams,
                     503,
                     "too many streams",
-                ))
+                ));
             }
             Admit::Full => {
                 tracing::warn!(
@@ -782,12 +841,25 @@ impl App {
                 );
                 crate::metrics::refused(Refusal::MaxCalls);
                 crate::metrics::call_outcome("fallback_overloaded");
-                Routed::UpgradeThenClose {
-                    accept,
-                    call_sid: verified.call_sid,
-                    why: CloseAtOnce::Overloaded,
-                }
+                CloseAtOnce::Overloaded
             }
+            Admit::NotBridging => {
+                tracing::warn!(
+                    call_sid = %verified.call_sid,
+                    "media stream after the drain's accept window: accepted and closed, after-stream sends the caller to the conference"
+                );
+                crate::metrics::refused(Refusal::Draining);
+                crate::metrics::call_outcome("fallback_draining");
+                CloseAtOnce::Draining
+            }
+        };
+        // Accepted and closed at once: Twilio follows the <Redirect>, and a draining instance
+        // keeps its listener open for that after-stream.
+        self.call_ended(&verified.call_sid, false);
+        Routed::UpgradeThenClose {
+            accept,
+            call_sid: verified.call_sid,
+            why,
         }
     }
 }

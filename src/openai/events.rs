@@ -89,6 +89,17 @@ pub enum ServerEvent<'a> {
         /// `item.type`: `message`, `function_call`, …
         item_type: &'a str,
     },
+    /// `response.content_part.added`: a part of an assistant message item (its audio, or text).
+    ContentPartAdded {
+        /// `response_id`.
+        response_id: &'a str,
+        /// `item_id`.
+        item_id: &'a str,
+        /// `content_index`.
+        content_index: u64,
+        /// `part.type`: `audio` (or `output_audio`), `text`; absent or `null` allowed.
+        part_type: Option<&'a str>,
+    },
     /// `response.output_audio.delta`: assistant audio to forward unchanged.
     OutputAudioDelta {
         /// `response_id`.
@@ -387,6 +398,12 @@ fn event_from_root<'a>(root: TapeValue<'_, 'a>) -> Result<ServerEvent<'a>, OpenA
             response_id: f.str("response_id")?,
             item_id: f.opt_str("item.id")?.unwrap_or(""),
             item_type: f.str("item.type")?,
+        }),
+        "response.content_part.added" => Ok(ServerEvent::ContentPartAdded {
+            response_id: f.str("response_id")?,
+            item_id: f.str("item_id")?,
+            content_index: f.u64("content_index")?,
+            part_type: f.opt_str("part.type")?,
         }),
         "response.output_audio.done" => Ok(ServerEvent::OutputAudioDone {
             response_id: f.str("response_id")?,
@@ -866,6 +883,20 @@ mod tests {
     }
 
     #[test]
+    fn content_part_added_parses() {
+        let text = r#"{"type":"response.content_part.added","event_id":"ev","response_id":"resp_R1","item_id":"item_CBx2","output_index":0,"content_index":0,"part":{"type":"audio","transcript":""}}"#;
+        assert_eq!(
+            parse_valid(text),
+            ServerEvent::ContentPartAdded {
+                response_id: "resp_R1",
+                item_id: "item_CBx2",
+                content_index: 0,
+                part_type: Some("audio"),
+            }
+        );
+    }
+
+    #[test]
     fn output_audio_done_parses() {
         let text = r#"{"type":"response.output_audio.done","event_id":"ev","response_id":"resp_R1","item_id":"item_CBx2","output_index":0,"content_index":0}"#;
         assert_eq!(
@@ -907,7 +938,7 @@ mod tests {
     fn unknown_and_ignored_types_are_other() {
         for event_type in [
             "conversation.item.added",
-            "response.content_part.added",
+            "response.content_part.done",
             "rate_limits.updated",
             "some.future.event",
         ] {

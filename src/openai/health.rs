@@ -10,11 +10,14 @@
 //! breaker, its failure opens it again at once, and if it ends without either (the caller hung
 //! up) the next call probes once the probe window has passed.
 //!
-//! What counts (it is everyone's problem, not one call's): a connect, TLS or WebSocket handshake
-//! that fails or times out (a 401, 429 or 5xx answer, an unknown model), a session that never
-//! gets ready, and the same failures of the pool's warming connections. What does not: an
-//! `error` that answers one agent's `session.update` (its settings are refused: the agent's
-//! fault, [`crate::bridge::EndReason::AgentRejected`]).
+//! What counts as a failure (it is everyone's problem, not one call's): a connect, TLS or
+//! WebSocket handshake that fails or times out (a 401, 429 or 5xx answer, an unknown model), a
+//! session that never gets ready once dialled, and the same failures of the pool's warming
+//! connections. What does not: an `invalid_request_error` that answers one agent's
+//! `session.update` (its settings are refused: the agent's fault,
+//! [`crate::bridge::EndReason::AgentRejected`]), and a stream that never sent `start` (nothing was
+//! dialled). What closes the breaker: a call whose session got ready (a warming connection's
+//! handshake alone does not prove that sessions work).
 //!
 //! [`OpenAiHealth`] is sans-IO (the time comes in as an argument, so the rule is tested with a
 //! fake clock); [`Breaker`] shares it between the webhook, the calls and the pools.

@@ -425,8 +425,12 @@ pub async fn maintain<D: Dial>(
         }
         tokio::select! {
             Some((outcome, took)) = warming.next(), if !warming.is_empty() => {
-                // Warming is a connect like a call's: the breaker learns from it too.
-                breaker.note(outcome.is_ok());
+                // A failed warming is a failed connect like a call's: the breaker counts it. A
+                // good one proves only the handshake, not that sessions work, so it does not
+                // close the breaker (only a call whose session got ready does).
+                if outcome.is_err() {
+                    breaker.note(false);
+                }
                 let outcome = match outcome {
                     Ok(w) => Some(w),
                     Err(e) => {

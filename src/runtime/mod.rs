@@ -26,6 +26,25 @@ use crate::front::routes::App;
 use crate::openai::client::Connector;
 use crate::store::{Store, StoreOptions};
 
+/// The connections waiting in `listener`'s accept queue, taken with non-blocking accepts until
+/// the queue is empty (and made non-blocking for the driver), so that closing the listener resets
+/// none of them: closing a listener resets its accept queue, and with `SO_REUSEPORT` the queued
+/// connections are not handed to the other listeners. Both drivers call it before they close.
+pub(crate) fn take_queued(
+    listener: &std::net::TcpListener,
+) -> Vec<(std::net::TcpStream, SocketAddr)> {
+    let mut taken = Vec::new();
+    if listener.set_nonblocking(true).is_err() {
+        return taken;
+    }
+    while let Ok((sock, peer)) = listener.accept() {
+        if sock.set_nonblocking(true).is_ok() {
+            taken.push((sock, peer));
+        }
+    }
+    taken
+}
+
 /// Where a server is in its life; drivers watch it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Phase {
@@ -177,6 +196,7 @@ impl Server {
     /// library's users (the demo, tests); `serve` drains with [`Server::drain`].
     pub async fn stop(self, grace: Duration) {
         let plan = DrainPlan {
+            accept: Duration::ZERO,
             calls: grace,
             http_grace: Duration::ZERO,
         };
@@ -200,6 +220,7 @@ impl Server {
     pub async fn drain(self, force: impl std::future::Future<Output = ()>) {
         let drain = self.app.config().drain;
         let plan = DrainPlan {
+            accept: drain.accept,
             calls: drain.timeout,
             http_grace: drain.http_grace,
         };
@@ -211,12 +232,23 @@ impl Server {
         let force = futures_util::FutureExt::fuse(force);
         tokio::pin!(force);
         let started = tokio::time::Instant::now();
-        self.app.begin_drain(started.into_std());
+        let accept_until = self.app.begin_drain(started.into_std(), plan.accept);
         let _ = self.phase.send(Phase::Draining);
         let mut forced = false;
-        // 2. Calls run on, until they are done or the deadline.
+        // 2. Upgrades are bridged until the accept window ends, and calls run on until they are
+        //    done (not before the window ends: its TwiML is already out) or the deadline.
         let deadline = started + plan.calls;
-        forced |= wait_for_calls(&self.app, deadline, true, force.as_mut()).await;
+        forced |= wait_for_calls(
+            &self.app,
+            deadline,
+            accept_until.into(),
+            true,
+            force.as_mut(),
+        )
+        .await;
+        // No call starts from here on (an upgrade that got past the admission before this line
+        // is already counted active below).
+        self.app.stop_bridging();
         if self.app.active_calls() > 0 {
             tracing::warn!(
                 calls = self.app.active_calls(),
@@ -225,8 +257,8 @@ impl Server {
             self.app.end_calls();
             // Each call closes both legs within its own CLOSE_TIMEOUT and records its end.
             let bound = if forced { FORCED_CALL_END } else { CALL_END };
-            let until = tokio::time::Instant::now() + bound;
-            forced |= wait_for_calls(&self.app, until, false, force.as_mut()).await;
+            let now = tokio::time::Instant::now();
+            forced |= wait_for_calls(&self.app, now + bound, now, false, force.as_mut()).await;
         }
         // 3. Twilio's after-stream for the calls we closed.
         if !forced && plan.http_grace > Duration::ZERO {
@@ -265,6 +297,8 @@ impl Server {
 /// How long each part of a shut-down may take.
 #[derive(Debug, Clone, Copy)]
 struct DrainPlan {
+    /// Upgrades are still bridged this long.
+    accept: Duration,
     /// Calls run on this long before they are ended.
     calls: Duration,
     /// The listener waits this long after the last call for after-stream requests.
@@ -282,11 +316,13 @@ const CALL_END: Duration = Duration::from_secs(3);
 /// peers' closing handshakes.
 const FORCED_CALL_END: Duration = Duration::from_secs(1);
 
-/// Waits until no call is active, `deadline`, or `force` (returns `true` then). Reports the calls
-/// left every second (`callbridge_drain_calls_left`, and a log line every 10 s when `report`).
+/// Waits until no call is active and `not_before` has passed, or `deadline`, or `force` (returns
+/// `true` then). Reports the calls left every second (`callbridge_drain_calls_left`, and a log line
+/// every 10 s when `report`).
 async fn wait_for_calls(
     app: &App,
     deadline: tokio::time::Instant,
+    not_before: tokio::time::Instant,
     report: bool,
     mut force: std::pin::Pin<&mut impl std::future::Future<Output = ()>>,
 ) -> bool {
@@ -304,7 +340,7 @@ async fn wait_for_calls(
             reports += 1;
             last_report = now;
         }
-        if left == 0 || now >= deadline {
+        if (left == 0 && now >= not_before) || now >= deadline {
             return false;
         }
         tokio::select! {
@@ -357,4 +393,22 @@ fn open_store(cfg: &Config) -> anyhow::Result<Store> {
         );
     }
     Ok(store)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn connections_queued_on_a_listener_are_taken_before_it_closes() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        // The kernel completes these handshakes and queues them: nobody has accepted yet.
+        let clients: Vec<_> = (0..5)
+            .map(|_| std::net::TcpStream::connect(addr).unwrap())
+            .collect();
+        let taken = take_queued(&listener);
+        assert_eq!(taken.len(), clients.len());
+        assert!(take_queued(&listener).is_empty(), "the queue is empty now");
+    }
 }

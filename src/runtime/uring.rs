@@ -28,7 +28,7 @@ use tokio::task::JoinSet;
 use super::epoll::{self, CLOSE_TIMEOUT};
 use super::io::Dial;
 use super::uring_stream::UringStream;
-use super::{next_phase, Phase};
+use super::{next_phase, take_queued, Phase};
 use crate::front::routes::App;
 use crate::openai::client::{ConnectError, Connector, WsConn};
 use crate::openai::pool::{maintain, PoolConfig, PooledDial, SharedPool};
@@ -294,21 +294,6 @@ async fn serve(
     tasks.shutdown().await;
 }
 
-/// The connections waiting in `listener`'s accept queue, taken without blocking (and made
-/// non-blocking for the ring), so that closing the listener resets none of them.
-fn take_queued(listener: &std::net::TcpListener) -> Vec<(std::net::TcpStream, SocketAddr)> {
-    let mut taken = Vec::new();
-    if listener.set_nonblocking(true).is_err() {
-        return taken;
-    }
-    while let Ok((sock, peer)) = listener.accept() {
-        if sock.set_nonblocking(true).is_ok() {
-            taken.push((sock, peer));
-        }
-    }
-    taken
-}
-
 /// Shuts the listening socket (every descriptor of it): no more connections are queued on it, and
 /// an accept in flight completes with an error.
 fn stop_listening(handle: &mut Option<std::net::TcpListener>) {
@@ -368,19 +353,6 @@ mod tests {
         );
         let enomem = explain(&io::Error::from_raw_os_error(12));
         assert!(enomem.contains("RLIMIT_MEMLOCK"), "{enomem}");
-    }
-
-    #[test]
-    fn connections_queued_on_a_listener_are_taken_before_it_closes() {
-        let listener = reuseport_listener("127.0.0.1:0".parse().unwrap()).unwrap();
-        let addr = listener.local_addr().unwrap();
-        // The kernel completes these handshakes and queues them: nobody has accepted yet.
-        let clients: Vec<_> = (0..5)
-            .map(|_| std::net::TcpStream::connect(addr).unwrap())
-            .collect();
-        let taken = take_queued(&listener);
-        assert_eq!(taken.len(), clients.len());
-        assert!(take_queued(&listener).is_empty(), "the queue is empty now");
     }
 
     #[test]

@@ -383,18 +383,17 @@ impl Store {
         })
     }
 
-    /// Whether the store takes writes: its writer thread runs and its queue has room. `/readyz`
-    /// answers 503 (`store unavailable`) otherwise, so new calls go to an instance whose records
-    /// will be kept.
+    /// Whether the store takes writes: its writer thread runs. `/readyz` answers 503
+    /// (`store unavailable`) otherwise, so new calls go to an instance whose records will be
+    /// kept. (A queue that is full for a moment is not unavailability: it would make the
+    /// readiness flap under a burst.)
     pub fn is_available(&self) -> bool {
-        let running = self
-            .inner
+        self.inner
             .writer
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .as_ref()
-            .is_some_and(|h| !h.is_finished());
-        running && self.inner.tx.len() < self.inner.capacity
+            .is_some_and(|h| !h.is_finished())
     }
 
     /// Ops waiting in the queue.
