@@ -951,7 +951,7 @@ impl CallMeter {
                 self.h.tokens_output.increment(usage.output_tokens);
             }
             CallEvent::OpenAiError { code, .. } => openai_error(code.as_deref()),
-            CallEvent::ProtocolError { leg, kind } => protocol_error(*leg, kind),
+            CallEvent::ProtocolError(error) => protocol_error(error.leg(), error.label()),
             CallEvent::Ended { reason } if !self.outcome_counted => {
                 self.outcome_counted = true;
                 self.h.call_outcome(reason.label());

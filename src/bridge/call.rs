@@ -33,9 +33,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::ledger::{Ledger, MarkEcho, MAX_CHUNK_B64};
-use crate::openai::events::{self as oa, ServerEvent, ServerEventParser, Usage};
+use crate::openai::events::{
+    self as oa, OpenAiParseError, ResponseStatus, ServerEvent, ServerEventParser, Usage,
+};
 use crate::openai::session::{encode_session_update, AgentSettings};
-use crate::twilio::events::{self as tw, TwilioEvent, TwilioParser};
+use crate::twilio::events::{self as tw, TwilioEvent, TwilioParseError, TwilioParser};
 use crate::twilio::stream_id::StartTokenCheck;
 use crate::wire::b64;
 
@@ -348,7 +350,7 @@ pub enum CallEvent {
         /// `response.id`.
         response_id: String,
         /// `response.status`.
-        status: String,
+        status: ResponseStatus,
         /// Token usage, when reported.
         usage: Option<Usage>,
     },
@@ -361,18 +363,114 @@ pub enum CallEvent {
         /// Our `event_id` of the failing client event.
         event_id: Option<String>,
     },
-    /// A frame was dropped because it broke the protocol.
-    ProtocolError {
-        /// Which peer sent it.
-        leg: Leg,
-        /// Stable label (`not_json`, `bad_base64`, `media_before_start`, …).
-        kind: &'static str,
-    },
+    /// A frame was dropped because it broke the protocol (the error names the peer).
+    ProtocolError(ProtocolError),
     /// The call is over. Emitted once.
     Ended {
         /// Why.
         reason: EndReason,
     },
+}
+
+/// A frame a call dropped because it broke the protocol, by the peer at fault.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ProtocolError {
+    /// Twilio sent it.
+    Twilio(TwilioFault),
+    /// OpenAI sent it.
+    OpenAi(OpenAiFault),
+}
+
+/// What Twilio got wrong (protocol.md section 4).
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum TwilioFault {
+    /// The text frame is not a Media Streams message.
+    Unparsable(TwilioParseError),
+    /// A binary frame: Media Streams has none.
+    BinaryFrame,
+    /// A message for a `streamSid` that is not this call's.
+    UnknownStreamSid,
+    /// `media` before `start`.
+    MediaBeforeStart,
+    /// Another message (`mark`, `dtmf`, `stop`) before `start`.
+    MessageBeforeStart,
+    /// A second `start`.
+    DuplicateStart,
+    /// The echo of a mark callbridge never sent.
+    UnknownMark,
+}
+
+/// What OpenAI got wrong (protocol.md section 5).
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum OpenAiFault {
+    /// The text frame is not a server event.
+    Unparsable(OpenAiParseError),
+    /// A binary frame: the Realtime API has none.
+    BinaryFrame,
+    /// A second `session.created`.
+    DuplicateSessionCreated,
+    /// `session.updated` before our `session.update`.
+    UnexpectedSessionUpdated,
+    /// Assistant audio before the Twilio stream started (nowhere to play it).
+    AudioBeforeStart,
+    /// An audio delta that is not valid base64.
+    BadAudio,
+}
+
+impl ProtocolError {
+    /// The peer at fault.
+    pub fn leg(&self) -> Leg {
+        match self {
+            ProtocolError::Twilio(_) => Leg::Twilio,
+            ProtocolError::OpenAi(_) => Leg::OpenAi,
+        }
+    }
+
+    /// A short stable label for metrics and records (`not_json`, `bad_base64`, …).
+    pub fn label(&self) -> &'static str {
+        match self {
+            ProtocolError::Twilio(f) => match f {
+                TwilioFault::Unparsable(e) => e.kind(),
+                TwilioFault::BinaryFrame => "binary_frame",
+                TwilioFault::UnknownStreamSid => "unknown_stream_sid",
+                TwilioFault::MediaBeforeStart => "media_before_start",
+                TwilioFault::MessageBeforeStart => "message_before_start",
+                TwilioFault::DuplicateStart => "duplicate_start",
+                TwilioFault::UnknownMark => "unknown_mark",
+            },
+            ProtocolError::OpenAi(f) => match f {
+                OpenAiFault::Unparsable(e) => e.kind(),
+                OpenAiFault::BinaryFrame => "binary_frame",
+                OpenAiFault::DuplicateSessionCreated => "duplicate_session_created",
+                OpenAiFault::UnexpectedSessionUpdated => "unexpected_session_updated",
+                OpenAiFault::AudioBeforeStart => "audio_before_start",
+                OpenAiFault::BadAudio => "bad_base64",
+            },
+        }
+    }
+}
+
+/// A Twilio message that must name the call's stream, for [`TwilioFault`]s.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum StreamMessage {
+    Media,
+    Mark,
+    Dtmf,
+    Stop,
+}
+
+impl StreamMessage {
+    fn name(self) -> &'static str {
+        match self {
+            StreamMessage::Media => "media",
+            StreamMessage::Mark => "mark",
+            StreamMessage::Dtmf => "dtmf",
+            StreamMessage::Stop => "stop",
+        }
+    }
 }
 
 /// Counters of one call.
@@ -407,15 +505,69 @@ pub struct CallStats {
     pub openai_errors: u64,
 }
 
+/// Where the Twilio stream is.
+#[derive(Debug)]
+enum StreamPhase {
+    /// Upgraded: `start` must come by `created_at + start_timeout`.
+    AwaitingStart,
+    /// `start` accepted (callSid and token checked); the OpenAI leg is dialled from here.
+    Started {
+        /// `streamSid`: every message we send to Twilio carries it.
+        stream_sid: String,
+        /// When `session.updated` must have arrived (`start` + the session timeout).
+        session_deadline: Instant,
+    },
+}
+
 /// Where the OpenAI session is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum OpenAiPhase {
+#[derive(Debug)]
+enum SessionPhase {
     /// Waiting for `session.created`.
     AwaitingCreated,
-    /// `session.update` sent, waiting for `session.updated`.
-    AwaitingUpdated,
-    /// Audio flows.
-    Ready,
+    /// `session.created` arrived; `session.update` waits for `start` (and the agent).
+    Created {
+        /// `session.id`, when the server sent one.
+        session_id: Option<String>,
+    },
+    /// `session.update` sent; waiting for `session.updated`.
+    Updating {
+        /// `session.id`, when the server sent one.
+        session_id: Option<String>,
+        /// The number of the update's `event_id`: an `error` naming it refuses the agent.
+        update_id: u64,
+    },
+    /// `session.updated` confirmed μ-law both ways: audio flows.
+    Ready {
+        /// `session.id`, when the server sent one.
+        session_id: Option<String>,
+    },
+}
+
+impl SessionPhase {
+    fn session_id(&self) -> Option<&str> {
+        match self {
+            SessionPhase::AwaitingCreated => None,
+            SessionPhase::Created { session_id }
+            | SessionPhase::Updating { session_id, .. }
+            | SessionPhase::Ready { session_id } => session_id.as_deref(),
+        }
+    }
+
+    fn is_ready(&self) -> bool {
+        matches!(self, SessionPhase::Ready { .. })
+    }
+}
+
+/// Tool results waiting for the response that asked for them to end: they go out with one
+/// `response.create` on its `response.done` (a `response.create` while a response is active is
+/// refused, `conversation_already_has_active_response`, and a response may carry several calls).
+#[derive(Debug)]
+struct PendingTools {
+    /// The response whose `response.done` releases them (the `response_id` of the
+    /// `…arguments.done`: also right when a barge-in already ended our view of it).
+    response_id: String,
+    /// `(call_id, output)`, in the order they came.
+    outputs: Vec<(String, String)>,
 }
 
 /// Outbound frames waiting for `poll_transmit`: one byte arena and the frame boundaries. Both
@@ -485,11 +637,10 @@ pub struct Call {
     last_now: Instant,
     /// When the last Twilio frame arrived (for the idle deadline).
     last_twilio_at: Instant,
-    /// `streamSid`, once `start` arrived.
-    stream_sid: Option<String>,
-    openai: OpenAiPhase,
-    /// OpenAI session id from `session.created`.
-    session_id: Option<String>,
+    /// The Twilio stream's phase.
+    stream: StreamPhase,
+    /// The OpenAI session's phase.
+    session: SessionPhase,
     ledger: Ledger,
     outbox: Outbox,
     events: VecDeque<CallEvent>,
@@ -503,14 +654,8 @@ pub struct Call {
     /// `interrupt_response` cancels it when the caller starts speaking (protocol.md 5.5), even
     /// when none of its audio is playing yet.
     active_response: Option<String>,
-    /// Tool results, `(call_id, output)`, waiting for the response that asked for them to end:
-    /// they go out with one `response.create` on its `response.done` (a `response.create` while
-    /// a response is active is refused, `conversation_already_has_active_response`, and a
-    /// response may carry several calls).
-    tool_outputs: Vec<(String, String)>,
-    /// The response whose `response.done` releases [`Call::tool_outputs`] (the `response_id` of
-    /// its `…arguments.done`: also right when a barge-in already ended our view of it).
-    tool_response: Option<String>,
+    /// Tool results waiting for their response to end.
+    tools: Option<PendingTools>,
     /// Between `speech_started` and `speech_stopped`: server VAD will answer this turn itself,
     /// so a `response.create` now would collide with its response.
     caller_speaking: bool,
@@ -520,12 +665,6 @@ pub struct Call {
     /// Log lines written per protocol-error kind (rate limit).
     logged_kinds: Vec<(&'static str, u32)>,
     next_event_id: u64,
-    /// The number of our `session.update`'s `event_id`, once sent: an `error` naming it refuses
-    /// the agent's settings.
-    session_update_id: Option<u64>,
-    /// When `session.updated` must have arrived: `start` + the session timeout, set when `start`
-    /// is accepted (the OpenAI leg is dialled only then).
-    session_deadline: Option<Instant>,
     /// Reused buffer for mark names.
     mark_name: String,
     ended: Option<EndReason>,
@@ -539,9 +678,8 @@ impl Call {
             created_at: now,
             last_now: now,
             last_twilio_at: now,
-            stream_sid: None,
-            openai: OpenAiPhase::AwaitingCreated,
-            session_id: None,
+            stream: StreamPhase::AwaitingStart,
+            session: SessionPhase::AwaitingCreated,
             ledger: Ledger::new(),
             outbox: Outbox::default(),
             events: VecDeque::new(),
@@ -549,15 +687,12 @@ impl Call {
             presession_bytes: 0,
             interrupted_responses: VecDeque::new(),
             active_response: None,
-            tool_outputs: Vec::new(),
-            tool_response: None,
+            tools: None,
             caller_speaking: false,
             interrupted_items: VecDeque::new(),
             stats: CallStats::default(),
             logged_kinds: Vec::new(),
             next_event_id: 1,
-            session_update_id: None,
-            session_deadline: None,
             mark_name: String::with_capacity(64),
             ended: None,
         }
@@ -570,12 +705,15 @@ impl Call {
 
     /// `streamSid`, once known.
     pub fn stream_sid(&self) -> Option<&str> {
-        self.stream_sid.as_deref()
+        match &self.stream {
+            StreamPhase::AwaitingStart => None,
+            StreamPhase::Started { stream_sid, .. } => Some(stream_sid),
+        }
     }
 
     /// The OpenAI session id, once known.
     pub fn session_id(&self) -> Option<&str> {
-        self.session_id.as_deref()
+        self.session.session_id()
     }
 
     /// The callSid this call is for.
@@ -600,7 +738,7 @@ impl Call {
 
     /// Whether the session is ready (caller audio is forwarded).
     pub fn is_ready(&self) -> bool {
-        self.openai == OpenAiPhase::Ready
+        self.session.is_ready()
     }
 
     /// Writes the next frame to send into `buf` (cleared first).
@@ -618,18 +756,20 @@ impl Call {
         if self.ended.is_some() {
             return None;
         }
-        // Before `start`: the start deadline; after it: the idle deadline of the Twilio stream.
-        let mut deadline = Some(match self.stream_sid {
-            None => self.created_at + self.cfg.start_timeout,
-            Some(_) => self.last_twilio_at + self.cfg.twilio_idle_timeout,
-        });
-        if let Some(d) = self
-            .session_deadline
-            .filter(|_| self.openai != OpenAiPhase::Ready)
-        {
-            deadline = Some(deadline.map_or(d, |x| x.min(d)));
-        }
-        deadline
+        // Before `start`: the start deadline; after it: the idle deadline of the Twilio stream,
+        // and the session's until it is ready.
+        Some(match &self.stream {
+            StreamPhase::AwaitingStart => self.created_at + self.cfg.start_timeout,
+            StreamPhase::Started {
+                session_deadline, ..
+            } => {
+                let idle = self.last_twilio_at + self.cfg.twilio_idle_timeout;
+                match self.session.is_ready() {
+                    true => idle,
+                    false => idle.min(*session_deadline),
+                }
+            }
+        })
     }
 
     /// Fires the deadlines that have passed at `now`.
@@ -638,17 +778,22 @@ impl Call {
         if self.ended.is_some() {
             return;
         }
-        if self.stream_sid.is_none() && now >= self.created_at + self.cfg.start_timeout {
-            self.end(EndReason::StartTimeout);
-        } else if self.stream_sid.is_some()
-            && now >= self.last_twilio_at + self.cfg.twilio_idle_timeout
-        {
+        let session_deadline = match &self.stream {
+            StreamPhase::AwaitingStart => {
+                if now >= self.created_at + self.cfg.start_timeout {
+                    self.end(EndReason::StartTimeout);
+                }
+                return;
+            }
+            StreamPhase::Started {
+                session_deadline, ..
+            } => *session_deadline,
+        };
+        if now >= self.last_twilio_at + self.cfg.twilio_idle_timeout {
             self.end(EndReason::TwilioSilent(
                 now.saturating_duration_since(self.last_twilio_at),
             ));
-        } else if self.openai != OpenAiPhase::Ready
-            && self.session_deadline.is_some_and(|d| now >= d)
-        {
+        } else if !self.session.is_ready() && now >= session_deadline {
             let secs = self.cfg.session_timeout.as_secs_f32();
             self.end(EndReason::OpenAiSetupFailed(format!(
                 "no session.updated within {secs:.1}s"
@@ -677,7 +822,7 @@ impl Call {
     /// The OpenAI socket closed (close frame or EOF); `why` says how.
     pub fn handle_openai_closed(&mut self, now: Instant, why: &str) {
         self.observe(now);
-        let reason = if self.openai == OpenAiPhase::Ready {
+        let reason = if self.session.is_ready() {
             EndReason::OpenAiClosed(why.to_owned())
         } else {
             EndReason::OpenAiSetupFailed(format!("closed during setup: {why}"))
@@ -689,8 +834,7 @@ impl Call {
     pub fn handle_twilio_binary(&mut self, now: Instant) {
         self.last_twilio_at = self.observe(now);
         self.protocol_error(
-            Leg::Twilio,
-            "binary_frame",
+            ProtocolError::Twilio(TwilioFault::BinaryFrame),
             format_args!("binary frames are not part of media streams"),
         );
     }
@@ -699,8 +843,7 @@ impl Call {
     pub fn handle_openai_binary(&mut self, now: Instant) {
         self.observe(now);
         self.protocol_error(
-            Leg::OpenAi,
-            "binary_frame",
+            ProtocolError::OpenAi(OpenAiFault::BinaryFrame),
             format_args!("binary frames are not part of the realtime api"),
         );
     }
@@ -715,7 +858,13 @@ impl Call {
         // The parser is stateless (simd-json's scratch is per thread, `wire::json_scratch`).
         match TwilioParser::new().parse(frame) {
             Ok(ev) => self.on_twilio(now, ev),
-            Err(e) => self.protocol_error(Leg::Twilio, e.kind(), format_args!("{e}")),
+            Err(e) => {
+                let detail = e.to_string();
+                self.protocol_error(
+                    ProtocolError::Twilio(TwilioFault::Unparsable(e)),
+                    format_args!("{detail}"),
+                )
+            }
         }
     }
 
@@ -727,24 +876,13 @@ impl Call {
         }
         match ServerEventParser::new().parse(frame) {
             Ok(ev) => self.on_openai(now, ev),
-            Err(e) => self.protocol_error(Leg::OpenAi, e.kind(), format_args!("{e}")),
-        }
-    }
-
-    /// One parsed Twilio event.
-    pub fn handle_twilio(&mut self, now: Instant, ev: TwilioEvent<'_>) {
-        let now = self.observe(now);
-        self.last_twilio_at = now;
-        if self.ended.is_none() {
-            self.on_twilio(now, ev);
-        }
-    }
-
-    /// One parsed OpenAI server event.
-    pub fn handle_openai(&mut self, now: Instant, ev: ServerEvent<'_>) {
-        let now = self.observe(now);
-        if self.ended.is_none() {
-            self.on_openai(now, ev);
+            Err(e) => {
+                let detail = e.to_string();
+                self.protocol_error(
+                    ProtocolError::OpenAi(OpenAiFault::Unparsable(e)),
+                    format_args!("{detail}"),
+                )
+            }
         }
     }
 
@@ -774,10 +912,10 @@ impl Call {
         self.presession.clear();
     }
 
-    fn protocol_error(&mut self, leg: Leg, kind: &'static str, detail: std::fmt::Arguments<'_>) {
+    fn protocol_error(&mut self, error: ProtocolError, detail: std::fmt::Arguments<'_>) {
         self.stats.protocol_errors += 1;
-        self.events
-            .push_back(CallEvent::ProtocolError { leg, kind });
+        let (leg, kind) = (error.leg(), error.label());
+        self.events.push_back(CallEvent::ProtocolError(error));
         let logged = match self.logged_kinds.iter_mut().find(|(k, _)| *k == kind) {
             Some((_, n)) => {
                 *n += 1;
@@ -806,24 +944,24 @@ impl Call {
             TwilioEvent::Connected => {}
             TwilioEvent::Start(start) => self.on_start(now, start),
             TwilioEvent::Media(media) => {
-                if self.check_stream(media.stream_sid, "media") {
+                if self.check_stream(media.stream_sid, StreamMessage::Media) {
                     self.on_caller_audio(media.payload_b64);
                 }
             }
             TwilioEvent::Mark(mark) => {
-                if self.check_stream(mark.stream_sid, "mark") {
+                if self.check_stream(mark.stream_sid, StreamMessage::Mark) {
                     self.on_mark_echo(now, mark.name);
                 }
             }
             TwilioEvent::Dtmf(dtmf) => {
-                if self.check_stream(dtmf.stream_sid, "dtmf") {
+                if self.check_stream(dtmf.stream_sid, StreamMessage::Dtmf) {
                     self.events.push_back(CallEvent::Dtmf {
                         digit: dtmf.digit.to_owned(),
                     });
                 }
             }
             TwilioEvent::Stop(stop) => {
-                if self.check_stream(stop.stream_sid, "stop") {
+                if self.check_stream(stop.stream_sid, StreamMessage::Stop) {
                     self.end(EndReason::TwilioStop);
                 }
             }
@@ -834,34 +972,31 @@ impl Call {
     }
 
     /// Whether a message is for this call's stream; counts and logs it otherwise.
-    fn check_stream(&mut self, stream_sid: &str, what: &'static str) -> bool {
-        match self.stream_sid.as_deref() {
-            Some(sid) if sid == stream_sid => true,
-            Some(_) => {
-                self.protocol_error(
-                    Leg::Twilio,
-                    "unknown_stream_sid",
-                    format_args!("{what} for stream {stream_sid:?}, not ours"),
-                );
-                false
-            }
-            None => {
-                let kind = if what == "media" {
-                    "media_before_start"
-                } else {
-                    "message_before_start"
-                };
-                self.protocol_error(Leg::Twilio, kind, format_args!("{what} before start"));
-                false
-            }
+    fn check_stream(&mut self, stream_sid: &str, what: StreamMessage) -> bool {
+        let fault = match self.stream_sid() {
+            Some(sid) if sid == stream_sid => return true,
+            Some(_) => TwilioFault::UnknownStreamSid,
+            None if what == StreamMessage::Media => TwilioFault::MediaBeforeStart,
+            None => TwilioFault::MessageBeforeStart,
+        };
+        let what = what.name();
+        match fault {
+            TwilioFault::UnknownStreamSid => self.protocol_error(
+                ProtocolError::Twilio(fault),
+                format_args!("{what} for stream {stream_sid:?}, not ours"),
+            ),
+            _ => self.protocol_error(
+                ProtocolError::Twilio(fault),
+                format_args!("{what} before start"),
+            ),
         }
+        false
     }
 
     fn on_start(&mut self, now: Instant, start: tw::Start<'_>) {
-        if self.stream_sid.is_some() {
+        if self.stream_sid().is_some() {
             self.protocol_error(
-                Leg::Twilio,
-                "duplicate_start",
+                ProtocolError::Twilio(TwilioFault::DuplicateStart),
                 format_args!("second start message ignored"),
             );
             return;
@@ -891,10 +1026,12 @@ impl Call {
             self.end(EndReason::BadMediaFormat(what));
             return;
         }
-        self.stream_sid = Some(start.stream_sid.to_owned());
         // OpenAI is dialled from now on: its session gets its whole timeout from here (a stream
         // that never starts ends by the start timeout, and counts nothing against OpenAI).
-        self.session_deadline = Some(now + self.cfg.session_timeout);
+        self.stream = StreamPhase::Started {
+            stream_sid: start.stream_sid.to_owned(),
+            session_deadline: now + self.cfg.session_timeout,
+        };
         self.events.push_back(CallEvent::StreamStarted {
             stream_sid: start.stream_sid.to_owned(),
             call_sid: start.call_sid.to_owned(),
@@ -908,13 +1045,13 @@ impl Call {
             // The driver resolves the agent from these parameters and calls `set_agent`.
             return;
         }
-        if self.session_id.is_some() && self.openai == OpenAiPhase::AwaitingCreated {
+        if matches!(self.session, SessionPhase::Created { .. }) {
             self.send_session_update();
         }
     }
 
     fn on_caller_audio(&mut self, payload_b64: &str) {
-        if self.openai == OpenAiPhase::Ready {
+        if self.session.is_ready() {
             self.stats.audio_frames_up += 1;
             self.outbox
                 .push(Leg::OpenAi, |out| oa::encode_append(out, payload_b64));
@@ -945,8 +1082,7 @@ impl Call {
             MarkEcho::Unrecognised => {
                 self.stats.marks_unknown += 1;
                 self.protocol_error(
-                    Leg::Twilio,
-                    "unknown_mark",
+                    ProtocolError::Twilio(TwilioFault::UnknownMark),
                     format_args!("echo of a mark we never sent: {name:?}"),
                 );
             }
@@ -1023,16 +1159,22 @@ impl Call {
                 if self.active_response.as_deref() == Some(response_id) || response_id.is_empty() {
                     self.active_response = None;
                 }
-                if !response_id.is_empty() && self.tool_response.as_deref() == Some(response_id) {
-                    self.tool_response = None;
+                if !response_id.is_empty()
+                    && self
+                        .tools
+                        .as_ref()
+                        .is_some_and(|t| t.response_id == response_id)
+                {
                     // A response cut short by the caller, or a caller speaking now: server VAD
                     // answers that turn by itself (and sees the outputs); asking for another
                     // response would collide with it.
-                    self.send_tool_outputs(status != "cancelled" && !self.caller_speaking);
+                    self.send_tool_outputs(
+                        status != ResponseStatus::Cancelled && !self.caller_speaking,
+                    );
                 }
                 self.events.push_back(CallEvent::ResponseDone {
                     response_id: response_id.to_owned(),
-                    status: status.to_owned(),
+                    status,
                     usage,
                 });
             }
@@ -1051,51 +1193,63 @@ impl Call {
     }
 
     fn on_session_created(&mut self, session_id: Option<&str>) {
-        if self.session_id.is_some() || self.openai != OpenAiPhase::AwaitingCreated {
+        if !matches!(self.session, SessionPhase::AwaitingCreated) {
             self.protocol_error(
-                Leg::OpenAi,
-                "duplicate_session_created",
+                ProtocolError::OpenAi(OpenAiFault::DuplicateSessionCreated),
                 format_args!("second session.created ignored"),
             );
             return;
         }
-        self.session_id = Some(session_id.unwrap_or("").to_owned());
-        if self.stream_sid.is_some() && !self.cfg.wait_for_agent {
+        self.session = SessionPhase::Created {
+            session_id: session_id.filter(|s| !s.is_empty()).map(str::to_owned),
+        };
+        if self.stream_sid().is_some() && !self.cfg.wait_for_agent {
             self.send_session_update();
         }
     }
 
+    /// Sends `session.update`, once `session.created` has come ([`SessionPhase::Created`]);
+    /// in any other phase, nothing.
     fn send_session_update(&mut self) {
-        self.session_update_id = Some(self.next_event_id);
+        let SessionPhase::Created { session_id } = &mut self.session else {
+            return;
+        };
+        let session_id = session_id.take();
+        let update_id = self.next_event_id;
         let id = self.event_id();
         let (model, agent) = (&self.cfg.model, &self.cfg.agent);
         self.outbox.push(Leg::OpenAi, |out| {
             encode_session_update(out, id.as_str(), model, agent)
         });
-        self.openai = OpenAiPhase::AwaitingUpdated;
+        self.session = SessionPhase::Updating {
+            session_id,
+            update_id,
+        };
     }
 
     fn on_session_updated(&mut self, now: Instant, input: Option<&str>, output: Option<&str>) {
-        if self.openai != OpenAiPhase::AwaitingUpdated {
-            if self.openai == OpenAiPhase::AwaitingCreated {
+        let session_id = match &mut self.session {
+            SessionPhase::Updating { session_id, .. } => session_id.take(),
+            SessionPhase::AwaitingCreated | SessionPhase::Created { .. } => {
                 self.protocol_error(
-                    Leg::OpenAi,
-                    "unexpected_session_updated",
+                    ProtocolError::OpenAi(OpenAiFault::UnexpectedSessionUpdated),
                     format_args!("session.updated before our session.update"),
                 );
+                return;
             }
-            return;
-        }
+            // A later update's confirmation (none is sent today): nothing to do.
+            SessionPhase::Ready { .. } => return,
+        };
         if input != Some("audio/pcmu") || output != Some("audio/pcmu") {
             let why = format!("session.updated has formats {input:?}/{output:?}, not audio/pcmu");
             self.end(EndReason::OpenAiSetupFailed(why));
             return;
         }
-        self.openai = OpenAiPhase::Ready;
         self.events.push_back(CallEvent::SessionReady {
-            session_id: self.session_id.clone().filter(|s| !s.is_empty()),
+            session_id: session_id.clone(),
             setup: now.saturating_duration_since(self.created_at),
         });
+        self.session = SessionPhase::Ready { session_id };
         // The greeting first: sent after the held caller audio, it would meet the server's own
         // response whenever that audio already holds a whole turn (refused:
         // `conversation_already_has_active_response`, and the greeting lost). Sent first, it
@@ -1117,7 +1271,7 @@ impl Call {
 
     fn on_api_error(&mut self, err: oa::ApiError<'_>) {
         self.stats.openai_errors += 1;
-        if self.openai != OpenAiPhase::Ready {
+        if !self.session.is_ready() {
             let why = format!(
                 "{} ({}{}{})",
                 err.message,
@@ -1169,8 +1323,10 @@ impl Call {
         if err.error_type != "invalid_request_error" {
             return false;
         }
-        let names_ours = match (err.event_id, self.session_update_id) {
-            (Some(theirs), Some(ours)) => theirs == EventId::new(ours).as_str(),
+        let names_ours = match (err.event_id, &self.session) {
+            (Some(theirs), SessionPhase::Updating { update_id, .. }) => {
+                theirs == EventId::new(*update_id).as_str()
+            }
             _ => false,
         };
         names_ours || err.param.is_some_and(|p| p.starts_with("session."))
@@ -1185,16 +1341,14 @@ impl Call {
         }
         if !b64::is_valid(delta_b64.as_bytes()) {
             self.protocol_error(
-                Leg::OpenAi,
-                "bad_base64",
+                ProtocolError::OpenAi(OpenAiFault::BadAudio),
                 format_args!("audio delta of item {item_id} is not valid base64"),
             );
             return;
         }
-        let Some(stream_sid) = self.stream_sid.as_deref() else {
+        let StreamPhase::Started { stream_sid, .. } = &self.stream else {
             self.protocol_error(
-                Leg::OpenAi,
-                "audio_before_start",
+                ProtocolError::OpenAi(OpenAiFault::AudioBeforeStart),
                 format_args!("audio delta before the twilio stream started"),
             );
             return;
@@ -1241,7 +1395,7 @@ impl Call {
             self.stats.speech_without_playback += 1;
             return;
         };
-        let Some(stream_sid) = self.stream_sid.as_deref() else {
+        let StreamPhase::Started { stream_sid, .. } = &self.stream else {
             return;
         };
         // 1. The caller must stop hearing the AI at once: clear first (when anything plays).
@@ -1292,21 +1446,34 @@ impl Call {
             "{{\"error\":\"the tool {} is not available right now\"}}",
             name.replace(['"', '\\'], "")
         );
-        self.tool_outputs.push((call_id.to_owned(), output));
         let carrier = Some(response_id)
             .filter(|id| !id.is_empty())
             .map(str::to_owned)
             .or_else(|| self.active_response.clone());
-        match carrier {
-            Some(id) => self.tool_response = Some(id),
+        let Some(carrier) = carrier else {
             // No response known to carry it (unusual): nothing to wait for.
-            None => self.send_tool_outputs(!self.caller_speaking),
-        }
+            self.tools
+                .get_or_insert_with(|| PendingTools {
+                    response_id: String::new(),
+                    outputs: Vec::new(),
+                })
+                .outputs
+                .push((call_id.to_owned(), output));
+            self.send_tool_outputs(!self.caller_speaking);
+            return;
+        };
+        let pending = self.tools.get_or_insert_with(|| PendingTools {
+            response_id: carrier.clone(),
+            outputs: Vec::new(),
+        });
+        pending.response_id = carrier;
+        pending.outputs.push((call_id.to_owned(), output));
     }
 
     /// Sends the waiting tool results, then (with `respond`) one `response.create` for all.
     fn send_tool_outputs(&mut self, respond: bool) {
-        for (call_id, output) in std::mem::take(&mut self.tool_outputs) {
+        let outputs = self.tools.take().map(|t| t.outputs).unwrap_or_default();
+        for (call_id, output) in outputs {
             let id = self.event_id();
             self.outbox.push(Leg::OpenAi, |out| {
                 oa::encode_function_output(out, id.as_str(), &call_id, &output)
@@ -1325,15 +1492,19 @@ impl Call {
     /// it. Too late once `session.update` went out: then ignored (the voice cannot change after
     /// the first audio anyway).
     pub fn set_agent(&mut self, agent: Arc<AgentSettings>) {
-        if self.openai != OpenAiPhase::AwaitingCreated {
+        if !matches!(
+            self.session,
+            SessionPhase::AwaitingCreated | SessionPhase::Created { .. }
+        ) {
             tracing::debug!(call_sid = %self.cfg.expected_call_sid, "agent handed over after session.update: ignored");
             return;
         }
         // `start` arrived and was waiting for the agent.
-        let was_pending = self.cfg.wait_for_agent && self.stream_sid.is_some();
+        let was_pending = self.cfg.wait_for_agent && self.stream_sid().is_some();
         self.cfg.agent = agent;
         self.cfg.wait_for_agent = false;
-        if was_pending && self.session_id.is_some() && self.ended.is_none() {
+        if was_pending && self.ended.is_none() {
+            // Sent now if session.created came already, else when it comes.
             self.send_session_update();
         }
     }

@@ -5,7 +5,10 @@
 pub mod call;
 pub mod ledger;
 
-pub use call::{Call, CallConfig, CallEvent, CallStats, EndReason, Leg, Transmit};
+pub use call::{
+    Call, CallConfig, CallEvent, CallStats, EndReason, Leg, OpenAiFault, ProtocolError, Transmit,
+    TwilioFault,
+};
 
 #[cfg(test)]
 mod tests;

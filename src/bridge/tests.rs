@@ -160,7 +160,7 @@ impl Sim {
         self.events
             .iter()
             .filter_map(|e| match e {
-                CallEvent::ProtocolError { kind, .. } => Some(*kind),
+                CallEvent::ProtocolError(error) => Some(error.label()),
                 _ => None,
             })
             .collect()

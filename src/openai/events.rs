@@ -143,7 +143,7 @@ pub enum ServerEvent<'a> {
         /// `response.id`.
         response_id: &'a str,
         /// `response.status`.
-        status: &'a str,
+        status: ResponseStatus,
         /// `response.status_details.reason`, when present.
         reason: Option<&'a str>,
         /// `response.usage`, when present.
@@ -177,6 +177,34 @@ pub struct ApiError<'a> {
     /// `error.param`: the parameter at fault, when the server names one
     /// (`session.audio.output.voice`).
     pub param: Option<&'a str>,
+}
+
+/// How a response ended (`response.done`'s `response.status`, protocol.md 5.4).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ResponseStatus {
+    /// `completed`.
+    Completed,
+    /// `cancelled` (a barge-in's `turn_detected`, or our `response.cancel`).
+    Cancelled,
+    /// `incomplete` (e.g. `max_output_tokens`).
+    Incomplete,
+    /// `failed`.
+    Failed,
+    /// Absent, or a value this version does not know.
+    Other,
+}
+
+impl ResponseStatus {
+    /// The status of a `response.status` value.
+    pub fn parse(s: &str) -> ResponseStatus {
+        match s {
+            "completed" => ResponseStatus::Completed,
+            "cancelled" => ResponseStatus::Cancelled,
+            "incomplete" => ResponseStatus::Incomplete,
+            "failed" => ResponseStatus::Failed,
+            _ => ResponseStatus::Other,
+        }
+    }
 }
 
 /// Token usage of one response (`response.usage`).
@@ -425,7 +453,7 @@ fn event_from_root<'a>(root: TapeValue<'_, 'a>) -> Result<ServerEvent<'a>, OpenA
             f.require_object("response")?;
             Ok(ServerEvent::ResponseDone {
                 response_id: f.opt_str("response.id")?.unwrap_or(""),
-                status: f.opt_str("response.status")?.unwrap_or(""),
+                status: ResponseStatus::parse(f.opt_str("response.status")?.unwrap_or("")),
                 reason: f.opt_str("response.status_details.reason")?,
                 usage: f.usage()?,
             })
@@ -698,7 +726,7 @@ mod tests {
             parse_valid(EX_DONE_COMPLETED),
             ServerEvent::ResponseDone {
                 response_id: "resp_R1",
-                status: "completed",
+                status: ResponseStatus::Completed,
                 reason: None,
                 usage: Some(Usage {
                     total_tokens: 412,
@@ -715,7 +743,7 @@ mod tests {
             parse_valid(EX_DONE_CANCELLED),
             ServerEvent::ResponseDone {
                 response_id: "resp_R2",
-                status: "cancelled",
+                status: ResponseStatus::Cancelled,
                 reason: Some("turn_detected"),
                 usage: None,
             }
@@ -1144,7 +1172,7 @@ mod tests {
             parse_valid(cases[1]),
             ServerEvent::ResponseDone {
                 response_id: "",
-                status: "completed",
+                status: ResponseStatus::Completed,
                 reason: None,
                 usage: None,
             }
@@ -1217,7 +1245,7 @@ mod tests {
             parse_valid(text),
             ServerEvent::ResponseDone {
                 response_id: "r",
-                status: "failed",
+                status: ResponseStatus::Failed,
                 reason: None,
                 usage: Some(Usage {
                     total_tokens: 0,

@@ -175,12 +175,13 @@ impl CallRecorder {
                 code: code.clone(),
                 message: message.clone(),
             }),
-            CallEvent::ProtocolError { leg, kind } => {
+            CallEvent::ProtocolError(error) => {
                 self.protocol_errors += 1;
                 if self.protocol_errors <= MAX_PROTOCOL_ERROR_ITEMS {
+                    let kind = error.label();
                     self.append(ItemKind::Error {
-                        source: leg.label().into(),
-                        code: Some((*kind).to_owned()),
+                        source: error.leg().label().into(),
+                        code: Some(kind.to_owned()),
                         message: format!("frame dropped: {kind}"),
                     });
                 }
@@ -220,7 +221,7 @@ pub fn end_status(reason: &EndReason) -> CallStatus {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::bridge::{CallConfig, Leg};
+    use crate::bridge::{CallConfig, ProtocolError, TwilioFault};
     use crate::store::tests::TempDir;
     use crate::store::StoreOptions;
     use std::time::{Duration, Instant};
@@ -256,10 +257,9 @@ mod tests {
         for _ in 0..20 {
             rec.on_event(
                 &mut call,
-                &CallEvent::ProtocolError {
-                    leg: Leg::Twilio,
-                    kind: "bad_base64",
-                },
+                &CallEvent::ProtocolError(ProtocolError::Twilio(TwilioFault::Unparsable(
+                    crate::twilio::events::TwilioParseError::BadBase64,
+                ))),
             );
         }
         rec.on_event(
