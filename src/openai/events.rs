@@ -19,12 +19,10 @@
 //! ([`ServerEventParser::parse_full`]), which is the reference: whenever the fast path answers,
 //! its answer equals the tape path's (a property test checks it on generated and mutated frames).
 
-use std::ops::Range;
-
 use simd_json::prelude::*;
 use simd_json::tape::Value as TapeValue;
 
-use crate::wire::flat_json::{self, FlatObject, FlatValue};
+use crate::wire::flat_json::{self, FlatObject, FlatValue, Span};
 use crate::wire::json_out::{write_str, write_u64};
 use crate::wire::json_scratch;
 
@@ -303,16 +301,16 @@ impl ServerEventParser {
 /// The `type` of an audio delta.
 const AUDIO_DELTA: &str = "response.output_audio.delta";
 
-/// An audio delta recognised by the fast path, its strings as byte ranges of the frame (checked:
+/// An audio delta recognised by the fast path, its strings as spans of the frame (checked:
 /// valid UTF-8, no escapes).
 #[derive(Debug)]
 struct FastDelta {
     /// `response_id`.
-    response_id: Range<usize>,
+    response_id: Span,
     /// `item_id`.
-    item_id: Range<usize>,
+    item_id: Span,
     /// `delta`.
-    delta: Range<usize>,
+    delta: Span,
 }
 
 impl FastDelta {
@@ -331,7 +329,7 @@ impl FastDelta {
         if text("type")? != AUDIO_DELTA {
             return None;
         }
-        let span = |s: &str| byte_range(frame, s);
+        let span = |s: &str| Span::of(frame, s);
         Some(FastDelta {
             response_id: span(text("response_id")?),
             item_id: span(text("item_id")?),
@@ -343,10 +341,8 @@ impl FastDelta {
     fn build(self, frame: &[u8]) -> Result<ServerEvent<'_>, OpenAiParseError> {
         // The scan already validated these slices as UTF-8, so the error arm cannot be taken;
         // should it ever be, "not json" is still the truthful answer.
-        let text = |range: Range<usize>| {
-            frame
-                .get(range)
-                .and_then(|bytes| std::str::from_utf8(bytes).ok())
+        let text = |span: Span| {
+            span.text(frame)
                 .ok_or_else(|| OpenAiParseError::NotJson("invalid utf-8".to_owned()))
         };
         Ok(ServerEvent::OutputAudioDelta {
@@ -355,12 +351,6 @@ impl FastDelta {
             delta_b64: text(self.delta)?,
         })
     }
-}
-
-/// The position of `part` (a subslice of `frame`, as handed out by the scanner) within `frame`.
-fn byte_range(frame: &[u8], part: &str) -> Range<usize> {
-    let start = (part.as_ptr() as usize).wrapping_sub(frame.as_ptr() as usize);
-    start..start + part.len()
 }
 
 /// Builds the event from the parsed document; the strings it returns live as long as the frame

@@ -29,12 +29,10 @@
 //! field that appears twice in the same object is rejected ([`TwilioParseError::DuplicateField`]):
 //! two parsers could disagree on which copy counts.
 
-use std::ops::Range;
-
 use simd_json::prelude::*;
 use simd_json::value::tape::{Object, Value};
 
-use crate::wire::flat_json::{self, FlatObject, FlatValue};
+use crate::wire::flat_json::{self, FlatObject, FlatValue, Span};
 use crate::wire::{b64, json_out, json_scratch};
 
 /// One message received from Twilio on a Media Stream.
@@ -202,7 +200,7 @@ enum FastFrame {
     /// A `media` event.
     Media {
         /// `streamSid`.
-        stream_sid: Range<usize>,
+        stream_sid: Span,
         /// `sequenceNumber`.
         sequence_number: Option<u64>,
         /// `media.chunk`.
@@ -210,14 +208,14 @@ enum FastFrame {
         /// `media.timestamp`.
         timestamp_ms: Option<u64>,
         /// `media.payload`.
-        payload_b64: Range<usize>,
+        payload_b64: Span,
     },
     /// A `mark` event.
     Mark {
         /// `streamSid`.
-        stream_sid: Range<usize>,
+        stream_sid: Span,
         /// `mark.name`.
-        name: Range<usize>,
+        name: Span,
     },
 }
 
@@ -252,7 +250,7 @@ impl FastFrame {
             return None;
         }
         c.pos = start + len + 1;
-        let payload_b64 = start..start + len;
+        let payload_b64 = Span::new(start, start + len);
         c.literal(b"},\"streamSid\":\"")?;
         let stream_sid = c.span_while(|b| b.is_ascii_alphanumeric())?;
         c.literal(b"}")?;
@@ -290,7 +288,7 @@ impl FastFrame {
                 _ => {}
             }
         }
-        let span = |s: &str| byte_range(frame, s);
+        let span = |s: &str| Span::of(frame, s);
         let stream_sid = span(found.stream_sid?);
         match (found.event?, found.body?) {
             ("media", "media") => {
@@ -318,10 +316,8 @@ impl FastFrame {
     fn build(self, frame: &[u8]) -> Result<TwilioEvent<'_>, TwilioParseError> {
         // The scan already validated these slices as UTF-8, so the error arm cannot be taken;
         // should it ever be, "not json" is still the truthful answer.
-        let text = |range: Range<usize>| {
-            frame
-                .get(range)
-                .and_then(|bytes| std::str::from_utf8(bytes).ok())
+        let text = |span: Span| {
+            span.text(frame)
                 .ok_or_else(|| TwilioParseError::NotJson("invalid utf-8".to_owned()))
         };
         Ok(match self {
@@ -359,22 +355,23 @@ impl ShapeCursor<'_> {
         (self.buf.get(self.pos..end)? == lit).then(|| self.pos = end)
     }
 
-    /// Consumes one or more bytes matching `ok` and the closing quote; returns their range.
-    fn span_while(&mut self, ok: impl Fn(u8) -> bool) -> Option<Range<usize>> {
+    /// Consumes one or more bytes matching `ok` and the closing quote; returns their span.
+    fn span_while(&mut self, ok: impl Fn(u8) -> bool) -> Option<Span> {
         let start = self.pos;
         let len = self.buf[start..].iter().position(|&b| !ok(b))?;
         if len == 0 || self.buf[start + len] != b'"' {
             return None;
         }
         self.pos = start + len + 1;
-        Some(start..start + len)
+        Some(Span::new(start, start + len))
     }
 
     /// Consumes a canonical decimal counter (1–19 digits, no leading zero unless `0`) and the
     /// closing quote.
     fn counter(&mut self) -> Option<u64> {
-        let digits = self.span_while(|b| b.is_ascii_digit())?;
-        let text = &self.buf[digits];
+        let start = self.pos;
+        self.span_while(|b| b.is_ascii_digit())?;
+        let text = &self.buf[start..self.pos - 1];
         if text.len() > 19 || (text.len() > 1 && text[0] == b'0') {
             return None;
         }
@@ -402,12 +399,6 @@ struct FastFields<'a> {
     payload: Option<&'a str>,
     /// `mark.name`, when a string.
     mark_name: Option<&'a str>,
-}
-
-/// The position of `part` (a subslice of `frame`, as handed out by the scanner) within `frame`.
-fn byte_range(frame: &[u8], part: &str) -> Range<usize> {
-    let start = (part.as_ptr() as usize).wrapping_sub(frame.as_ptr() as usize);
-    start..start + part.len()
 }
 
 /// A counter field (`sequenceNumber`, `chunk`, `timestamp`) from a scanned value.

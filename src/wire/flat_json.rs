@@ -42,6 +42,34 @@ use memchr::memchr2;
 /// fields go to the full parser.
 pub const MAX_FIELDS: usize = 16;
 
+/// Where a scanned string sits in its frame, so a parser can scan and build in two phases: the
+/// scan borrows the frame only briefly and keeps spans; only if the fast path answers does the
+/// parser give up its mutable borrow (simd-json would need it) and turn the spans back into
+/// `&str`s of the frame.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Span(std::ops::Range<usize>);
+
+impl Span {
+    /// The bytes `start..end` of a frame whose text there the caller has checked as UTF-8.
+    pub fn new(start: usize, end: usize) -> Span {
+        Span(start..end)
+    }
+
+    /// The span of `part`, a string [`scan`] handed out from `frame`.
+    pub fn of(frame: &[u8], part: &str) -> Span {
+        let start = (part.as_ptr() as usize).wrapping_sub(frame.as_ptr() as usize);
+        Span(start..start + part.len())
+    }
+
+    /// The text of the span in `frame` (the scan checked it as UTF-8; `None` only when `frame`
+    /// is not the frame that was scanned).
+    pub fn text<'a>(&self, frame: &'a [u8]) -> Option<&'a str> {
+        frame
+            .get(self.0.clone())
+            .and_then(|bytes| std::str::from_utf8(bytes).ok())
+    }
+}
+
 /// The value of one recorded field.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FlatValue<'a> {
