@@ -5,7 +5,7 @@
 //!
 //! INTERFACE CONTRACT (the bridge depends on these names and shapes; keep them).
 //!
-//! # Two parsers, one answer
+//! # One fast path, simd-json as its fallback and oracle
 //!
 //! [`TwilioParser::parse`] first tries a fast path: the allocation-free [`flat_json`] scanner
 //! plus a few field checks, for `media` (50 frames per second per call) and `mark`. It answers
@@ -176,7 +176,7 @@ impl TwilioParser {
         // Two phases because of the borrow checker: the scan borrows the frame only briefly and
         // returns byte ranges; only if it answers do we give up the mutable borrow and build
         // `&'a str`s from those ranges. Otherwise the frame is still free for simd-json.
-        match FastFrame::scan_twilio_media(frame).or_else(|| FastFrame::scan(frame)) {
+        match FastFrame::scan(frame) {
             Some(found) => found.build(frame),
             None => self.parse_full(frame),
         }
@@ -220,52 +220,6 @@ enum FastFrame {
 }
 
 impl FastFrame {
-    /// Recognises a `media` frame exactly as Twilio writes it (protocol.md 4.1, fields in
-    /// Twilio's order, no white space):
-    ///
-    /// ```text
-    /// {"event":"media","sequenceNumber":"2","media":{"track":"inbound","chunk":"1",
-    ///  "timestamp":"5","payload":"<base64>"},"streamSid":"MZ…"}
-    /// ```
-    ///
-    /// Every byte it accepts is checked against that shape: counters are canonical decimal
-    /// digits, the track a lower-case word, the payload valid base64, the sid letters and digits.
-    /// So all strings are ASCII without escapes and no separate UTF-8 pass is needed. Anything
-    /// else (another order, white space, leading zeros, huge numbers, extra fields) is `None`
-    /// and goes to the general paths, which give the same answer for this shape (tested).
-    fn scan_twilio_media(frame: &[u8]) -> Option<FastFrame> {
-        let mut c = ShapeCursor { buf: frame, pos: 0 };
-        c.literal(b"{\"event\":\"media\",\"sequenceNumber\":\"")?;
-        let sequence_number = c.counter()?;
-        c.literal(b",\"media\":{\"track\":\"")?;
-        c.span_while(|b| b.is_ascii_lowercase() || b == b'_')?;
-        c.literal(b",\"chunk\":\"")?;
-        let chunk = c.counter()?;
-        c.literal(b",\"timestamp\":\"")?;
-        let timestamp_ms = c.counter()?;
-        c.literal(b",\"payload\":\"")?;
-        let start = c.pos;
-        let len = memchr::memchr(b'"', &frame[start..])?;
-        if !b64::is_valid(&frame[start..start + len]) {
-            return None;
-        }
-        c.pos = start + len + 1;
-        let payload_b64 = Span::new(start, start + len);
-        c.literal(b"},\"streamSid\":\"")?;
-        let stream_sid = c.span_while(|b| b.is_ascii_alphanumeric())?;
-        c.literal(b"}")?;
-        if c.pos != frame.len() {
-            return None;
-        }
-        Some(FastFrame::Media {
-            stream_sid,
-            sequence_number: Some(sequence_number),
-            chunk: Some(chunk),
-            timestamp_ms: Some(timestamp_ms),
-            payload_b64,
-        })
-    }
-
     /// Recognises a plain `media` or `mark` frame; `None` for anything else (the full parser
     /// then decides, including every error).
     fn scan(frame: &[u8]) -> Option<FastFrame> {
@@ -339,43 +293,6 @@ impl FastFrame {
                 name: text(name)?,
             }),
         })
-    }
-}
-
-/// A cursor that matches bytes against a fixed shape; every method returns `None` on a mismatch.
-struct ShapeCursor<'a> {
-    buf: &'a [u8],
-    pos: usize,
-}
-
-impl ShapeCursor<'_> {
-    /// Consumes exactly `lit`.
-    fn literal(&mut self, lit: &[u8]) -> Option<()> {
-        let end = self.pos.checked_add(lit.len())?;
-        (self.buf.get(self.pos..end)? == lit).then(|| self.pos = end)
-    }
-
-    /// Consumes one or more bytes matching `ok` and the closing quote; returns their span.
-    fn span_while(&mut self, ok: impl Fn(u8) -> bool) -> Option<Span> {
-        let start = self.pos;
-        let len = self.buf[start..].iter().position(|&b| !ok(b))?;
-        if len == 0 || self.buf[start + len] != b'"' {
-            return None;
-        }
-        self.pos = start + len + 1;
-        Some(Span::new(start, start + len))
-    }
-
-    /// Consumes a canonical decimal counter (1–19 digits, no leading zero unless `0`) and the
-    /// closing quote.
-    fn counter(&mut self) -> Option<u64> {
-        let start = self.pos;
-        self.span_while(|b| b.is_ascii_digit())?;
-        let text = &self.buf[start..self.pos - 1];
-        if text.len() > 19 || (text.len() > 1 && text[0] == b'0') {
-            return None;
-        }
-        Some(text.iter().fold(0u64, |n, d| n * 10 + u64::from(d - b'0')))
     }
 }
 
@@ -1514,7 +1431,7 @@ mod tests {
 }
 
 #[cfg(test)]
-mod twilio_shape_tests {
+mod twilio_media_tests {
     use super::*;
     use proptest::prelude::*;
 
@@ -1534,7 +1451,7 @@ mod twilio_shape_tests {
     }
 
     #[test]
-    fn twilios_own_media_frame_takes_the_shape_path_and_equals_simd_json() {
+    fn twilios_own_media_frame_takes_the_fast_path_and_equals_simd_json() {
         let payload = "/////39/fn5+fn5+/////w==";
         let f = frame(
             "2",
@@ -1545,14 +1462,14 @@ mod twilio_shape_tests {
             "MZ00000000000000000000000000000001",
             "",
         );
-        assert!(FastFrame::scan_twilio_media(&f).is_some());
+        assert!(FastFrame::scan(&f).is_some());
         let mut parser = TwilioParser::new();
         let (mut a, mut b) = (f.clone(), f);
         assert_eq!(parser.parse(&mut a), parser.parse_full(&mut b));
     }
 
     #[test]
-    fn near_misses_fall_back_and_still_agree() {
+    fn near_misses_agree_with_simd_json() {
         let p = "AAAA";
         let sid = "MZ1";
         let cases = [
@@ -1568,11 +1485,6 @@ mod twilio_shape_tests {
         ];
         let mut parser = TwilioParser::new();
         for f in cases {
-            assert!(
-                FastFrame::scan_twilio_media(&f).is_none(),
-                "{}",
-                String::from_utf8_lossy(&f)
-            );
             let (mut a, mut b) = (f.clone(), f.clone());
             assert_eq!(
                 parser.parse(&mut a),
@@ -1585,7 +1497,7 @@ mod twilio_shape_tests {
 
     proptest! {
         #[test]
-        fn shape_path_agrees_with_simd_json_on_generated_media_frames(
+        fn fast_path_agrees_with_simd_json_on_generated_media_frames(
             seq in "[0-9]{0,21}",
             track in "[a-z_ ]{0,9}",
             chunk in "[0-9]{1,4}",
