@@ -28,7 +28,6 @@
 //! Nothing here reads a clock or touches a socket: `now` is an argument everywhere.
 
 use std::collections::VecDeque;
-use std::fmt::Write as _;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -347,8 +346,8 @@ pub enum CallEvent {
     },
     /// A response finished.
     ResponseDone {
-        /// `response.id`.
-        response_id: String,
+        /// `response.id`, when the server gave one.
+        response_id: Option<String>,
         /// `response.status`.
         status: ResponseStatus,
         /// Token usage, when reported.
@@ -564,8 +563,9 @@ impl SessionPhase {
 #[derive(Debug)]
 struct PendingTools {
     /// The response whose `response.done` releases them (the `response_id` of the
-    /// `…arguments.done`: also right when a barge-in already ended our view of it).
-    response_id: String,
+    /// `…arguments.done`: also right when a barge-in already ended our view of it); `None`
+    /// when no response is known to carry them, and they go out at once.
+    response_id: Option<String>,
     /// `(call_id, output)`, in the order they came.
     outputs: Vec<(String, String)>,
 }
@@ -1147,7 +1147,9 @@ impl Call {
             } if !self.interrupted_responses.iter().any(|r| r == response_id) => {
                 self.ledger.on_item_added(now, response_id, item_id);
             }
-            ServerEvent::ResponseCreated { response_id } if !response_id.is_empty() => {
+            ServerEvent::ResponseCreated {
+                response_id: Some(response_id),
+            } => {
                 self.active_response = Some(response_id.to_owned());
             }
             ServerEvent::ResponseDone {
@@ -1156,14 +1158,15 @@ impl Call {
                 usage,
                 ..
             } => {
-                if self.active_response.as_deref() == Some(response_id) || response_id.is_empty() {
+                // A `response.done` without an id can only be the one response in flight.
+                if response_id.is_none() || self.active_response.as_deref() == response_id {
                     self.active_response = None;
                 }
-                if !response_id.is_empty()
+                if response_id.is_some()
                     && self
                         .tools
                         .as_ref()
-                        .is_some_and(|t| t.response_id == response_id)
+                        .is_some_and(|t| t.response_id.as_deref() == response_id)
                 {
                     // A response cut short by the caller, or a caller speaking now: server VAD
                     // answers that turn by itself (and sees the outputs); asking for another
@@ -1173,7 +1176,7 @@ impl Call {
                     );
                 }
                 self.events.push_back(CallEvent::ResponseDone {
-                    response_id: response_id.to_owned(),
+                    response_id: response_id.map(str::to_owned),
                     status,
                     usage,
                 });
@@ -1440,34 +1443,21 @@ impl Call {
         });
         // Tool execution is not wired yet: answer with an error so the model tells the caller
         // instead of going silent.
-        let mut output = String::new();
-        let _ = write!(
-            output,
-            "{{\"error\":\"the tool {} is not available right now\"}}",
-            name.replace(['"', '\\'], "")
-        );
+        let output = oa::tool_unavailable_output(name);
         let carrier = Some(response_id)
             .filter(|id| !id.is_empty())
             .map(str::to_owned)
             .or_else(|| self.active_response.clone());
-        let Some(carrier) = carrier else {
-            // No response known to carry it (unusual): nothing to wait for.
-            self.tools
-                .get_or_insert_with(|| PendingTools {
-                    response_id: String::new(),
-                    outputs: Vec::new(),
-                })
-                .outputs
-                .push((call_id.to_owned(), output));
-            self.send_tool_outputs(!self.caller_speaking);
-            return;
-        };
         let pending = self.tools.get_or_insert_with(|| PendingTools {
-            response_id: carrier.clone(),
+            response_id: None,
             outputs: Vec::new(),
         });
-        pending.response_id = carrier;
         pending.outputs.push((call_id.to_owned(), output));
+        match carrier {
+            Some(carrier) => pending.response_id = Some(carrier),
+            // No response known to carry it (unusual): nothing to wait for.
+            None => self.send_tool_outputs(!self.caller_speaking),
+        }
     }
 
     /// Sends the waiting tool results, then (with `respond`) one `response.create` for all.

@@ -75,15 +75,15 @@ pub enum ServerEvent<'a> {
     },
     /// `response.created`.
     ResponseCreated {
-        /// `response.id`.
-        response_id: &'a str,
+        /// `response.id` (optional in the GA schema).
+        response_id: Option<&'a str>,
     },
     /// `response.output_item.added`.
     OutputItemAdded {
         /// `response_id`.
         response_id: &'a str,
-        /// `item.id`.
-        item_id: &'a str,
+        /// `item.id` (optional in the GA schema).
+        item_id: Option<&'a str>,
         /// `item.type`: `message`, `function_call`, …
         item_type: &'a str,
     },
@@ -138,8 +138,8 @@ pub enum ServerEvent<'a> {
     },
     /// `response.done`.
     ResponseDone {
-        /// `response.id`.
-        response_id: &'a str,
+        /// `response.id` (optional in the GA schema).
+        response_id: Option<&'a str>,
         /// `response.status`.
         status: ResponseStatus,
         /// `response.status_details.reason`, when present.
@@ -402,19 +402,19 @@ fn event_from_root<'a>(root: TapeValue<'_, 'a>) -> Result<ServerEvent<'a>, OpenA
                 message: f.opt_str("error.message")?.unwrap_or(""),
             })
         }
-        // `RealtimeResponse` has no required field in the GA schema: an absent `id`/`status`
-        // is schema-valid and reads as "" (the bridge only records them), while `response`
-        // itself is required.
+        // `RealtimeResponse` has no required field in the GA schema: an absent `id` is
+        // schema-valid (`None`), an absent `status` reads as unknown, while `response` itself is
+        // required.
         "response.created" => {
             f.require_object("response")?;
             Ok(ServerEvent::ResponseCreated {
-                response_id: f.opt_str("response.id")?.unwrap_or(""),
+                response_id: f.opt_str("response.id")?,
             })
         }
         // Every conversation item variant of the GA schema makes `id` optional, `type` required.
         "response.output_item.added" => Ok(ServerEvent::OutputItemAdded {
             response_id: f.str("response_id")?,
-            item_id: f.opt_str("item.id")?.unwrap_or(""),
+            item_id: f.opt_str("item.id")?,
             item_type: f.str("item.type")?,
         }),
         "response.content_part.added" => Ok(ServerEvent::ContentPartAdded {
@@ -442,7 +442,7 @@ fn event_from_root<'a>(root: TapeValue<'_, 'a>) -> Result<ServerEvent<'a>, OpenA
         "response.done" => {
             f.require_object("response")?;
             Ok(ServerEvent::ResponseDone {
-                response_id: f.opt_str("response.id")?.unwrap_or(""),
+                response_id: f.opt_str("response.id")?,
                 status: ResponseStatus::parse(f.opt_str("response.status")?.unwrap_or("")),
                 reason: f.opt_str("response.status_details.reason")?,
                 usage: f.usage()?,
@@ -605,6 +605,18 @@ pub fn encode_function_output(out: &mut Vec<u8>, event_id: &str, call_id: &str, 
     out.extend_from_slice(b"}}");
 }
 
+/// The `output` of a `function_call_output` for a tool the bridge cannot run: a JSON object
+/// whose `error` says so, for the model to tell the caller.
+pub fn tool_unavailable_output(name: &str) -> String {
+    let mut out = b"{\"error\":".to_vec();
+    write_str(
+        &mut out,
+        &format!("the tool {name} is not available right now"),
+    );
+    out.push(b'}');
+    String::from_utf8(out).expect("json_out writes UTF-8")
+}
+
 /// Appends a `conversation.item.create` carrying a user `input_text` message.
 pub fn encode_user_text(out: &mut Vec<u8>, event_id: &str, text: &str) {
     out.extend_from_slice(b"{\"type\":\"conversation.item.create\"");
@@ -715,7 +727,7 @@ mod tests {
         assert_eq!(
             parse_valid(EX_DONE_COMPLETED),
             ServerEvent::ResponseDone {
-                response_id: "resp_R1",
+                response_id: Some("resp_R1"),
                 status: ResponseStatus::Completed,
                 reason: None,
                 usage: Some(Usage {
@@ -732,7 +744,7 @@ mod tests {
         assert_eq!(
             parse_valid(EX_DONE_CANCELLED),
             ServerEvent::ResponseDone {
-                response_id: "resp_R2",
+                response_id: Some("resp_R2"),
                 status: ResponseStatus::Cancelled,
                 reason: Some("turn_detected"),
                 usage: None,
@@ -882,7 +894,7 @@ mod tests {
         assert_eq!(
             parse_valid(text),
             ServerEvent::ResponseCreated {
-                response_id: "resp_R1"
+                response_id: Some("resp_R1")
             }
         );
     }
@@ -894,7 +906,7 @@ mod tests {
             parse_valid(text),
             ServerEvent::OutputItemAdded {
                 response_id: "resp_R1",
-                item_id: "item_CBx2",
+                item_id: Some("item_CBx2"),
                 item_type: "message",
             }
         );
@@ -1161,7 +1173,7 @@ mod tests {
         assert_eq!(
             parse_valid(cases[1]),
             ServerEvent::ResponseDone {
-                response_id: "",
+                response_id: None,
                 status: ResponseStatus::Completed,
                 reason: None,
                 usage: None,
@@ -1171,7 +1183,7 @@ mod tests {
             parse_valid(cases[3]),
             ServerEvent::OutputItemAdded {
                 response_id: "r",
-                item_id: "",
+                item_id: None,
                 item_type: "message",
             }
         );
@@ -1234,7 +1246,7 @@ mod tests {
         assert_eq!(
             parse_valid(text),
             ServerEvent::ResponseDone {
-                response_id: "r",
+                response_id: Some("r"),
                 status: ResponseStatus::Failed,
                 reason: None,
                 usage: Some(Usage {
@@ -1321,6 +1333,21 @@ mod tests {
             r#"{"type":"conversation.item.create","event_id":"evt_8","item":{"type":"function_call_output","call_id":"call_Q2f8","output":"{\"status\":\"shipped\",\"eta\":\"2025-06-03\",\"note\":\"発送済み\"}"}}"#,
         );
         assert_eq!(value["item"]["output"], output);
+    }
+
+    #[test]
+    fn tool_unavailable_output_is_a_json_object_naming_the_tool() {
+        assert_eq!(
+            tool_unavailable_output("lookup_order"),
+            r#"{"error":"the tool lookup_order is not available right now"}"#
+        );
+        // A hostile name cannot break out of the string.
+        let odd = tool_unavailable_output("a\"}\\\n");
+        let value: serde_json::Value = serde_json::from_str(&odd).unwrap();
+        assert_eq!(
+            value,
+            serde_json::json!({"error": "the tool a\"}\\\n is not available right now"})
+        );
     }
 
     #[test]

@@ -3,7 +3,9 @@
 //! INTERFACE CONTRACT (the bridge depends on these names and shapes; keep them).
 
 use serde::{Deserialize, Serialize};
-use serde_json::{json, Map, Value};
+use serde_json::Value;
+
+use crate::wire::json_out::{write_f64, write_str, write_u64};
 
 /// Everything about an agent that shapes the Realtime session. Until the store lands it comes
 /// from the configuration; the names follow the original backend's `AgentSettings`.
@@ -160,79 +162,180 @@ impl Default for AgentSettings {
 
 /// Appends the `session.update` for `agent` on `model` to `out`.
 ///
-/// The GA shape of protocol.md 5.2: everything under `session`, `type: "realtime"`, μ-law in and
-/// out, server VAD that both creates and interrupts responses. Noise reduction and transcription
-/// are sent as `null` when off (a partial update would otherwise keep the session's defaults);
-/// `speed` only when set; `tools` and `tool_choice` only when there are tools.
+/// The GA shape of protocol.md 5.2, members in its order: everything under `session`,
+/// `type: "realtime"`, μ-law in and out, server VAD that both creates and interrupts responses.
+/// Noise reduction and transcription are sent as `null` when off (a partial update would
+/// otherwise keep the session's defaults); `speed` only when set; `tools` and `tool_choice` only
+/// when there are tools. The tools are the operator's JSON, written as stored.
 pub fn encode_session_update(
     out: &mut Vec<u8>,
     event_id: &str,
     model: &str,
     agent: &AgentSettings,
 ) {
-    let event = session_update_value(event_id, model, agent);
-    // Writing a `Value` into a `Vec` cannot fail (no I/O error, string keys only).
-    serde_json::to_writer(out, &event).expect("serializing a json value into a vec");
+    let vad = &agent.turn_detection;
+    out.extend_from_slice(b"{\"type\":\"session.update\",\"event_id\":");
+    write_str(out, event_id);
+    out.extend_from_slice(b",\"session\":{\"type\":\"realtime\",\"model\":");
+    write_str(out, model);
+    out.extend_from_slice(b",\"output_modalities\":[\"audio\"],\"instructions\":");
+    write_str(out, &agent.instructions);
+    out.extend_from_slice(b",\"audio\":{\"input\":{\"format\":");
+    write_audio_format(out);
+    out.extend_from_slice(b",\"noise_reduction\":");
+    match &agent.noise_reduction {
+        Some(kind) => {
+            out.extend_from_slice(b"{\"type\":");
+            write_str(out, kind);
+            out.push(b'}');
+        }
+        None => out.extend_from_slice(b"null"),
+    }
+    out.extend_from_slice(b",\"transcription\":");
+    match &agent.transcription_model {
+        Some(model) => {
+            out.extend_from_slice(b"{\"model\":");
+            write_str(out, model);
+            if let Some(language) = &agent.language {
+                out.extend_from_slice(b",\"language\":");
+                write_str(out, language);
+            }
+            out.push(b'}');
+        }
+        None => out.extend_from_slice(b"null"),
+    }
+    out.extend_from_slice(b",\"turn_detection\":{\"type\":\"server_vad\",\"threshold\":");
+    write_f64(out, vad.threshold);
+    out.extend_from_slice(b",\"prefix_padding_ms\":");
+    write_u64(out, vad.prefix_padding_ms.into());
+    out.extend_from_slice(b",\"silence_duration_ms\":");
+    write_u64(out, vad.silence_duration_ms.into());
+    out.extend_from_slice(b",\"create_response\":true,\"interrupt_response\":true}}");
+    out.extend_from_slice(b",\"output\":{\"format\":");
+    write_audio_format(out);
+    out.extend_from_slice(b",\"voice\":");
+    write_str(out, &agent.voice);
+    if let Some(speed) = agent.speed {
+        out.extend_from_slice(b",\"speed\":");
+        write_f64(out, speed);
+    }
+    out.extend_from_slice(b"}}");
+    if !agent.tools.is_empty() {
+        out.extend_from_slice(b",\"tools\":");
+        // Writing a `Value` into a `Vec` cannot fail (no I/O error, string keys only).
+        serde_json::to_writer(&mut *out, &agent.tools).expect("serializing json values into a vec");
+        out.extend_from_slice(b",\"tool_choice\":\"auto\"");
+    }
+    out.extend_from_slice(b"}}");
 }
 
-/// The `session.update` event as a JSON value (see [`encode_session_update`]).
-pub fn session_update_value(event_id: &str, model: &str, agent: &AgentSettings) -> Value {
-    let vad = &agent.turn_detection;
-    let noise_reduction = match &agent.noise_reduction {
-        Some(kind) => json!({ "type": kind }),
-        None => Value::Null,
-    };
-    let transcription = match &agent.transcription_model {
-        Some(model) => {
-            let mut t = Map::new();
-            t.insert("model".to_owned(), json!(model));
-            if let Some(language) = &agent.language {
-                t.insert("language".to_owned(), json!(language));
-            }
-            Value::Object(t)
-        }
-        None => Value::Null,
-    };
-    let mut output = json!({
-        "format": { "type": AUDIO_FORMAT },
-        "voice": agent.voice,
-    });
-    if let Some(speed) = agent.speed {
-        output["speed"] = json!(speed);
-    }
-    let mut session = json!({
-        "type": "realtime",
-        "model": model,
-        "output_modalities": ["audio"],
-        "instructions": agent.instructions,
-        "audio": {
-            "input": {
-                "format": { "type": AUDIO_FORMAT },
-                "noise_reduction": noise_reduction,
-                "transcription": transcription,
-                "turn_detection": {
-                    "type": "server_vad",
-                    "threshold": vad.threshold,
-                    "prefix_padding_ms": vad.prefix_padding_ms,
-                    "silence_duration_ms": vad.silence_duration_ms,
-                    "create_response": true,
-                    "interrupt_response": true,
-                },
-            },
-            "output": output,
-        },
-    });
-    if !agent.tools.is_empty() {
-        session["tools"] = Value::Array(agent.tools.clone());
-        session["tool_choice"] = json!("auto");
-    }
-    json!({ "type": "session.update", "event_id": event_id, "session": session })
+/// Appends `{"type":"audio/pcmu"}`.
+fn write_audio_format(out: &mut Vec<u8>) {
+    out.extend_from_slice(b"{\"type\":");
+    write_str(out, AUDIO_FORMAT);
+    out.push(b'}');
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::openai::schema::{beta_fields, SchemaValidator};
+    use serde_json::{json, Map};
+
+    /// The `session.update` built as a `serde_json::Value`: the oracle the hand-written encoder
+    /// is checked against.
+    fn session_update_value(event_id: &str, model: &str, agent: &AgentSettings) -> Value {
+        let vad = &agent.turn_detection;
+        let noise_reduction = match &agent.noise_reduction {
+            Some(kind) => json!({ "type": kind }),
+            None => Value::Null,
+        };
+        let transcription = match &agent.transcription_model {
+            Some(model) => {
+                let mut t = Map::new();
+                t.insert("model".to_owned(), json!(model));
+                if let Some(language) = &agent.language {
+                    t.insert("language".to_owned(), json!(language));
+                }
+                Value::Object(t)
+            }
+            None => Value::Null,
+        };
+        let mut output = json!({
+            "format": { "type": AUDIO_FORMAT },
+            "voice": agent.voice,
+        });
+        if let Some(speed) = agent.speed {
+            output["speed"] = json!(speed);
+        }
+        let mut session = json!({
+            "type": "realtime",
+            "model": model,
+            "output_modalities": ["audio"],
+            "instructions": agent.instructions,
+            "audio": {
+                "input": {
+                    "format": { "type": AUDIO_FORMAT },
+                    "noise_reduction": noise_reduction,
+                    "transcription": transcription,
+                    "turn_detection": {
+                        "type": "server_vad",
+                        "threshold": vad.threshold,
+                        "prefix_padding_ms": vad.prefix_padding_ms,
+                        "silence_duration_ms": vad.silence_duration_ms,
+                        "create_response": true,
+                        "interrupt_response": true,
+                    },
+                },
+                "output": output,
+            },
+        });
+        if !agent.tools.is_empty() {
+            session["tools"] = Value::Array(agent.tools.clone());
+            session["tool_choice"] = json!("auto");
+        }
+        json!({ "type": "session.update", "event_id": event_id, "session": session })
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn the_encoder_equals_the_serde_json_oracle(
+            event_id in "\\PC{0,12}",
+            instructions in "\\PC{0,40}",
+            voice_index in 0..VOICES.len(),
+            transcription in proptest::option::of("[a-z0-9-]{1,20}"),
+            language in proptest::option::of("[a-z]{2}"),
+            noise in proptest::option::of(0..NOISE_REDUCTIONS.len()),
+            threshold in 0.0f64..=1.0,
+            prefix in proptest::num::u32::ANY,
+            silence in proptest::num::u32::ANY,
+            speed in proptest::option::of(0.25f64..=1.5),
+            tools in 0usize..3,
+        ) {
+            let agent = AgentSettings {
+                id: "a".to_owned(),
+                voice: VOICES[voice_index].to_owned(),
+                instructions,
+                greeting: None,
+                transcription_model: transcription,
+                language,
+                turn_detection: TurnDetection {
+                    threshold,
+                    prefix_padding_ms: prefix,
+                    silence_duration_ms: silence,
+                },
+                tools: (0..tools)
+                    .map(|i| json!({"type": "function", "name": format!("t{i}"), "x": [1.5, null, "\u{1}"]}))
+                    .collect(),
+                speed,
+                noise_reduction: noise.map(|i| NOISE_REDUCTIONS[i].to_owned()),
+            };
+            let mut out = Vec::new();
+            encode_session_update(&mut out, &event_id, "gpt-realtime", &agent);
+            let value: Value = serde_json::from_slice(&out).unwrap();
+            proptest::prop_assert_eq!(value, session_update_value(&event_id, "gpt-realtime", &agent));
+        }
+    }
 
     /// The agent of the protocol.md 5.2 example.
     fn sample_agent() -> AgentSettings {

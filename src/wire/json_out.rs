@@ -39,6 +39,21 @@ pub fn write_u64(out: &mut Vec<u8>, n: u64) {
     out.extend_from_slice(u64_digits(n, &mut digits));
 }
 
+/// Appends `x` as a JSON number, written as serde_json writes it (shortest round-trip form:
+/// `0.5`, `1.0`, `1e-7`); `null` when it is not finite, which JSON cannot carry.
+pub fn write_f64(out: &mut Vec<u8>, x: f64) {
+    if x.is_finite() {
+        out.extend_from_slice(ryu::Buffer::new().format_finite(x).as_bytes());
+    } else {
+        out.extend_from_slice(b"null");
+    }
+}
+
+/// Appends `true` or `false`.
+pub fn write_bool(out: &mut Vec<u8>, b: bool) {
+    out.extend_from_slice(if b { b"true" } else { b"false" });
+}
+
 /// Writes the decimal digits of `n` at the end of `buf` and returns them (no allocation).
 pub fn u64_digits(n: u64, buf: &mut [u8; 20]) -> &[u8] {
     let mut i = buf.len();
@@ -62,6 +77,21 @@ mod tests {
         let mut out = Vec::new();
         write_str(&mut out, input);
         String::from_utf8(out).unwrap()
+    }
+
+    #[test]
+    fn numbers_are_written_as_serde_json_writes_them() {
+        for x in [0.0, 0.5, 1.0, 0.25, 1.5, 1e-7, 123456.789, -3.0, f64::MAX] {
+            let mut out = Vec::new();
+            write_f64(&mut out, x);
+            assert_eq!(out, serde_json::to_vec(&x).unwrap(), "{x}");
+        }
+        for x in [f64::NAN, f64::INFINITY, f64::NEG_INFINITY] {
+            let mut out = Vec::new();
+            write_f64(&mut out, x);
+            assert_eq!(out, b"null");
+            assert_eq!(serde_json::to_vec(&x).unwrap(), b"null");
+        }
     }
 
     #[test]
