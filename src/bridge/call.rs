@@ -522,11 +522,16 @@ enum StreamPhase {
 #[derive(Debug)]
 enum SessionPhase {
     /// Waiting for `session.created`.
-    AwaitingCreated,
+    AwaitingCreated {
+        /// Caller audio received meanwhile.
+        held: HeldAudio,
+    },
     /// `session.created` arrived; `session.update` waits for `start` (and the agent).
     Created {
         /// `session.id`, when the server sent one.
         session_id: Option<String>,
+        /// Caller audio received meanwhile.
+        held: HeldAudio,
     },
     /// `session.update` sent; waiting for `session.updated`.
     Updating {
@@ -534,6 +539,8 @@ enum SessionPhase {
         session_id: Option<String>,
         /// The number of the update's `event_id`: an `error` naming it refuses the agent.
         update_id: u64,
+        /// Caller audio received meanwhile.
+        held: HeldAudio,
     },
     /// `session.updated` confirmed μ-law both ways: audio flows.
     Ready {
@@ -545,15 +552,54 @@ enum SessionPhase {
 impl SessionPhase {
     fn session_id(&self) -> Option<&str> {
         match self {
-            SessionPhase::AwaitingCreated => None,
-            SessionPhase::Created { session_id }
+            SessionPhase::AwaitingCreated { .. } => None,
+            SessionPhase::Created { session_id, .. }
             | SessionPhase::Updating { session_id, .. }
             | SessionPhase::Ready { session_id } => session_id.as_deref(),
         }
     }
 
+    /// The caller audio held until the session is ready; `None` once it is.
+    fn held_mut(&mut self) -> Option<&mut HeldAudio> {
+        match self {
+            SessionPhase::AwaitingCreated { held }
+            | SessionPhase::Created { held, .. }
+            | SessionPhase::Updating { held, .. } => Some(held),
+            SessionPhase::Ready { .. } => None,
+        }
+    }
+
     fn is_ready(&self) -> bool {
         matches!(self, SessionPhase::Ready { .. })
+    }
+}
+
+/// Caller audio (base64) received before the session was ready, oldest first, bounded by
+/// [`CallConfig::max_presession_audio_ms`] (protocol.md 5.1: never append before
+/// `session.updated` confirmed audio/pcmu).
+#[derive(Debug, Default)]
+struct HeldAudio {
+    /// The payloads, oldest first.
+    frames: VecDeque<String>,
+    /// Decoded bytes in `frames`.
+    bytes: u64,
+}
+
+impl HeldAudio {
+    /// Keeps `payload_b64`, then drops the oldest frames beyond `max_bytes`; returns how many
+    /// were dropped.
+    fn push(&mut self, payload_b64: &str, max_bytes: u64) -> u64 {
+        self.bytes += b64::decoded_len(payload_b64.as_bytes()) as u64;
+        self.frames.push_back(payload_b64.to_owned());
+        let mut dropped = 0;
+        while self.bytes > max_bytes {
+            let Some(old) = self.frames.pop_front() else {
+                break;
+            };
+            self.bytes -= b64::decoded_len(old.as_bytes()) as u64;
+            dropped += 1;
+        }
+        dropped
     }
 }
 
@@ -644,10 +690,6 @@ pub struct Call {
     ledger: Ledger,
     outbox: Outbox,
     events: VecDeque<CallEvent>,
-    /// Caller audio (base64) received before the session was ready, oldest first.
-    presession: VecDeque<String>,
-    /// Decoded bytes in `presession`.
-    presession_bytes: u64,
     /// Responses interrupted by barge-in: their late deltas are dropped.
     interrupted_responses: VecDeque<String>,
     /// The response between its `response.created` and `response.done`: server VAD with
@@ -679,12 +721,12 @@ impl Call {
             last_now: now,
             last_twilio_at: now,
             stream: StreamPhase::AwaitingStart,
-            session: SessionPhase::AwaitingCreated,
+            session: SessionPhase::AwaitingCreated {
+                held: HeldAudio::default(),
+            },
             ledger: Ledger::new(),
             outbox: Outbox::default(),
             events: VecDeque::new(),
-            presession: VecDeque::new(),
-            presession_bytes: 0,
             interrupted_responses: VecDeque::new(),
             active_response: None,
             tools: None,
@@ -909,7 +951,9 @@ impl Call {
             reason: reason.clone(),
         });
         self.ended = Some(reason);
-        self.presession.clear();
+        if let Some(held) = self.session.held_mut() {
+            *held = HeldAudio::default();
+        }
     }
 
     fn protocol_error(&mut self, error: ProtocolError, detail: std::fmt::Arguments<'_>) {
@@ -1051,23 +1095,15 @@ impl Call {
     }
 
     fn on_caller_audio(&mut self, payload_b64: &str) {
-        if self.session.is_ready() {
-            self.stats.audio_frames_up += 1;
-            self.outbox
-                .push(Leg::OpenAi, |out| oa::encode_append(out, payload_b64));
-            return;
-        }
-        // Not ready: keep the newest audio up to the bound (protocol.md 5.1: never append
-        // before session.updated confirmed audio/pcmu).
-        self.presession_bytes += b64::decoded_len(payload_b64.as_bytes()) as u64;
-        self.presession.push_back(payload_b64.to_owned());
         let max_bytes = self.cfg.max_presession_audio_ms * super::ledger::BYTES_PER_MS;
-        while self.presession_bytes > max_bytes {
-            let Some(old) = self.presession.pop_front() else {
-                break;
-            };
-            self.presession_bytes -= b64::decoded_len(old.as_bytes()) as u64;
-            self.stats.presession_audio_dropped += 1;
+        match self.session.held_mut() {
+            // Not ready: keep the newest audio up to the bound.
+            Some(held) => self.stats.presession_audio_dropped += held.push(payload_b64, max_bytes),
+            None => {
+                self.stats.audio_frames_up += 1;
+                self.outbox
+                    .push(Leg::OpenAi, |out| oa::encode_append(out, payload_b64));
+            }
         }
     }
 
@@ -1196,15 +1232,16 @@ impl Call {
     }
 
     fn on_session_created(&mut self, session_id: Option<&str>) {
-        if !matches!(self.session, SessionPhase::AwaitingCreated) {
+        let SessionPhase::AwaitingCreated { held } = &mut self.session else {
             self.protocol_error(
                 ProtocolError::OpenAi(OpenAiFault::DuplicateSessionCreated),
                 format_args!("second session.created ignored"),
             );
             return;
-        }
+        };
         self.session = SessionPhase::Created {
             session_id: session_id.filter(|s| !s.is_empty()).map(str::to_owned),
+            held: std::mem::take(held),
         };
         if self.stream_sid().is_some() && !self.cfg.wait_for_agent {
             self.send_session_update();
@@ -1214,10 +1251,10 @@ impl Call {
     /// Sends `session.update`, once `session.created` has come ([`SessionPhase::Created`]);
     /// in any other phase, nothing.
     fn send_session_update(&mut self) {
-        let SessionPhase::Created { session_id } = &mut self.session else {
+        let SessionPhase::Created { session_id, held } = &mut self.session else {
             return;
         };
-        let session_id = session_id.take();
+        let (session_id, held) = (session_id.take(), std::mem::take(held));
         let update_id = self.next_event_id;
         let id = self.event_id();
         let (model, agent) = (&self.cfg.model, &self.cfg.agent);
@@ -1227,13 +1264,16 @@ impl Call {
         self.session = SessionPhase::Updating {
             session_id,
             update_id,
+            held,
         };
     }
 
     fn on_session_updated(&mut self, now: Instant, input: Option<&str>, output: Option<&str>) {
-        let session_id = match &mut self.session {
-            SessionPhase::Updating { session_id, .. } => session_id.take(),
-            SessionPhase::AwaitingCreated | SessionPhase::Created { .. } => {
+        let (session_id, held) = match &mut self.session {
+            SessionPhase::Updating {
+                session_id, held, ..
+            } => (session_id.take(), std::mem::take(held)),
+            SessionPhase::AwaitingCreated { .. } | SessionPhase::Created { .. } => {
                 self.protocol_error(
                     ProtocolError::OpenAi(OpenAiFault::UnexpectedSessionUpdated),
                     format_args!("session.updated before our session.update"),
@@ -1264,12 +1304,11 @@ impl Call {
                 oa::encode_response_create(out, id.as_str(), Some(&instructions))
             });
         }
-        while let Some(payload) = self.presession.pop_front() {
+        for payload in held.frames {
             self.stats.audio_frames_up += 1;
             self.outbox
                 .push(Leg::OpenAi, |out| oa::encode_append(out, &payload));
         }
-        self.presession_bytes = 0;
     }
 
     fn on_api_error(&mut self, err: oa::ApiError<'_>) {
@@ -1484,7 +1523,7 @@ impl Call {
     pub fn set_agent(&mut self, agent: Arc<AgentSettings>) {
         if !matches!(
             self.session,
-            SessionPhase::AwaitingCreated | SessionPhase::Created { .. }
+            SessionPhase::AwaitingCreated { .. } | SessionPhase::Created { .. }
         ) {
             tracing::debug!(call_sid = %self.cfg.expected_call_sid, "agent handed over after session.update: ignored");
             return;
