@@ -117,7 +117,7 @@ pub struct ServeArgs {
     pub twilio_idle_timeout_secs: f64,
     /// Seconds a call's output to a peer (Twilio or OpenAI) may make no progress before the
     /// peer counts as gone and the call ends.
-    #[arg(long, env = "WRITE_STALL_TIMEOUT_SECS", default_value_t = crate::runtime::epoll::WRITE_STALL_TIMEOUT.as_secs_f64())]
+    #[arg(long, env = "WRITE_STALL_TIMEOUT_SECS", default_value_t = 10.0)]
     pub write_stall_timeout_secs: f64,
     /// Seconds to wait for a complete HTTP request head and body.
     #[arg(long, env = "HTTP_READ_TIMEOUT_SECS", default_value_t = 10.0)]

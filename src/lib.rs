@@ -32,6 +32,7 @@ pub mod bridge;
 pub mod config;
 pub mod demo;
 pub mod front;
+pub mod lifecycle;
 pub mod limits;
 pub mod metrics;
 pub mod openai;

@@ -7,7 +7,6 @@
 //! tests/no_alloc_per_frame.rs, `tests/common/counting_alloc.rs`; that test covers the codec and
 //! the call core.)
 
-use callbridge::runtime::io::Transport;
 use callbridge::runtime::uring_stream::UringStream;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -54,8 +53,8 @@ fn frames_through_the_uring_stream_allocate_nothing_once_warm() {
         let a = UringStream::new(client.unwrap());
         let b = UringStream::new(server.unwrap().0);
         // Split like the call loop does.
-        let (a_rd, a_wr) = a.into_halves();
-        let (b_rd, b_wr) = b.into_halves();
+        let (a_rd, a_wr) = a.into_split();
+        let (b_rd, b_wr) = b.into_split();
         let mut a = tokio::io::join(a_rd, a_wr);
         let mut b = tokio::io::join(b_rd, b_wr);
         let out = vec![0x7fu8; FRAME];

@@ -93,6 +93,8 @@ async fn the_cli_works_on_the_store_directly_and_through_a_running_server() {
         ("PUBLIC_HOST", common::PUBLIC_HOST),
         ("ADMIN_TOKEN", ADMIN_TOKEN),
         ("DATA_DIR", dir_s.as_str()),
+        // No stream URL of this instance is out when it stops: no window to keep bridging.
+        ("DRAIN_ACCEPT_SECS", "0"),
     ]);
     let err = fails(&cli(&dir, &["agents", "list"], &[]));
     assert!(
@@ -188,7 +190,8 @@ async fn the_cli_works_on_the_store_directly_and_through_a_running_server() {
     // A clean shutdown flushes; the store is free again for the direct mode.
     assert!(
         proxy.terminate(Duration::from_secs(10)),
-        "server did not stop"
+        "server did not stop: {}",
+        proxy.log()
     );
     let shown = ok(&cli(&dir, &["calls", "show", &call_sid, "--json"], &[]));
     let v: serde_json::Value = serde_json::from_str(&shown).unwrap();

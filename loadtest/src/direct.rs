@@ -33,7 +33,7 @@ use tokio::net::{TcpListener, TcpStream};
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Largest caller message: callbridge's own limit.
-const MAX_MESSAGE: usize = callbridge::runtime::epoll::MAX_TWILIO_MESSAGE_BYTES;
+const MAX_MESSAGE: usize = callbridge::runtime::call_loop::MAX_TWILIO_MESSAGE_BYTES;
 
 /// Path prefix of the facade's stream URLs.
 const STREAM_PREFIX: &str = "/direct/";

@@ -17,7 +17,7 @@
 //!
 //! Agent and number writes are flushed to disk before the answer (they are rare, and a caller
 //! who got 200 must find them after a crash). Every admin request runs on tokio's blocking
-//! pool, not on the IO thread that serves calls (both drivers, `runtime::epoll::connection`):
+//! pool, not on the IO thread that serves calls (both drivers, `runtime::connection`):
 //! an fsync or a listing never delays a call's audio. Call-path writes never wait for the disk:
 //! they go through the store's queue.
 

@@ -2,6 +2,7 @@
 //! optional extra CA file), then the WebSocket opening handshake with `Authorization: Bearer`.
 //! No `OpenAI-Beta` header: that would select the retired beta protocol (protocol.md 5.1).
 
+use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -52,6 +53,24 @@ pub enum WsConn<S> {
 
 /// A connection over tokio's `TcpStream` (the epoll driver).
 pub type Conn = WsConn<TcpStream>;
+
+/// Opens a new OpenAI Realtime connection (TCP, TLS, WebSocket handshake done). Each driver has
+/// its own (the io_uring driver's runs TCP on its ring); the pool wraps one.
+pub trait Dial {
+    /// The connected stream (rustls through tokio's traits on both drivers today).
+    type Conn: AsyncRead + AsyncWrite + Unpin;
+    /// Connects; returns the stream and the bytes that arrived after the handshake response
+    /// (the start of the first frames, e.g. `session.created`).
+    fn dial(&self) -> impl Future<Output = Result<(Self::Conn, Vec<u8>), ConnectError>>;
+}
+
+impl Dial for Connector {
+    type Conn = Conn;
+
+    fn dial(&self) -> impl Future<Output = Result<(Conn, Vec<u8>), ConnectError>> {
+        self.connect()
+    }
+}
 
 impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for WsConn<S> {
     fn poll_read(

@@ -32,11 +32,10 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::sync::{watch, Notify};
 
 use crate::front::ws::{Decoder, Encoder, Message, Role};
-use crate::openai::client::ConnectError;
+use crate::lifecycle::{next_phase, Phase};
+use crate::openai::client::{ConnectError, Dial};
 use crate::openai::events::{ServerEvent, ServerEventParser};
 use crate::openai::health::Breaker;
-use crate::runtime::io::Dial;
-use crate::runtime::{next_phase, Phase};
 
 /// How often idle connections are checked for age and death.
 pub const TICK: Duration = Duration::from_secs(1);

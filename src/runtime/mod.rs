@@ -1,15 +1,17 @@
 //! IO drivers: they move bytes and time between sockets and the sans-IO core.
 //!
+//! - [`connection`]: one HTTP connection until an upgrade, and [`call_loop`]: one call's two
+//!   legs; written once, over the [`transport`] traits (operations that own their buffers).
 //! - [`epoll`]: the tokio driver (epoll on Linux), on the process's multi-threaded runtime.
 //! - [`uring`]: the io_uring driver (tokio-uring), one thread, ring and `SO_REUSEPORT` listener
-//!   per worker.
+//!   per worker, its sockets through [`uring_stream`].
 //!
-//! Both run the same connection handler and call loop ([`epoll::connection`], generic over the
-//! [`io::Transport`] and [`io::Dial`] traits). [`Server`] picks a driver (`RUNTIME`), starts it on
-//! a listener and stops it.
+//! [`Server`] picks a driver (`RUNTIME`), starts it on a listener and stops it.
 
+pub mod call_loop;
+pub mod connection;
 pub mod epoll;
-pub mod io;
+pub mod transport;
 pub mod uring;
 pub mod uring_stream;
 
@@ -23,8 +25,13 @@ use tokio::sync::watch;
 
 use crate::config::{Config, RuntimeChoice};
 use crate::front::routes::App;
+pub use crate::lifecycle::Phase;
 use crate::openai::client::Connector;
 use crate::store::{Store, StoreOptions};
+
+/// How long the closing handshake and the last flush may take when a connection ends, and how
+/// long a closing driver waits for its connections.
+pub const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// The connections waiting in `listener`'s accept queue, taken with non-blocking accepts until
 /// the queue is empty (and made non-blocking for the driver), so that closing the listener resets
@@ -43,27 +50,6 @@ pub(crate) fn take_queued(
         }
     }
     taken
-}
-
-/// Where a server is in its life; drivers watch it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Phase {
-    /// Accepting.
-    Running,
-    /// Draining (`Server::drain`): still accepting (webhooks, after-stream and callbacks are
-    /// answered throughout); the OpenAI pools stop warming.
-    Draining,
-    /// The listeners close (taking what is queued on them first) and the connections left end.
-    Closed,
-}
-
-/// Waits for the next phase change (cancel-safe, as `watch::Receiver::changed`); a dropped
-/// sender reads as [`Phase::Closed`].
-pub(crate) async fn next_phase(phase: &mut watch::Receiver<Phase>) -> Phase {
-    match phase.changed().await {
-        Ok(()) => *phase.borrow(),
-        Err(_) => Phase::Closed,
-    }
 }
 
 /// The IO driver a server runs on.

@@ -9,7 +9,7 @@
 //!
 //! The driver only accepts and moves bytes: sockets are wrapped in
 //! [`UringStream`](super::uring_stream::UringStream) and handed to the connection handler and call
-//! loop shared with the epoll driver ([`super::epoll::connection`]).
+//! loop shared with the epoll driver ([`super::connection`], [`super::call_loop`]).
 //!
 //! [`probe`] tells whether io_uring can be used here (`RUNTIME=auto`).
 
@@ -25,12 +25,12 @@ use anyhow::Context as _;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
-use super::epoll::{self, CLOSE_TIMEOUT};
-use super::io::Dial;
+use super::connection::connection;
 use super::uring_stream::UringStream;
-use super::{next_phase, take_queued, Phase};
+use super::{take_queued, CLOSE_TIMEOUT};
 use crate::front::routes::App;
-use crate::openai::client::{ConnectError, Connector, WsConn};
+use crate::lifecycle::{next_phase, Phase};
+use crate::openai::client::{ConnectError, Connector, Dial, WsConn};
 use crate::openai::pool::{maintain, PoolConfig, PooledDial, SharedPool};
 
 /// Entries of each worker's submission queue (the completion queue is twice as large).
@@ -210,7 +210,7 @@ fn accept(listener: &Rc<tokio_uring::net::TcpListener>) -> AcceptFuture {
 }
 
 /// One worker: accepts on its own listener and runs each connection on this thread, with the
-/// same phases as [`epoll::serve`].
+/// same phases as [`super::epoll::serve`].
 async fn serve(
     listener: std::net::TcpListener,
     app: Arc<App>,
@@ -239,12 +239,7 @@ async fn serve(
     let serve_one = |tasks: &mut JoinSet<()>, sock: tokio_uring::net::TcpStream, peer| {
         let _ = sock.set_nodelay(true);
         let stream = UringStream::new(sock);
-        tasks.spawn_local(epoll::connection(
-            stream,
-            peer,
-            Arc::clone(&app),
-            dial.clone(),
-        ));
+        tasks.spawn_local(connection(stream, peer, Arc::clone(&app), dial.clone()));
     };
     loop {
         tokio::select! {

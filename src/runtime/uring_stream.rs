@@ -47,24 +47,21 @@ use std::os::fd::AsRawFd;
 use std::pin::Pin;
 use std::rc::Rc;
 use std::task::{Context, Poll};
-use std::time::Duration;
 
 use io_uring::{cqueue, opcode, types};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio_uring::net::TcpStream;
 use tokio_uring::{InFlightOneshot, OneshotOutputTransform, UnsubmittedOneshot};
 
-use super::io::Transport;
+use super::transport::{Ready, Transport};
+use super::CLOSE_TIMEOUT;
 
 /// Unsent bytes accepted before `poll_write` returns `Pending`.
 pub const TX_CAP: usize = 64 * 1024;
 
-/// Bytes asked for per recv: the size of the socket's receive buffer. Twilio frames are ~400
+/// The size of the socket's own receive buffer, which each recv fills: Twilio frames are ~400
 /// bytes and deltas a few KiB; a bigger message takes more recvs.
-const READ_CHUNK: usize = 4 * 1024;
-
-/// How long the bytes still queued when the stream is dropped may take to leave.
-pub const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
+const RECV_BUFFER_BYTES: usize = 4 * 1024;
 
 /// What a recv or send in flight owns: the buffer the kernel reads or writes, and the socket, so
 /// neither goes away before the completion.
@@ -218,9 +215,9 @@ impl Io {
         }
         (self.rx_pos, self.rx_end) = (0, 0);
         let mut b = std::mem::take(&mut self.rx);
-        if b.len() < READ_CHUNK {
+        if b.len() < RECV_BUFFER_BYTES {
             // Once per socket: from here on the buffer stays initialised.
-            b.resize(READ_CHUNK, 0);
+            b.resize(RECV_BUFFER_BYTES, 0);
         }
         self.recv = Some(submit_recv(&self.sock, b));
     }
@@ -463,11 +460,10 @@ impl_async_write!(UringStream);
 impl_async_read!(UringRead);
 impl_async_write!(UringWrite);
 
-impl Transport for UringStream {
-    type Read = UringRead;
-    type Write = UringWrite;
-
-    fn into_halves(self) -> (UringRead, UringWrite) {
+impl UringStream {
+    /// Splits the stream into its `AsyncRead` and `AsyncWrite` halves (sharing the socket's state
+    /// on this thread, no lock).
+    pub fn into_split(self) -> (UringRead, UringWrite) {
         (
             UringRead {
                 inner: Rc::clone(&self.inner),
@@ -477,9 +473,21 @@ impl Transport for UringStream {
     }
 }
 
+/// Seen by the call loop through the readiness adapter (the stream runs its own operations).
+impl Transport for UringStream {
+    type Recv = Ready<UringRead>;
+    type Send = Ready<UringWrite>;
+
+    fn into_halves(self) -> (Ready<UringRead>, Ready<UringWrite>) {
+        let (rd, wr) = self.into_split();
+        (Ready::new(rd), Ready::new(wr))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     /// A connected pair of [`UringStream`]s on loopback (call inside a tokio-uring runtime).
@@ -516,7 +524,7 @@ mod tests {
         tokio_uring::start(async {
             let (a, b) = pair().await;
             let data: Vec<u8> = (0..1_000_000u32).map(|i| (i * 31 % 251) as u8).collect();
-            let (mut a_rd, mut a_wr) = a.into_halves();
+            let (mut a_rd, mut a_wr) = a.into_split();
             let sent = data.clone();
             let writer = tokio_uring::spawn(async move {
                 // Writes far more than TX_CAP: poll_write must push back, not grow.

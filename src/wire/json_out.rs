@@ -39,11 +39,12 @@ pub fn write_u64(out: &mut Vec<u8>, n: u64) {
     out.extend_from_slice(u64_digits(n, &mut digits));
 }
 
-/// Appends `x` as a JSON number, written as serde_json writes it (shortest round-trip form:
-/// `0.5`, `1.0`, `1e-7`); `null` when it is not finite, which JSON cannot carry.
+/// Appends `x` as a JSON number, written as serde_json writes it (with its formatter, zmij:
+/// the shortest form that reads back the same); `null` when it is not finite, which JSON cannot
+/// carry.
 pub fn write_f64(out: &mut Vec<u8>, x: f64) {
     if x.is_finite() {
-        out.extend_from_slice(ryu::Buffer::new().format_finite(x).as_bytes());
+        out.extend_from_slice(zmij::Buffer::new().format_finite(x).as_bytes());
     } else {
         out.extend_from_slice(b"null");
     }
