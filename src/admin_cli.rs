@@ -15,9 +15,9 @@ use std::time::Duration;
 use anyhow::{bail, Context as _};
 use serde_json::Value;
 
-use crate::front::form::percent_encode;
-use crate::front::http::Request;
 use crate::store::{Store, StoreError, StoreOptions};
+use crate::wire::form::percent_encode;
+use crate::wire::http::Request;
 
 /// Where the commands go.
 #[derive(clap::Args, Debug, Clone)]

@@ -223,7 +223,7 @@ fn with_model_param(url: &str, model: &str) -> String {
         Some("") => "",
         Some(_) => "&",
     };
-    let model = crate::front::form::percent_encode(model);
+    let model = crate::wire::form::percent_encode(model);
     format!("{url}{sep}model={model}")
 }
 

@@ -7,9 +7,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use callbridge::config::WsUrl;
-use callbridge::front::ws::{Decoder, Encoder, Message, Role};
 use callbridge::openai::client::Connector;
 use callbridge::openai::session::{encode_session_update, AgentSettings};
+use callbridge::wire::ws::{Decoder, Encoder, Message, Role};
 use common::mock;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 

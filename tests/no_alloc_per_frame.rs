@@ -21,10 +21,10 @@ use std::time::{Duration, Instant};
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine as _;
 use callbridge::bridge::call::{Call, CallConfig, Leg};
-use callbridge::front::ws::{Decoder, Encoder, Message, Role};
 use callbridge::openai::events::{ServerEvent, ServerEventParser};
 use callbridge::openai::session::AgentSettings;
 use callbridge::twilio::events::{encode_mark, encode_media, TwilioEvent, TwilioParser};
+use callbridge::wire::ws::{Decoder, Encoder, Message, Role};
 
 #[path = "common/counting_alloc.rs"]
 mod counting_alloc;

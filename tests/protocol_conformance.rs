@@ -9,11 +9,11 @@ mod common;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use callbridge::front::http::{parse_request, Limits, Parsed, Request};
-use callbridge::front::ws::{self, Decoder, Encoder, Message, Role};
 use callbridge::openai::schema::{beta_fields, SchemaValidator};
 use callbridge::sim::twiml::Twiml;
 use callbridge::sim::webhook::HttpResponse;
+use callbridge::wire::http::{parse_request, Limits, Parsed, Request};
+use callbridge::wire::ws::{self, Decoder, Encoder, Message, Role};
 use common::{http, Proxy, RawStream};
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};

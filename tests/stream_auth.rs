@@ -7,10 +7,10 @@ mod common;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use callbridge::front::ws::{Encoder, Role};
 use callbridge::openai::mock::server::MockServer;
 use callbridge::sim::twiml::{StreamVerb, Twiml, Verb};
 use callbridge::sim::webhook::{self, CallIdentity, HttpResponse};
+use callbridge::wire::ws::{Encoder, Role};
 use common::{
     after_stream, closed_sessions, eventually, http, logged, mock, signed_post, webhook, Proxy,
     RawStream, AUTH_TOKEN, PUBLIC_HOST,

@@ -2,7 +2,7 @@
 //! bytes or fails. Never panics, never consumes more than it was given.
 #![no_main]
 
-use callbridge::front::ws::{Decoder, Role};
+use callbridge::wire::ws::{Decoder, Role};
 use libfuzzer_sys::fuzz_target;
 
 /// Small enough that the size checks are exercised, large enough for real frames.

@@ -20,12 +20,12 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use callbridge::bridge::{Call, CallConfig, Leg};
-use callbridge::front::form::Form;
-use callbridge::front::http::{self, Limits, Parsed};
-use callbridge::front::ws::{self, Decoder, Encoder, Message, Role};
 use callbridge::openai::mock::{MockConfig, MockSession};
 use callbridge::openai::session::AgentSettings;
 use callbridge::twilio::twiml::connect_stream;
+use callbridge::wire::form::Form;
+use callbridge::wire::http::{self, Limits, Parsed};
+use callbridge::wire::ws::{self, Decoder, Encoder, Message, Role};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 

@@ -23,10 +23,10 @@
 
 use serde_json::json;
 
-use super::form::{parse_form, percent_decode};
-use super::http::Request;
 use super::routes::Response;
 use crate::store::{Agent, CallFilter, CallStatus, Store, StoreError, MAX_PAGE};
+use crate::wire::form::{parse_form, percent_decode};
+use crate::wire::http::Request;
 
 /// Path prefix of the admin API.
 pub const PREFIX: &str = "/api/admin/";

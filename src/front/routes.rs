@@ -19,15 +19,15 @@ use std::time::{Duration, Instant};
 
 use crate::config::{Config, TwilioAuth};
 use crate::front::admission::{Admission, Admit, Reserve};
-use crate::front::form::parse_form;
-use crate::front::http::Request;
-use crate::front::ws;
 use crate::metrics::Refusal;
 use crate::openai::health::{self, Breaker};
 use crate::store::{RecordChange, Store};
 use crate::twilio::party::Masked;
 use crate::twilio::stream_id::{StartTokenCheck, StreamKey, StreamKeyError};
 use crate::twilio::{signature, twiml};
+use crate::wire::form::parse_form;
+use crate::wire::http::Request;
+use crate::wire::ws;
 
 /// Path prefix of the media stream WebSocket.
 pub const MEDIA_STREAM_PREFIX: &str = "/api/twilio/media-stream/";
@@ -938,9 +938,26 @@ fn record_final_status(app: &App, params: &[(String, String)]) {
     }
 }
 
+/// The `route` label of a path: one value per route of the front end, so the label set is
+/// bounded whatever paths clients try.
+pub fn route_label(path: &str) -> &'static str {
+    match path {
+        "/api/twilio/voice" => "voice",
+        "/api/twilio/after-stream" => "after_stream",
+        "/api/twilio/status" => "status",
+        "/healthz" => "healthz",
+        "/readyz" => "readyz",
+        "/metrics" => "metrics",
+        _ if path.starts_with(AFTER_STREAM_PREFIX) => "after_stream",
+        "" => "unparsed",
+        _ if path.starts_with(MEDIA_STREAM_PREFIX) => "media_stream",
+        _ => "other",
+    }
+}
+
 #[cfg(test)]
 mod tests {
-    use super::our_number;
+    use super::{our_number, route_label, FallbackReason};
 
     #[test]
     fn our_number_is_to_on_inbound_calls_and_from_on_calls_we_placed() {
@@ -948,5 +965,41 @@ mod tests {
         assert_eq!(our_number(None, "+8190", "+8150"), "+8150");
         assert_eq!(our_number(Some("outbound-api"), "+8150", "+8190"), "+8150");
         assert_eq!(our_number(Some("outbound-dial"), "+8150", "+8190"), "+8150");
+    }
+
+    #[test]
+    fn routes_map_to_a_bounded_label_set() {
+        assert_eq!(route_label("/api/twilio/voice"), "voice");
+        assert_eq!(
+            route_label("/api/twilio/media-stream/CAxyz.123.abc"),
+            "media_stream"
+        );
+        assert_eq!(route_label("/wp-admin/setup.php"), "other");
+        assert_eq!(route_label("/metrics"), "metrics");
+        assert_eq!(route_label(""), "unparsed");
+    }
+
+    #[test]
+    fn every_fallback_outcome_is_a_known_outcome_label() {
+        for reason in [
+            FallbackReason::RealtimeOff,
+            FallbackReason::Overloaded,
+            FallbackReason::OpenAiDown,
+            FallbackReason::AfterStream,
+        ] {
+            // A new reason must be added here (the match stops compiling without it).
+            match reason {
+                FallbackReason::RealtimeOff
+                | FallbackReason::Overloaded
+                | FallbackReason::OpenAiDown
+                | FallbackReason::AfterStream => {}
+            }
+            if let Some(label) = reason.outcome() {
+                assert!(
+                    crate::metrics::OUTCOMES.contains(&label),
+                    "{label} is not in crate::metrics::OUTCOMES"
+                );
+            }
+        }
     }
 }

@@ -31,11 +31,11 @@ use futures_util::stream::{FuturesUnordered, StreamExt};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::sync::{watch, Notify};
 
-use crate::front::ws::{Decoder, Encoder, Message, Role};
 use crate::lifecycle::{next_phase, Phase};
 use crate::openai::client::{ConnectError, Dial};
 use crate::openai::events::{ServerEvent, ServerEventParser};
 use crate::openai::health::Breaker;
+use crate::wire::ws::{Decoder, Encoder, Message, Role};
 
 /// How often idle connections are checked for age and death.
 pub const TICK: Duration = Duration::from_secs(1);
@@ -526,7 +526,7 @@ impl<D: Dial> Dial for PooledDial<D> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::front::ws::Encoder;
+    use crate::wire::ws::Encoder;
 
     fn cfg(max: usize) -> PoolConfig {
         PoolConfig {

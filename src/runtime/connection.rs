@@ -10,11 +10,11 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use super::call_loop::{self, LegIo, LegState, MAX_TWILIO_MESSAGE_BYTES};
 use super::transport::{self, room_to_recv, RecvHalf, SendHalf, Transport, READ_CHUNK};
 use super::CLOSE_TIMEOUT;
-use crate::front::http::{self, Limits, Parsed, Request, RequestParser};
-use crate::front::routes::{App, Response, Routed};
-use crate::front::ws::{self, Encoder, Role};
+use crate::front::routes::{route_label, App, Response, Routed};
 use crate::metrics::{self, Refusal};
 use crate::openai::client::Dial;
+use crate::wire::http::{self, Limits, Parsed, Request, RequestParser};
+use crate::wire::ws::{self, Encoder, Role};
 
 /// How long a keep-alive connection may sit idle between requests.
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
@@ -45,7 +45,7 @@ pub(crate) async fn connection<S: Transport, D: Dial>(
             Ok(None) => return,
             Err(resp) => {
                 tracing::warn!(%peer, status = resp.status, "bad request: {}", String::from_utf8_lossy(&resp.body).trim_end());
-                metrics::http_request("", resp.status);
+                metrics::http_request(route_label(""), resp.status);
                 write_response(&mut out, &resp, false);
                 let _ = send_within(&mut wr, &mut out, CLOSE_TIMEOUT).await;
                 return;
@@ -55,7 +55,7 @@ pub(crate) async fn connection<S: Transport, D: Dial>(
         match route(&app, &request).await {
             Routed::Respond(resp) => {
                 tracing::debug!(%peer, method = %request.method, path = %request.path, status = resp.status, "http");
-                metrics::http_request(&request.path, resp.status);
+                metrics::http_request(route_label(&request.path), resp.status);
                 write_response(&mut out, &resp, keep_alive);
                 if request.method == "HEAD" {
                     // Headers only (RFC 9110 9.3.2), with the length the body would have.
@@ -67,7 +67,7 @@ pub(crate) async fn connection<S: Transport, D: Dial>(
                 }
             }
             Routed::Upgrade(grant) => {
-                metrics::http_request(&request.path, 101);
+                metrics::http_request(route_label(&request.path), 101);
                 out.clear();
                 ws::write_upgrade_response(&mut out, &grant.accept);
                 if send_within(&mut wr, &mut out, write_timeout).await.is_err() {
@@ -84,7 +84,7 @@ pub(crate) async fn connection<S: Transport, D: Dial>(
                 call_sid,
                 why,
             } => {
-                metrics::http_request(&request.path, 101);
+                metrics::http_request(route_label(&request.path), 101);
                 out.clear();
                 ws::write_upgrade_response(&mut out, &accept);
                 Encoder::new(Role::Server).close(&mut out, 1000, why.reason());

@@ -83,7 +83,7 @@ pub const MAX_PARAMETER_LEN: usize = 499;
 
 /// `value` cut (at a character boundary) so that `name` + `value` fit [`MAX_PARAMETER_LEN`].
 fn clip_parameter<'a>(name: &str, value: &'a str) -> &'a str {
-    crate::front::ws::truncate_at_char(value, MAX_PARAMETER_LEN.saturating_sub(name.len()))
+    crate::wire::ws::truncate_at_char(value, MAX_PARAMETER_LEN.saturating_sub(name.len()))
 }
 
 /// The normal answer (protocol.md 2.1): a bidirectional stream to `stream_url` with the given

@@ -9,11 +9,11 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use callbridge::front::ws::{self, Decoder, Encoder, Message, Role};
 use callbridge::openai::mock::server::{MockServer, MockServerConfig, SessionRecord};
 use callbridge::sim::caller::{run_call, CallOutcome, CallReport, CallerConfig};
 use callbridge::sim::twiml::{split_wss_url, Twiml};
 use callbridge::sim::webhook::{self, parse_response, write_request, CallIdentity, HttpResponse};
+use callbridge::wire::ws::{self, Decoder, Encoder, Message, Role};
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;

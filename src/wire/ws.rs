@@ -14,7 +14,7 @@
 //! drops the consumed prefix and reads again:
 //!
 //! ```
-//! # use callbridge::front::ws::{Decoder, Role, Message};
+//! # use callbridge::wire::ws::{Decoder, Role, Message};
 //! let mut input: Vec<u8> = vec![0x81, 0x85, 0x37, 0xfa, 0x21, 0x3d, 0x7f, 0x9f, 0x4d, 0x51, 0x58];
 //! let mut decoder = Decoder::new(Role::Server, 64 * 1024);
 //! let mut start = 0;
@@ -888,7 +888,7 @@ fn fill_random(buf: &mut [u8]) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::front::http::{parse_request, Limits, Parsed, Request};
+    use crate::wire::http::{parse_request, Limits, Parsed, Request};
 
     /// Generous limit for tests that are not about size.
     const MAX: usize = 1 << 20;
