@@ -10,7 +10,7 @@
 //! ```
 //!
 //! - The webhook only guesses: a stream it minted may land on another instance, so its
-//!   reservation holds a slot for [`DEFAULT_RESERVE`] (`STREAM_RESERVE_SECS`) and then lapses by
+//!   reservation holds a slot for `STREAM_RESERVE_SECS` (5 s by default) and then lapses by
 //!   itself, never leaving a phantom call behind. The upgrade is the binding check.
 //! - A stream id opens at most one stream on this instance: it is remembered until it expires
 //!   (after that [`crate::twilio::stream_id`] refuses it anyway), so the memory it takes is
@@ -20,13 +20,6 @@
 
 use std::collections::{HashSet, VecDeque};
 use std::time::{Duration, Instant};
-
-/// How long a minted stream holds a call slot before its upgrade arrives. Twilio opens the
-/// stream within a second of our TwiML (the webhook-to-start time measured on loopback is
-/// milliseconds; across the internet, hundreds of ms); 5 s covers a slow Twilio edge and a
-/// retried handshake, and bounds how long a stream that landed on another instance holds a
-/// phantom slot here.
-pub const DEFAULT_RESERVE: Duration = Duration::from_secs(5);
 
 /// Most used stream ids remembered for `max_calls`: 64 streams per call slot within one stream
 /// TTL (120 s by default: calls as short as 2 s at full load), at least 4,096. An id takes about

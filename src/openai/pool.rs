@@ -528,6 +528,33 @@ mod tests {
     use super::*;
     use crate::wire::ws::Encoder;
 
+    #[test]
+    fn no_pool_dials_openai_when_realtime_is_off() {
+        #[derive(clap::Parser)]
+        struct Cli {
+            #[command(flatten)]
+            serve: crate::config::ServeArgs,
+        }
+        let config = |args: &[&str]| {
+            let mut full = vec!["callbridge", "--allow-unsigned-webhooks"];
+            full.extend_from_slice(args);
+            <Cli as clap::Parser>::try_parse_from(full)
+                .unwrap()
+                .serve
+                .into_config()
+                .unwrap()
+        };
+        let off = config(&["--use-openai-realtime", "false", "--openai-pool-max", "4"]);
+        assert!(PoolConfig::from_config(&off).is_none());
+        let on = config(&[
+            "--openai-url",
+            "ws://127.0.0.1:9/",
+            "--openai-pool-max",
+            "4",
+        ]);
+        assert_eq!(PoolConfig::from_config(&on).map(|p| p.max), Some(4));
+    }
+
     fn cfg(max: usize) -> PoolConfig {
         PoolConfig {
             max,
