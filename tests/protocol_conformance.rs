@@ -797,8 +797,9 @@ async fn pings_from_either_peer_are_answered_with_the_same_payload() {
 
 #[tokio::test]
 async fn a_public_host_written_as_a_url_still_validates_twilio_signatures() {
-    // PUBLIC_HOST=https://bridge.example.com/ used to make every webhook answer 400 "no host"
-    // (Twilio then plays its application error): the scheme and slash are now removed at start.
+    // An operator may write PUBLIC_HOST as a URL: the scheme and slash are removed at start, so
+    // the webhooks still validate (else every one would answer 400 and Twilio would play its
+    // application error).
     let proxy = Proxy::spawn(&[
         ("TWILIO_AUTH_TOKEN", TOKEN),
         ("PUBLIC_HOST", "https://bridge.example.com/"),

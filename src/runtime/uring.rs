@@ -43,15 +43,13 @@ const LISTEN_BACKLOG: i32 = 1024;
 /// else the plain ring tokio-uring sets up by default):
 ///
 /// - `COOP_TASKRUN`: the kernel posts completions when the worker next enters it (every loop
-///   turn does) instead of interrupting it with an IPI for each one. Load test, 300 calls × 20 s,
-///   same binary, runs alternating (README "Runtimes"): 17.1–19.6 µs per frame without,
-///   12.0–14.6 µs with.
+///   turn does) instead of interrupting it with an IPI for each one: about a third less CPU per
+///   frame in the load test (README "Runtimes").
 /// - `SINGLE_ISSUER`: only the worker thread submits to its ring (true by construction: one
 ///   ring per worker thread), which lets the kernel skip locking.
 ///
 /// Not `DEFER_TASKRUN`: completions would then wait for an `io_uring_enter(GETEVENTS)`, but
-/// tokio-uring sleeps in epoll on the ring's fd, so the worker never wakes (tried: every call
-/// timed out).
+/// tokio-uring sleeps in epoll on the ring's fd, so the worker would never wake.
 fn new_runtime() -> io::Result<tokio_uring::Runtime> {
     let mut tuned = tokio_uring::uring_builder();
     tuned.setup_coop_taskrun().setup_single_issuer();

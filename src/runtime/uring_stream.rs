@@ -1,6 +1,8 @@
 //! A tokio-uring TCP socket seen as tokio's `AsyncRead` / `AsyncWrite`, so the shared connection
-//! handler, the call loop and rustls (through tokio-rustls, i.e. `ClientConnection::read_tls` /
-//! `write_tls` on in-memory buffers) run unchanged on the io_uring driver.
+//! handler and call loop (through the readiness adapter, `transport::Ready`) and rustls (through
+//! tokio-rustls, i.e. `ClientConnection::read_tls` / `write_tls` on in-memory buffers) run on the
+//! io_uring driver. A ring-native transport (the call loop's owned-buffer operations submitted
+//! straight to the ring) is the next step.
 //!
 //! ```text
 //!  kernel ──IORING_OP_RECV into the socket's buffer──▶ rx ──poll_read──▶ call loop / rustls
@@ -10,10 +12,10 @@
 //! The operations belong to the stream itself: at most one recv and one send in flight per
 //! socket, each an [`InFlightOneshot`] stored in the stream (built with tokio-uring's public
 //! [`UnsubmittedOneshot`], which takes any submission entry), and polled by whoever reads or
-//! writes: the call's own task. No helper task, no `Notify`, no extra wake-up per frame (the
-//! previous adapter ran a reader and a writer task per socket: two task hops per frame, ~0.8 µs
-//! of the ~15 µs per frame in the profile, README "Runtimes"). `RECV` and `SEND` rather than
-//! tokio-uring's `READ` / `WRITE` skip the kernel's generic file read/write path.
+//! writes: the call's own task. No helper task, no `Notify`, no extra wake-up per frame (a task
+//! hop per frame is measurable against the ~15 µs a frame costs, README "Runtimes"). `RECV` and
+//! `SEND` rather than tokio-uring's `READ` / `WRITE` skip the kernel's generic file read/write
+//! path.
 //!
 //! - **Reads:** a recv in flight owns the socket's receive buffer; `poll_read` starts one when
 //!   nothing unread is left and polls it. Dropping a read future (the call loop's `select!` does
