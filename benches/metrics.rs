@@ -19,8 +19,8 @@
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
-use callbridge::bridge::{CallStats, Leg};
 use callbridge::metrics::{self, CallMeter};
+use callbridge_core::bridge::{CallStats, Leg};
 use criterion::{criterion_group, criterion_main, Criterion};
 
 /// Frames timed between two upkeep drains.

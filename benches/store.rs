@@ -15,10 +15,10 @@ use std::hint::black_box;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use callbridge::bridge::{Call, CallConfig, CallEvent};
-use callbridge::openai::session::AgentSettings;
 use callbridge::store::sink::CallRecorder;
 use callbridge::store::{item_key, ItemKind, Op, Store, StoreOptions, QUEUE_CAPACITY};
+use callbridge_core::bridge::{Call, CallConfig, CallEvent};
+use callbridge_core::openai::session::AgentSettings;
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 
 /// Ops timed between two drains of the queue (well under its capacity).

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use clap::Args;
 
-use crate::openai::session::{AgentSettings, TurnDetection};
+use callbridge_core::openai::session::{AgentSettings, TurnDetection};
 
 /// The real Realtime endpoint; `{model}` is replaced by `OPENAI_REALTIME_MODEL`.
 pub const DEFAULT_OPENAI_URL: &str = "wss://api.openai.com/v1/realtime?model={model}";
@@ -233,7 +233,7 @@ fn with_model_param(url: &str, model: &str) -> String {
         Some("") => "",
         Some(_) => "&",
     };
-    let model = crate::wire::form::percent_encode(model);
+    let model = callbridge_core::wire::form::percent_encode(model);
     format!("{url}{sep}model={model}")
 }
 

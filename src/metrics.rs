@@ -45,7 +45,7 @@ use metrics::{
 };
 use metrics_exporter_prometheus::{BuildError, Matcher, PrometheusBuilder, PrometheusHandle};
 
-use crate::bridge::{CallEvent, CallStats, EndReason, Leg};
+use callbridge_core::bridge::{CallEvent, CallStats, EndReason, Leg};
 
 /// Calls bridged right now (gauge).
 pub const ACTIVE_CALLS: &str = "callbridge_active_calls";
@@ -482,7 +482,7 @@ fn describe_all() {
     );
 }
 
-/// Every end-reason label ([`crate::bridge::EndReason::label`]) and webhook fallback, registered at zero.
+/// Every end-reason label ([`callbridge_core::bridge::EndReason::label`]) and webhook fallback, registered at zero.
 pub const OUTCOMES: &[&str] = &[
     "twilio_stop",
     "twilio_closed",
@@ -1178,7 +1178,7 @@ mod tests {
 
     #[test]
     fn every_end_reason_label_is_a_registered_outcome() {
-        use crate::bridge::{EndReason, Leg};
+        use callbridge_core::bridge::{EndReason, Leg};
         let s = || "x".to_owned();
         // A new variant must be added here (the match below stops compiling without it).
         let all = [
@@ -1381,7 +1381,7 @@ mod tests {
         meter.on_written(Leg::OpenAi, 2_000, ms(3_500));
         // The call ends (the event may be seen twice; it counts once).
         let end = CallEvent::Ended {
-            reason: crate::bridge::EndReason::TwilioStop,
+            reason: callbridge_core::bridge::EndReason::TwilioStop,
         };
         meter.on_event(&end);
         meter.on_event(&end);

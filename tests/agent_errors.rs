@@ -7,9 +7,9 @@ mod common;
 
 use std::sync::Arc;
 
-use callbridge::sim::caller::{run_call, CallOutcome};
-use callbridge::sim::script::Script;
-use callbridge::sim::twiml::Twiml;
+use callbridge_testkit::sim::caller::{run_call, CallOutcome};
+use callbridge_testkit::sim::script::Script;
+use callbridge_testkit::sim::twiml::Twiml;
 use common::store::{admin, ADMIN_TOKEN};
 use common::{http, logged, mock, run_signed_call, signed_caller, Proxy};
 use serde_json::{json, Value};

@@ -10,10 +10,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use base64::Engine;
-use callbridge::openai::mock::server::{strict_client_check, MockServer, SessionRecord};
-use callbridge::sim::script::{read_tag, tag_frame, FRAME_BYTES};
-use callbridge::sim::twiml::Twiml;
-use callbridge::sim::webhook::{self, parse_response, HttpResponse};
+use callbridge_testkit::mock::server::{strict_client_check, MockServer, SessionRecord};
+use callbridge_testkit::sim::script::{read_tag, tag_frame, FRAME_BYTES};
+use callbridge_testkit::sim::twiml::Twiml;
+use callbridge_testkit::sim::webhook::{self, parse_response, HttpResponse};
 use common::{
     after_stream_conference, closed_sessions, eventually, http, http_raw, logged, mock, room,
     webhook, Proxy, RawStream,
@@ -778,7 +778,7 @@ async fn a_ping_flood_from_a_twilio_peer_that_reads_nothing_is_not_read_and_the_
 /// A signed voice webhook for call `n` whose form body is sent chunked (as a proxy that
 /// re-chunks bodies would), `pieces` bytes per chunk, with `extra` headers.
 fn chunked_webhook(n: u32, pieces: usize, extra: &str) -> Vec<u8> {
-    use callbridge::sim::webhook;
+    use callbridge_testkit::sim::webhook;
     let call = webhook::CallIdentity {
         call_sid: webhook::sid("CA", u128::from(n)),
         account_sid: webhook::sid("AC", 1),
@@ -926,7 +926,7 @@ async fn a_media_stream_request_without_upgrade_headers_gets_426_advising_versio
     let stream = twiml.stream().expect("a stream");
     let path = stream.path.clone();
     // Signed like Twilio's upgrade (else it is refused with 403 before anything else).
-    let sig = callbridge::sim::webhook::signature(common::AUTH_TOKEN, &stream.url, &[]);
+    let sig = callbridge_testkit::sim::webhook::signature(common::AUTH_TOKEN, &stream.url, &[]);
     let resp = http(
         proxy.addr,
         "GET",
@@ -991,7 +991,7 @@ async fn a_twilio_peer_that_stops_reading_ends_the_call_after_the_stall_timeout_
         cfg.session.energy_vad = false;
         cfg.session
             .scripted_speech
-            .push(callbridge::openai::mock::SpeechSpan {
+            .push(callbridge_testkit::mock::SpeechSpan {
                 start_ms: 0,
                 duration_ms: 100,
             });

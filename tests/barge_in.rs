@@ -5,8 +5,8 @@ mod common;
 
 use std::time::Duration;
 
-use callbridge::demo::{demo_script, truncate_accuracy, TRUNCATE_TOLERANCE_MS};
-use callbridge::sim::caller::CallerConfig;
+use callbridge_testkit::demo::{demo_script, truncate_accuracy, TRUNCATE_TOLERANCE_MS};
+use callbridge_testkit::sim::caller::CallerConfig;
 use common::{closed_sessions, mock, run_signed_call, Proxy};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -7,9 +7,9 @@ mod common;
 
 use std::time::Duration;
 
-use callbridge::sim::caller::{run_call, CallOutcome, CallReport};
-use callbridge::sim::script::Script;
-use callbridge::sim::twiml::Twiml;
+use callbridge_testkit::sim::caller::{run_call, CallOutcome, CallReport};
+use callbridge_testkit::sim::script::Script;
+use callbridge_testkit::sim::twiml::Twiml;
 use common::{closed_sessions, eventually, http, mock, signed_caller, Proxy};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;

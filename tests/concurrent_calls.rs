@@ -6,8 +6,8 @@ mod common;
 use std::collections::HashMap;
 use std::time::Duration;
 
-use callbridge::sim::caller::{run_call, CallOutcome, CallerConfig};
-use callbridge::sim::script::Script;
+use callbridge_testkit::sim::caller::{run_call, CallOutcome, CallerConfig};
+use callbridge_testkit::sim::script::Script;
 use common::{assert_delivered_byte_exact, call_of, closed_sessions, mock, Proxy, AUTH_TOKEN};
 
 const CALLS: u32 = 50;

@@ -9,16 +9,16 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use callbridge::sim::caller::{run_call, CallOutcome, CallReport};
-use callbridge::sim::script::Script;
-use callbridge::sim::twiml::Twiml;
-use callbridge::sim::webhook;
+use callbridge_testkit::sim::caller::{run_call, CallOutcome, CallReport};
+use callbridge_testkit::sim::script::Script;
+use callbridge_testkit::sim::twiml::Twiml;
+use callbridge_testkit::sim::webhook;
 use common::{eventually, http, mock, signed_caller, temp_data_dir, Proxy, RawStream, AUTH_TOKEN};
 use serde_json::Value;
 
 /// Every call record in `dir`, read with the CLI once the server has exited.
 fn records(dir: &std::path::Path) -> Vec<Value> {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_callbridge"))
+    let out = std::process::Command::new(common::callbridge_bin())
         .args(["calls", "list", "--json", "--limit", "1000"])
         .env_clear()
         .env("DATA_DIR", dir)
@@ -34,7 +34,7 @@ fn records(dir: &std::path::Path) -> Vec<Value> {
 }
 
 /// Whether the mock has given `n` sessions their `session.updated`.
-fn sessions_ready(mock: &callbridge::openai::mock::server::MockServer, n: usize) -> bool {
+fn sessions_ready(mock: &callbridge_testkit::mock::server::MockServer, n: usize) -> bool {
     mock.sessions()
         .iter()
         .filter(|s| {
@@ -53,14 +53,18 @@ async fn status_of(proxy: &Proxy, path: &str) -> (u16, String) {
 }
 
 /// The stream of call `n`'s TwiML, answered now (before a drain, or during it).
-async fn stream_of(proxy: &Proxy, n: u32) -> callbridge::sim::twiml::StreamVerb {
+async fn stream_of(proxy: &Proxy, n: u32) -> callbridge_testkit::sim::twiml::StreamVerb {
     let resp = common::webhook(proxy.addr, n).await;
     let twiml = Twiml::parse(std::str::from_utf8(&resp.body).unwrap()).expect("TwiML");
     twiml.stream().expect("a stream").clone()
 }
 
 /// Opens `stream` (signed) for call `n`.
-async fn upgrade(proxy: &Proxy, stream: &callbridge::sim::twiml::StreamVerb, n: u32) -> RawStream {
+async fn upgrade(
+    proxy: &Proxy,
+    stream: &callbridge_testkit::sim::twiml::StreamVerb,
+    n: u32,
+) -> RawStream {
     let sig = webhook::signature(AUTH_TOKEN, &stream.url, &[]);
     let mut raw = RawStream::connect(proxy.addr, &stream.path, &[("x-twilio-signature", &sig)])
         .await

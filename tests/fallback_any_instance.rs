@@ -8,8 +8,8 @@ mod common;
 
 use std::time::Duration;
 
-use callbridge::sim::twiml::Twiml;
-use callbridge::sim::webhook;
+use callbridge_testkit::sim::twiml::Twiml;
+use callbridge_testkit::sim::webhook;
 use common::{after_stream_conference, room, Proxy, RawStream, AUTH_TOKEN, PUBLIC_HOST};
 
 const SHARED_SECRET: &str = "shared-stream-secret-of-a-and-b";

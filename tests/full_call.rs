@@ -5,8 +5,8 @@ mod common;
 
 use std::time::Duration;
 
-use callbridge::sim::caller::CallerConfig;
-use callbridge::sim::script::Script;
+use callbridge_testkit::sim::caller::CallerConfig;
+use callbridge_testkit::sim::script::Script;
 use common::{assert_delivered_byte_exact, closed_sessions, mock, run_signed_call, Proxy};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -6,11 +6,11 @@ mod common;
 
 use std::time::Duration;
 
-use callbridge::sim::script::Script;
+use callbridge_testkit::sim::script::Script;
 use common::{closed_sessions, mock, run_signed_call, signed_caller, Proxy};
 
 /// One whole call through `proxy`; returns the proxy's log once the call is finished.
-async fn one_call(proxy: &Proxy, mock: &callbridge::openai::mock::server::MockServer) -> String {
+async fn one_call(proxy: &Proxy, mock: &callbridge_testkit::mock::server::MockServer) -> String {
     let caller = signed_caller(proxy, 9, Script::hello_then_hang_up(4_500));
     run_signed_call(proxy, caller).await;
     closed_sessions(mock, 1, Duration::from_secs(5)).await;

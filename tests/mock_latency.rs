@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 
 use callbridge::config::WsUrl;
 use callbridge::openai::client::Connector;
-use callbridge::openai::session::{encode_session_update, AgentSettings};
-use callbridge::wire::ws::{Decoder, Encoder, Message, Role};
+use callbridge_core::openai::session::{encode_session_update, AgentSettings};
+use callbridge_core::wire::ws::{Decoder, Encoder, Message, Role};
 use common::mock;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 

@@ -20,11 +20,11 @@ use std::time::{Duration, Instant};
 
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine as _;
-use callbridge::bridge::call::{Call, CallConfig, Leg};
-use callbridge::openai::events::{ServerEvent, ServerEventParser};
-use callbridge::openai::session::AgentSettings;
-use callbridge::twilio::events::{encode_mark, encode_media, TwilioEvent, TwilioParser};
-use callbridge::wire::ws::{Decoder, Encoder, Message, Role};
+use callbridge_core::bridge::call::{Call, CallConfig, Leg};
+use callbridge_core::openai::events::{ServerEvent, ServerEventParser};
+use callbridge_core::openai::session::AgentSettings;
+use callbridge_core::twilio::events::{encode_mark, encode_media, TwilioEvent, TwilioParser};
+use callbridge_core::wire::ws::{Decoder, Encoder, Message, Role};
 
 #[path = "common/counting_alloc.rs"]
 mod counting_alloc;
@@ -306,8 +306,8 @@ const SAMPLES_PER_BLOCK: u64 = 64;
 
 #[test]
 fn metric_work_per_frame_allocates_only_the_exporters_sample_blocks() {
-    use callbridge::bridge::CallStats;
     use callbridge::metrics::{self, CallMeter};
+    use callbridge_core::bridge::CallStats;
 
     metrics::install().expect("recorder installs");
     let t0 = Instant::now();

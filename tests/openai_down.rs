@@ -7,7 +7,7 @@ mod common;
 
 use std::time::Duration;
 
-use callbridge::sim::twiml::Twiml;
+use callbridge_testkit::sim::twiml::Twiml;
 use common::{after_stream_conference, logged, room, webhook as post_webhook, Proxy, RawStream};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -7,14 +7,14 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use callbridge::sim::caller::{run_call, CallOutcome, CallerConfig};
-use callbridge::sim::script::Script;
+use callbridge_testkit::sim::caller::{run_call, CallOutcome, CallerConfig};
+use callbridge_testkit::sim::script::Script;
 use common::{closed_sessions, mock, run_signed_call, Proxy, RawStream, AUTH_TOKEN};
 
 /// Waits until the mock has sent `session.created` on its first connection (the pool is warm
 /// about then; the first schema check of a debug-build mock can take most of a second), plus a
 /// margin for the proxy to read it.
-async fn pool_warm(mock: &callbridge::openai::mock::server::MockServer) {
+async fn pool_warm(mock: &callbridge_testkit::mock::server::MockServer) {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let created = mock.sessions().first().is_some_and(|s| {
@@ -32,7 +32,7 @@ async fn pool_warm(mock: &callbridge::openai::mock::server::MockServer) {
 }
 
 /// Waits until the mock has seen `n` connections (at most 5 s).
-async fn connections(mock: &callbridge::openai::mock::server::MockServer, n: usize) {
+async fn connections(mock: &callbridge_testkit::mock::server::MockServer, n: usize) {
     let deadline = Instant::now() + Duration::from_secs(5);
     while mock.sessions().len() < n {
         assert!(
@@ -206,11 +206,11 @@ async fn idle_connections_are_retired_politely_and_replaced() {
 #[derive(Debug)]
 struct TagTap(std::sync::Arc<std::sync::Mutex<std::collections::BTreeSet<u32>>>);
 
-impl callbridge::openai::mock::tap::SessionTap for TagTap {
+impl callbridge_testkit::mock::tap::SessionTap for TagTap {
     fn input_audio(&mut self, _now: Instant, audio: &[u8]) {
         let mut seen = self.0.lock().unwrap();
-        for frame in audio.chunks_exact(callbridge::sim::script::FRAME_BYTES) {
-            if let Some((call, _)) = callbridge::sim::script::read_tag(frame) {
+        for frame in audio.chunks_exact(callbridge_testkit::sim::script::FRAME_BYTES) {
+            if let Some((call, _)) = callbridge_testkit::sim::script::read_tag(frame) {
                 seen.insert(call);
             }
         }
@@ -236,7 +236,7 @@ async fn with_the_pool_every_session_serves_exactly_one_call() {
                 .lock()
                 .unwrap()
                 .push((Instant::now(), std::sync::Arc::clone(&seen)));
-            Box::new(TagTap(seen)) as Box<dyn callbridge::openai::mock::tap::SessionTap>
+            Box::new(TagTap(seen)) as Box<dyn callbridge_testkit::mock::tap::SessionTap>
         }))
     })
     .await;

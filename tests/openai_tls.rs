@@ -7,9 +7,9 @@ mod common;
 
 use std::time::Duration;
 
-use callbridge::openai::mock::server::tls_config;
-use callbridge::sim::caller::CallerConfig;
-use callbridge::sim::script::Script;
+use callbridge_testkit::mock::server::tls_config;
+use callbridge_testkit::sim::caller::CallerConfig;
+use callbridge_testkit::sim::script::Script;
 use common::{
     assert_delivered_byte_exact, closed_sessions, mock, run_signed_call, Proxy, RawStream,
 };

@@ -16,9 +16,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use callbridge::demo::demo_script;
-use callbridge::sim::caller::CallerConfig;
-use callbridge::sim::webhook;
+use callbridge_testkit::demo::demo_script;
+use callbridge_testkit::sim::caller::CallerConfig;
+use callbridge_testkit::sim::webhook;
 use common::{mock, run_signed_call, Proxy};
 use serde_json::Value;
 

@@ -9,11 +9,11 @@ mod common;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use callbridge::openai::schema::{beta_fields, SchemaValidator};
-use callbridge::sim::twiml::Twiml;
-use callbridge::sim::webhook::HttpResponse;
-use callbridge::wire::http::{parse_request, Limits, Parsed, Request};
-use callbridge::wire::ws::{self, Decoder, Encoder, Message, Role};
+use callbridge_core::wire::http::{parse_request, Limits, Parsed, Request};
+use callbridge_core::wire::ws::{self, Decoder, Encoder, Message, Role};
+use callbridge_testkit::schema::{beta_fields, SchemaValidator};
+use callbridge_testkit::sim::twiml::Twiml;
+use callbridge_testkit::sim::webhook::HttpResponse;
 use common::{http, Proxy, RawStream};
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -708,7 +708,7 @@ async fn a_final_status_callback_closes_a_call_whose_stream_never_started() {
         ("ADMIN_TOKEN", common::store::ADMIN_TOKEN),
     ]);
     assert_eq!(common::webhook(proxy.addr, 11).await.status, 200);
-    let sid = callbridge::sim::webhook::sid("CA", 11);
+    let sid = callbridge_testkit::sim::webhook::sid("CA", 11);
     common::store::wait_for_call(proxy.addr, &sid, T, |v| v["status"] == "ringing").await;
     let params: Vec<(String, String)> = [
         ("AccountSid", "AC00000000000000000000000000000001"),
@@ -728,7 +728,7 @@ async fn a_final_status_callback_closes_a_call_whose_stream_never_started() {
     assert_eq!(call["status"], "failed", "{call}");
     // A callback for a call this instance never saw creates nothing.
     let mut other = params.clone();
-    other[1].1 = callbridge::sim::webhook::sid("CA", 12);
+    other[1].1 = callbridge_testkit::sim::webhook::sid("CA", 12);
     assert_eq!(
         common::signed_post(proxy.addr, "/api/twilio/status", &other)
             .await
@@ -829,8 +829,8 @@ async fn an_upgrade_offering_compression_and_a_subprotocol_gets_neither() {
     let resp = common::webhook(proxy.addr, 5).await;
     let twiml = Twiml::parse(std::str::from_utf8(&resp.body).unwrap()).unwrap();
     let url = twiml.stream().unwrap().url.clone();
-    let (_, path) = callbridge::sim::twiml::split_wss_url(&url).unwrap();
-    let sig = callbridge::sim::webhook::signature(common::AUTH_TOKEN, &url, &[]);
+    let (_, path) = callbridge_testkit::sim::twiml::split_wss_url(&url).unwrap();
+    let sig = callbridge_testkit::sim::webhook::signature(common::AUTH_TOKEN, &url, &[]);
     let raw = RawStream::connect(
         proxy.addr,
         path,

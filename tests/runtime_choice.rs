@@ -62,7 +62,7 @@ async fn explicit_runtimes_are_used_and_workers_share_the_port() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_bad_workers_value_refuses_to_start() {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_callbridge"))
+    let out = std::process::Command::new(common::callbridge_bin())
         .args(["serve", "--listen", "127.0.0.1:0", "--workers", "0"])
         .env_clear()
         .env("OPENAI_REALTIME_URL", "ws://127.0.0.1:9/v1/realtime")

@@ -10,8 +10,8 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use callbridge::sim::caller::{run_call, CallOutcome, CallerConfig};
-use callbridge::sim::script::Script;
+use callbridge_testkit::sim::caller::{run_call, CallOutcome, CallerConfig};
+use callbridge_testkit::sim::script::Script;
 use common::{closed_sessions, mock, Proxy, AUTH_TOKEN};
 
 /// User + system CPU time of `pid` so far (from /proc; USER_HZ is 100 on Linux).

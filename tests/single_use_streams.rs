@@ -6,8 +6,8 @@ mod common;
 
 use std::time::Duration;
 
-use callbridge::sim::twiml::Twiml;
-use callbridge::sim::webhook;
+use callbridge_testkit::sim::twiml::Twiml;
+use callbridge_testkit::sim::webhook;
 use common::{closed_sessions, http, mock, Proxy, RawStream, AUTH_TOKEN};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

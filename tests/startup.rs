@@ -2,8 +2,11 @@
 
 use std::process::Command;
 
+#[path = "common/bin.rs"]
+mod common;
+
 fn serve(env: &[(&str, &str)]) -> std::process::Output {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_callbridge"));
+    let mut cmd = Command::new(common::callbridge_bin());
     cmd.arg("serve").env_clear().env("LISTEN", "127.0.0.1:0");
     for (k, v) in env {
         cmd.env(k, v);
@@ -67,7 +70,7 @@ fn a_token_without_public_host_or_a_short_admin_token_refuses_to_start() {
 #[test]
 fn a_hard_descriptor_limit_too_low_for_max_calls_refuses_to_start_naming_both() {
     // `ulimit -n` lowers the soft and hard limits for the shell and what it execs.
-    let bin = env!("CARGO_BIN_EXE_callbridge");
+    let bin = common::callbridge_bin().display();
     let out = Command::new("sh")
         .arg("-c")
         .arg(format!("ulimit -n 512 && exec '{bin}' serve"))

@@ -74,7 +74,7 @@ impl Answer {
 async fn export(addr: std::net::SocketAddr, query: &str) -> Answer {
     let auth = format!("Bearer {ADMIN_TOKEN}");
     let mut req = Vec::new();
-    callbridge::sim::webhook::write_request(
+    callbridge_testkit::sim::webhook::write_request(
         &mut req,
         "GET",
         &addr.to_string(),
@@ -200,7 +200,7 @@ async fn big_exports_and_listings_come_in_bounded_parts_and_never_stall_a_call()
     // The CLI follows short pages: a rare filter still fills its page, or says nothing is left.
     let server = format!("http://{addr}");
     let cli = |args: &[&str]| {
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_callbridge"))
+        let out = std::process::Command::new(common::callbridge_bin())
             .args(args)
             .args(["--server", server.as_str()])
             .env_clear()

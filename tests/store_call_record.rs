@@ -6,15 +6,15 @@ mod common;
 
 use std::time::Duration;
 
-use callbridge::demo::demo_script;
-use callbridge::sim::caller::CallerConfig;
-use callbridge::sim::script::Script;
-use callbridge::sim::webhook::sid;
+use callbridge_testkit::demo::demo_script;
+use callbridge_testkit::sim::caller::CallerConfig;
+use callbridge_testkit::sim::script::Script;
+use callbridge_testkit::sim::webhook::sid;
 use common::store::{admin, wait_for_call, ADMIN_TOKEN};
 use common::{closed_sessions, mock, run_signed_call, Proxy, AUTH_TOKEN};
 use serde_json::{json, Value};
 
-fn sent_events(s: &callbridge::openai::mock::server::SessionRecord, ty: &str) -> Vec<Value> {
+fn sent_events(s: &callbridge_testkit::mock::server::SessionRecord, ty: &str) -> Vec<Value> {
     s.sent_events
         .iter()
         .filter_map(|e| serde_json::from_str::<Value>(e).ok())
@@ -298,12 +298,13 @@ async fn the_instance_serving_the_stream_records_a_call_whose_webhook_went_elsew
     // Twilio calls instance A's webhook ...
     let resp = common::webhook(a.addr, 61).await;
     assert_eq!(resp.status, 200);
-    let twiml = callbridge::sim::twiml::Twiml::parse(std::str::from_utf8(&resp.body).unwrap())
-        .expect("twiml");
+    let twiml =
+        callbridge_testkit::sim::twiml::Twiml::parse(std::str::from_utf8(&resp.body).unwrap())
+            .expect("twiml");
     let stream = twiml.stream().expect("a stream").clone();
-    let (_, path) = callbridge::sim::twiml::split_wss_url(&stream.url).unwrap();
+    let (_, path) = callbridge_testkit::sim::twiml::split_wss_url(&stream.url).unwrap();
     // ... and the load balancer sends the stream to instance B.
-    let sig = callbridge::sim::webhook::signature(AUTH_TOKEN, &stream.url, &[]);
+    let sig = callbridge_testkit::sim::webhook::signature(AUTH_TOKEN, &stream.url, &[]);
     let mut raw = common::RawStream::connect(b.addr, path, &[("x-twilio-signature", &sig)])
         .await
         .expect("B accepts a stream A minted");

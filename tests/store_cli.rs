@@ -7,12 +7,12 @@ use std::path::Path;
 use std::process::{Command, Output};
 use std::time::Duration;
 
-use callbridge::sim::webhook::sid;
+use callbridge_testkit::sim::webhook::sid;
 use common::store::ADMIN_TOKEN;
 use common::{temp_data_dir, webhook, Proxy, AUTH_TOKEN};
 
 fn cli(data_dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Output {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_callbridge"));
+    let mut cmd = Command::new(common::callbridge_bin());
     cmd.args(args)
         .env_clear()
         .env("DATA_DIR", data_dir)

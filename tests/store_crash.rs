@@ -7,9 +7,9 @@ mod common;
 use std::collections::HashMap;
 use std::time::Duration;
 
-use callbridge::demo::demo_script;
-use callbridge::sim::caller::{run_call, CallerConfig};
-use callbridge::sim::webhook::sid;
+use callbridge_testkit::demo::demo_script;
+use callbridge_testkit::sim::caller::{run_call, CallerConfig};
+use callbridge_testkit::sim::webhook::sid;
 use common::store::{admin, ADMIN_TOKEN};
 use common::{mock, temp_data_dir, Proxy, AUTH_TOKEN};
 

@@ -7,10 +7,10 @@ mod common;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use callbridge::openai::mock::server::MockServer;
-use callbridge::sim::twiml::{StreamVerb, Twiml, Verb};
-use callbridge::sim::webhook::{self, CallIdentity, HttpResponse};
-use callbridge::wire::ws::{Encoder, Role};
+use callbridge_core::wire::ws::{Encoder, Role};
+use callbridge_testkit::mock::server::MockServer;
+use callbridge_testkit::sim::twiml::{StreamVerb, Twiml, Verb};
+use callbridge_testkit::sim::webhook::{self, CallIdentity, HttpResponse};
 use common::{
     after_stream, closed_sessions, eventually, http, logged, mock, signed_post, webhook, Proxy,
     RawStream, AUTH_TOKEN, PUBLIC_HOST,

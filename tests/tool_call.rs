@@ -7,9 +7,9 @@ mod common;
 
 use std::time::Duration;
 
-use callbridge::openai::mock::FunctionCallScript;
-use callbridge::sim::caller::CallerConfig;
-use callbridge::sim::script::Script;
+use callbridge_testkit::mock::FunctionCallScript;
+use callbridge_testkit::sim::caller::CallerConfig;
+use callbridge_testkit::sim::script::Script;
 use common::{closed_sessions, mock, run_signed_call, Proxy};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -13,8 +13,8 @@ mod common;
 use std::io::Write;
 use std::process::{Command, Stdio};
 
-use callbridge::sim::twiml::Twiml;
-use callbridge::sim::webhook::{form_encode, sid};
+use callbridge_testkit::sim::twiml::Twiml;
+use callbridge_testkit::sim::webhook::{form_encode, sid};
 use common::{http, Proxy, RawStream};
 use serde_json::{json, Value};
 

@@ -3,7 +3,7 @@
 
 mod common;
 
-use callbridge::sim::twiml::Twiml;
+use callbridge_testkit::sim::twiml::Twiml;
 use common::{http, logged, Proxy};
 
 async fn scrape(proxy: &Proxy) -> String {
@@ -59,7 +59,10 @@ async fn serve_reads_dot_env_and_the_environment_wins() {
     assert!(logged(&proxy, "settings read from .env").await);
     let resp = common::webhook(proxy.addr, 5).await;
     let twiml = Twiml::parse(std::str::from_utf8(&resp.body).unwrap()).unwrap();
-    let room = format!("from-dotenv-{}", callbridge::sim::webhook::sid("CA", 5));
+    let room = format!(
+        "from-dotenv-{}",
+        callbridge_testkit::sim::webhook::sid("CA", 5)
+    );
     assert_eq!(
         twiml.conference(),
         Some(room.as_str()),

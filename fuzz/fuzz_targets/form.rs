@@ -1,7 +1,7 @@
 //! `parse_form`: never panics; what it accepts decodes the same way twice.
 #![no_main]
 
-use callbridge::wire::form::parse_form;
+use callbridge_core::wire::form::parse_form;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

@@ -3,7 +3,7 @@
 //! first byte says) gives the same answer as one read.
 #![no_main]
 
-use callbridge::wire::http::{parse_request, Limits, Parsed, RequestParser};
+use callbridge_core::wire::http::{parse_request, Limits, Parsed, RequestParser};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

@@ -1,7 +1,7 @@
 //! The OpenAI Realtime server event parser on arbitrary text frames: never panics.
 #![no_main]
 
-use callbridge::openai::events::ServerEventParser;
+use callbridge_core::openai::events::ServerEventParser;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

@@ -1,7 +1,7 @@
 //! The Twilio Media Streams event parser on arbitrary text frames: never panics.
 #![no_main]
 
-use callbridge::twilio::events::TwilioParser;
+use callbridge_core::twilio::events::TwilioParser;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

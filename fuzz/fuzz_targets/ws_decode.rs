@@ -2,7 +2,7 @@
 //! bytes or fails. Never panics, never consumes more than it was given.
 #![no_main]
 
-use callbridge::wire::ws::{Decoder, Role};
+use callbridge_core::wire::ws::{Decoder, Role};
 use libfuzzer_sys::fuzz_target;
 
 /// Small enough that the size checks are exercised, large enough for real frames.

@@ -7,7 +7,7 @@
 //!
 //! The facade is a small in-process stand-in for the proxy: it answers the webhook with a
 //! `<Connect><Stream>`, accepts the WebSocket, and runs callbridge's own sans-IO
-//! [`callbridge::bridge::Call`] with the mock session behind it as plain function calls, in the
+//! [`callbridge_core::bridge::Call`] with the mock session behind it as plain function calls, in the
 //! same task. The callers, their frames, tags, clocks and checks are exactly those of proxy mode;
 //! what is gone is the proxy process, its scheduling, and the second loopback hop with its
 //! WebSocket framing. What remains is what the generator itself adds: one loopback hop, the
@@ -19,13 +19,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
-use callbridge::bridge::{Call, CallConfig, Leg};
-use callbridge::openai::mock::{MockConfig, MockSession};
-use callbridge::openai::session::AgentSettings;
-use callbridge::twilio::twiml::connect_stream;
-use callbridge::wire::form::Form;
-use callbridge::wire::http::{self, Limits, Parsed};
-use callbridge::wire::ws::{self, Decoder, Encoder, Message, Role};
+use callbridge_core::bridge::{Call, CallConfig, Leg};
+use callbridge_core::openai::session::AgentSettings;
+use callbridge_core::twilio::twiml::connect_stream;
+use callbridge_core::wire::form::Form;
+use callbridge_core::wire::http::{self, Limits, Parsed};
+use callbridge_core::wire::ws::{self, Decoder, Encoder, Message, Role};
+use callbridge_testkit::mock::{MockConfig, MockSession};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 

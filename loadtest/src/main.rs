@@ -33,7 +33,7 @@ use std::time::Duration;
 use anyhow::{bail, Context as _};
 use clap::{Args, Parser, Subcommand};
 
-use callbridge::openai::mock::server::{MockServer, MockServerConfig};
+use callbridge_testkit::mock::server::{MockServer, MockServerConfig};
 
 use crate::probe::{tap_factory, Shared, SharedSlot};
 use crate::proxy::{parse_env_pair, require_loopback, Proxy, SpawnSpec};
@@ -348,7 +348,7 @@ async fn setup(
     };
     // The load test measures the proxy, not the schema validator: the cheap structural check
     // (the integration tests run the strict one).
-    mock_cfg.session.validate_client = Arc::new(callbridge::openai::mock::basic_client_check);
+    mock_cfg.session.validate_client = Arc::new(callbridge_testkit::mock::basic_client_check);
     mock_cfg.session.keep_records = false;
     mock_cfg.session.tap = Some(tap_factory(Arc::clone(slot)));
     if c.direct {
@@ -369,7 +369,7 @@ async fn setup(
     let ca = if c.openai_tls {
         let (cert, key) = throwaway_certificate()?;
         mock_cfg.tls = Some(
-            callbridge::openai::mock::server::tls_config(cert.as_bytes(), key.as_bytes())
+            callbridge_testkit::mock::server::tls_config(cert.as_bytes(), key.as_bytes())
                 .context("the mock's TLS configuration")?,
         );
         let path =

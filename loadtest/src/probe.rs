@@ -14,9 +14,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
-use callbridge::openai::mock::tap::{MockTapFactory, SessionTap};
-use callbridge::sim::probe::StreamProbe;
-use callbridge::sim::script::{read_tag, FRAME_BYTES};
+use callbridge_testkit::mock::tap::{MockTapFactory, SessionTap};
+use callbridge_testkit::sim::probe::StreamProbe;
+use callbridge_testkit::sim::script::{read_tag, FRAME_BYTES};
 
 use crate::hist::Histogram;
 use crate::tags::{downlink_block, BlockStream, SeqChecker, UplinkExpect};
@@ -191,7 +191,7 @@ impl Shared {
 /// The run (or ramp step) the mock's new sessions report to.
 pub type SharedSlot = Arc<Mutex<Arc<Shared>>>;
 
-/// The mock tap factory for [`callbridge::openai::mock::MockConfig::tap`]: each new session
+/// The mock tap factory for [`callbridge_testkit::mock::MockConfig::tap`]: each new session
 /// reports to the run that holds its call, looked up when its first tagged caller frame arrives
 /// (not when the session starts: the proxy's OpenAI pool opens sessions ahead of calls, even
 /// before the run, or in the previous ramp step).
@@ -387,7 +387,7 @@ impl StreamProbe for Probe {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use callbridge::sim::script::{Clip, Script, Segment};
+    use callbridge_testkit::sim::script::{Clip, Script, Segment};
 
     fn call(call_no: u32) -> Arc<CallState> {
         let script = Script::new(vec![Segment::Speak(Clip::HELLO_EN)]).unwrap();

@@ -7,8 +7,8 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use callbridge::openai::mock::server::MockServer;
-use callbridge::sim::caller::{run_call, CallOutcome, CallReport, CallerConfig};
+use callbridge_testkit::mock::server::MockServer;
+use callbridge_testkit::sim::caller::{run_call, CallOutcome, CallReport, CallerConfig};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
@@ -317,7 +317,10 @@ fn note_bad_call(
 ) {
     if report.bad_calls.len() < MAX_CALL_DETAILS {
         report.bad_calls.push(CallDetail {
-            call_sid: callbridge::sim::webhook::sid("CA", u128::from(d.call.expect.call_no)),
+            call_sid: callbridge_testkit::sim::webhook::sid(
+                "CA",
+                u128::from(d.call.expect.call_no),
+            ),
             uplink_sent: u64::from(sent),
             uplink,
             downlink,

@@ -10,7 +10,7 @@
 //! delta) and callbridge's default VAD silence (500 ms): the barge-in lands while the first
 //! answer is still playing at the caller, and the second answer ends before the next cycle.
 
-use callbridge::sim::script::{Clip, Script, Segment, FRAME_MS};
+use callbridge_testkit::sim::script::{Clip, Script, Segment, FRAME_MS};
 
 /// Length of one conversation cycle, ms.
 pub const CYCLE_MS: u32 = 10_500;

@@ -1,7 +1,7 @@
 //! Frame tags and the checkers that find lost, duplicated, reordered and corrupt frames.
 //!
 //! Both directions carry 20 ms blocks (160 μ-law bytes) whose first 16 bytes are a tag written
-//! by `callbridge::sim::script::tag_frame`: `(call number, sequence number)`.
+//! by `callbridge_testkit::sim::script::tag_frame`: `(call number, sequence number)`.
 //!
 //! - **Uplink** (caller → proxy → mock): the simulated caller tags frame `n` of its script with
 //!   `(call, n)`; the mock checks each `input_audio_buffer.append`: tag readable, the call's own,
@@ -18,7 +18,7 @@
 
 use std::collections::BTreeSet;
 
-use callbridge::sim::script::{read_tag, tag_frame, Script, FRAME_BYTES, TAG_BYTES};
+use callbridge_testkit::sim::script::{read_tag, tag_frame, Script, FRAME_BYTES, TAG_BYTES};
 use serde::Serialize;
 
 /// Gaps remembered per stream for reorder detection; a stream missing more frames than this is
@@ -134,7 +134,7 @@ impl SeqChecker {
 fn downlink_body() -> &'static [u8; FRAME_BYTES] {
     static BODY: std::sync::OnceLock<[u8; FRAME_BYTES]> = std::sync::OnceLock::new();
     BODY.get_or_init(|| {
-        let tone = callbridge::openai::mock::mock_audio(1, 0, FRAME_BYTES);
+        let tone = callbridge_testkit::mock::mock_audio(1, 0, FRAME_BYTES);
         let mut b = [0u8; FRAME_BYTES];
         b.copy_from_slice(&tone);
         b
@@ -265,7 +265,7 @@ impl BlockStream {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use callbridge::sim::script::{Clip, Segment};
+    use callbridge_testkit::sim::script::{Clip, Segment};
 
     fn counts(seqs: &[u32], total: Option<u32>) -> FrameCounts {
         let mut c = SeqChecker::default();

@@ -16,7 +16,7 @@ fn ensure_server_bin() -> PathBuf {
         .get_or_init(|| {
             let dir = Path::new(LOADTEST).parent().unwrap();
             let mut cmd = Command::new(env!("CARGO"));
-            cmd.args(["build", "-p", "callbridge", "--bin", "callbridge"]);
+            cmd.args(["build", "-p", "callbridge-cli", "--bin", "callbridge"]);
             if dir.ends_with("release") {
                 cmd.arg("--release");
             }

@@ -25,8 +25,8 @@ use serde_json::json;
 
 use super::routes::Response;
 use crate::store::{Agent, CallFilter, CallStatus, Store, StoreError, MAX_PAGE};
-use crate::wire::form::{parse_form, percent_decode};
-use crate::wire::http::Request;
+use callbridge_core::wire::form::{parse_form, percent_decode};
+use callbridge_core::wire::http::Request;
 
 /// Path prefix of the admin API.
 pub const PREFIX: &str = "/api/admin/";

@@ -13,7 +13,7 @@
 //!   reservation holds a slot for `STREAM_RESERVE_SECS` (5 s by default) and then lapses by
 //!   itself, never leaving a phantom call behind. The upgrade is the binding check.
 //! - A stream id opens at most one stream on this instance: it is remembered until it expires
-//!   (after that [`crate::twilio::stream_id`] refuses it anyway), so the memory it takes is
+//!   (after that [`callbridge_core::twilio::stream_id`] refuses it anyway), so the memory it takes is
 //!   bounded by the streams started within one `STREAM_TTL_SECS`, and by [`used_capacity`].
 //!
 //! Sans-IO: the times come in as arguments.

@@ -22,12 +22,12 @@ use crate::front::admission::{Admission, Admit, Reserve};
 use crate::metrics::Refusal;
 use crate::openai::health::{self, Breaker};
 use crate::store::{RecordChange, Store};
-use crate::twilio::party::Masked;
-use crate::twilio::stream_id::{StartTokenCheck, StreamKey, StreamKeyError};
-use crate::twilio::{signature, twiml};
-use crate::wire::form::parse_form;
-use crate::wire::http::Request;
-use crate::wire::ws;
+use callbridge_core::twilio::party::Masked;
+use callbridge_core::twilio::stream_id::{StartTokenCheck, StreamKey, StreamKeyError};
+use callbridge_core::twilio::{signature, twiml};
+use callbridge_core::wire::form::parse_form;
+use callbridge_core::wire::http::Request;
+use callbridge_core::wire::ws;
 
 /// Path prefix of the media stream WebSocket.
 pub const MEDIA_STREAM_PREFIX: &str = "/api/twilio/media-stream/";

@@ -13,7 +13,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 
 use crate::config::WsUrl;
-use crate::wire::ws;
+use callbridge_core::wire::ws;
 
 /// Largest handshake response head accepted (OpenAI's is well under 2 KiB).
 const MAX_HANDSHAKE_BYTES: usize = 16 * 1024;

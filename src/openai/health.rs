@@ -15,7 +15,7 @@
 //! session that never gets ready once dialled, and the same failures of the pool's warming
 //! connections. What does not: an `invalid_request_error` that answers one agent's
 //! `session.update` (its settings are refused: the agent's fault,
-//! [`crate::bridge::EndReason::AgentRejected`]), and a stream that never sent `start` (nothing was
+//! [`callbridge_core::bridge::EndReason::AgentRejected`]), and a stream that never sent `start` (nothing was
 //! dialled). What closes the breaker: a call whose session got ready (a warming connection's
 //! handshake alone does not prove that sessions work).
 //!

@@ -33,9 +33,9 @@ use tokio::sync::{watch, Notify};
 
 use crate::lifecycle::{next_phase, Phase};
 use crate::openai::client::{ConnectError, Dial};
-use crate::openai::events::{ServerEvent, ServerEventParser};
 use crate::openai::health::Breaker;
-use crate::wire::ws::{Decoder, Encoder, Message, Role};
+use callbridge_core::openai::events::{ServerEvent, ServerEventParser};
+use callbridge_core::wire::ws::{Decoder, Encoder, Message, Role};
 
 /// How often idle connections are checked for age and death.
 pub const TICK: Duration = Duration::from_secs(1);
@@ -526,7 +526,7 @@ impl<D: Dial> Dial for PooledDial<D> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::wire::ws::Encoder;
+    use callbridge_core::wire::ws::Encoder;
 
     #[test]
     fn no_pool_dials_openai_when_realtime_is_off() {

@@ -23,12 +23,12 @@ use std::time::{Duration, Instant};
 
 use super::transport::{self, room_to_recv, shrink_if_idle, Ready, RecvHalf, SendHalf, Sent};
 use super::CLOSE_TIMEOUT;
-use crate::bridge::{Call, CallConfig, CallEvent, EndReason, Leg};
 use crate::front::routes::{App, UpgradeGrant};
 use crate::metrics::CallMeter;
 use crate::openai::client::Dial;
 use crate::store::sink::CallRecorder;
-use crate::wire::ws::{Decoder, Encoder, Message, Role};
+use callbridge_core::bridge::{Call, CallConfig, CallEvent, EndReason, Leg};
+use callbridge_core::wire::ws::{Decoder, Encoder, Message, Role};
 
 /// Largest Twilio message: a `start` with parameters is under 2 KiB and media frames are ~400
 /// bytes; 64 KiB leaves room for unusually large frames and refuses abuse (close 1009).

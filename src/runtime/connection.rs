@@ -13,8 +13,8 @@ use super::CLOSE_TIMEOUT;
 use crate::front::routes::{route_label, App, Response, Routed};
 use crate::metrics::{self, Refusal};
 use crate::openai::client::Dial;
-use crate::wire::http::{self, Limits, Parsed, Request, RequestParser};
-use crate::wire::ws::{self, Encoder, Role};
+use callbridge_core::wire::http::{self, Limits, Parsed, Request, RequestParser};
+use callbridge_core::wire::ws::{self, Encoder, Role};
 
 /// How long a keep-alive connection may sit idle between requests.
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);

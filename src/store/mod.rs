@@ -40,7 +40,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crossbeam_channel::Sender;
 
-use crate::openai::session::AgentSettings;
+use callbridge_core::openai::session::AgentSettings;
 pub use model::{
     Agent, CallRecord, CallStatus, ConversationItem, ItemKind, ModelError, DEFAULT_ROUTE,
 };

@@ -11,7 +11,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::openai::session::{AgentSettings, TurnDetection as VadSettings};
+use callbridge_core::openai::session::{AgentSettings, TurnDetection as VadSettings};
 
 /// The number-route key that names the default agent (`callbridge numbers put default AGENT`).
 pub const DEFAULT_ROUTE: &str = "default";
@@ -85,7 +85,7 @@ pub struct Agent {
     pub id: String,
     /// Display name for people.
     pub name: String,
-    /// Realtime output voice (one of [`crate::openai::session::VOICES`]).
+    /// Realtime output voice (one of [`callbridge_core::openai::session::VOICES`]).
     pub voice: String,
     /// System prompt.
     pub instructions: String,
@@ -230,7 +230,7 @@ impl Agent {
             return Err(ModelError::Empty("name"));
         }
         check_len("name", &self.name, 200)?;
-        if !crate::openai::session::VOICES.contains(&self.voice.as_str()) {
+        if !callbridge_core::openai::session::VOICES.contains(&self.voice.as_str()) {
             return Err(ModelError::UnknownVoice(self.voice.clone()));
         }
         check_len("instructions", &self.instructions, MAX_INSTRUCTIONS_BYTES)?;

@@ -20,7 +20,7 @@ use std::sync::Arc;
 
 use super::model::{CallStatus, ItemKind};
 use super::{unix_ms, Op, RecordChange, Store};
-use crate::bridge::{Call, CallEvent, EndReason};
+use callbridge_core::bridge::{Call, CallEvent, EndReason};
 
 /// Protocol errors stored as items per call; the rest are only counted.
 pub const MAX_PROTOCOL_ERROR_ITEMS: u32 = 5;
@@ -221,9 +221,9 @@ pub fn end_status(reason: &EndReason) -> CallStatus {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::bridge::{CallConfig, ProtocolError, TwilioFault};
     use crate::store::tests::TempDir;
     use crate::store::StoreOptions;
+    use callbridge_core::bridge::{CallConfig, ProtocolError, TwilioFault};
     use std::time::{Duration, Instant};
 
     #[test]
@@ -258,7 +258,7 @@ mod tests {
             rec.on_event(
                 &mut call,
                 &CallEvent::ProtocolError(ProtocolError::Twilio(TwilioFault::Unparsable(
-                    crate::twilio::events::TwilioParseError::BadBase64,
+                    callbridge_core::twilio::events::TwilioParseError::BadBase64,
                 ))),
             );
         }

@@ -273,8 +273,8 @@ fn a_stuck_writer_fills_the_queue_then_ops_are_dropped_counted_and_the_record_sa
         std::thread::sleep(Duration::from_millis(1));
     }
     let mut rec = sink::CallRecorder::new(Some(&store), sid);
-    let mut call = crate::bridge::Call::new(
-        crate::bridge::CallConfig::new("m", Arc::new(Default::default()), sid),
+    let mut call = callbridge_core::bridge::Call::new(
+        callbridge_core::bridge::CallConfig::new("m", Arc::new(Default::default()), sid),
         std::time::Instant::now(),
     );
     // The call goes on recording; once the queue holds CAPACITY ops, each further one is
@@ -287,14 +287,17 @@ fn a_stuck_writer_fills_the_queue_then_ops_are_dropped_counted_and_the_record_sa
             "the queue never filled"
         );
         let digit = char::from(b'0' + (accepted % 10) as u8).to_string();
-        rec.on_event(&mut call, &crate::bridge::CallEvent::Dtmf { digit });
+        rec.on_event(
+            &mut call,
+            &callbridge_core::bridge::CallEvent::Dtmf { digit },
+        );
         accepted += usize::from(rec.lost() == 0);
     }
     assert!(store.queue_len() >= CAPACITY);
     for _ in 0..4 {
         rec.on_event(
             &mut call,
-            &crate::bridge::CallEvent::Dtmf { digit: "#".into() },
+            &callbridge_core::bridge::CallEvent::Dtmf { digit: "#".into() },
         );
     }
     assert_eq!(rec.lost(), 5);
@@ -310,8 +313,8 @@ fn a_stuck_writer_fills_the_queue_then_ops_are_dropped_counted_and_the_record_sa
     // The end of the call records how many items were lost.
     rec.on_event(
         &mut call,
-        &crate::bridge::CallEvent::Ended {
-            reason: crate::bridge::EndReason::TwilioStop,
+        &callbridge_core::bridge::CallEvent::Ended {
+            reason: callbridge_core::bridge::EndReason::TwilioStop,
         },
     );
     store.flush(WAIT).unwrap();
@@ -328,13 +331,13 @@ fn a_stopped_writer_drops_and_counts_instead_of_waiting() {
     store.close();
     assert!(!store.enqueue(op_append("CA1", 1, ItemKind::Dtmf { digit: "1".into() })));
     let mut rec = sink::CallRecorder::new(Some(&store), "CA1");
-    let mut call = crate::bridge::Call::new(
-        crate::bridge::CallConfig::new("m", Arc::new(Default::default()), "CA1"),
+    let mut call = callbridge_core::bridge::Call::new(
+        callbridge_core::bridge::CallConfig::new("m", Arc::new(Default::default()), "CA1"),
         std::time::Instant::now(),
     );
     rec.on_event(
         &mut call,
-        &crate::bridge::CallEvent::Dtmf { digit: "1".into() },
+        &callbridge_core::bridge::CallEvent::Dtmf { digit: "1".into() },
     );
     assert_eq!(rec.lost(), 1);
 }

@@ -3,17 +3,22 @@
 //! need exact control over each frame.
 #![allow(dead_code)]
 
+mod bin;
+pub use bin::callbridge_bin;
+
 use std::io::{BufRead, BufReader, Read};
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use callbridge::openai::mock::server::{MockServer, MockServerConfig, SessionRecord};
-use callbridge::sim::caller::{run_call, CallOutcome, CallReport, CallerConfig};
-use callbridge::sim::twiml::{split_wss_url, Twiml};
-use callbridge::sim::webhook::{self, parse_response, write_request, CallIdentity, HttpResponse};
-use callbridge::wire::ws::{self, Decoder, Encoder, Message, Role};
+use callbridge_core::wire::ws::{self, Decoder, Encoder, Message, Role};
+use callbridge_testkit::mock::server::{MockServer, MockServerConfig, SessionRecord};
+use callbridge_testkit::sim::caller::{run_call, CallOutcome, CallReport, CallerConfig};
+use callbridge_testkit::sim::twiml::{split_wss_url, Twiml};
+use callbridge_testkit::sim::webhook::{
+    self, parse_response, write_request, CallIdentity, HttpResponse,
+};
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -38,7 +43,7 @@ pub const UNSIGNED: [(&str, &str); 1] = [("ALLOW_UNSIGNED_WEBHOOKS", "true")];
 pub fn signed_caller(
     proxy: &Proxy,
     n: u32,
-    script: callbridge::sim::script::Script,
+    script: callbridge_testkit::sim::script::Script,
 ) -> CallerConfig {
     let mut caller = CallerConfig::new(proxy.addr, n, script);
     caller.auth_token = Some(AUTH_TOKEN.into());
@@ -116,7 +121,7 @@ impl Proxy {
 
     /// [`Proxy::spawn`] with `dir` as the working directory (where `serve` looks for `.env`).
     pub fn spawn_in(dir: &std::path::Path, env: &[(&str, &str)]) -> Proxy {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_callbridge"));
+        let mut cmd = Command::new(callbridge_bin());
         cmd.arg("serve")
             .current_dir(dir)
             .env_clear()
@@ -626,7 +631,7 @@ impl RawStream {
 pub fn assert_delivered_byte_exact(
     call: u32,
     session: &SessionRecord,
-    stream: &callbridge::sim::stream::StreamReport,
+    stream: &callbridge_testkit::sim::stream::StreamReport,
 ) {
     use base64::Engine;
     let engine = base64::engine::general_purpose::STANDARD;
@@ -635,7 +640,7 @@ pub fn assert_delivered_byte_exact(
         .appends
         .iter()
         .map(|a| {
-            callbridge::sim::script::read_tag(&engine.decode(a).expect("valid base64"))
+            callbridge_testkit::sim::script::read_tag(&engine.decode(a).expect("valid base64"))
                 .expect("tagged frame")
         })
         .collect();
@@ -680,7 +685,7 @@ pub fn call_of(session: &SessionRecord) -> u32 {
     let bytes = base64::engine::general_purpose::STANDARD
         .decode(first)
         .expect("valid base64");
-    callbridge::sim::script::read_tag(&bytes)
+    callbridge_testkit::sim::script::read_tag(&bytes)
         .expect("tagged frame")
         .0
 }

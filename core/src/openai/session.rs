@@ -239,7 +239,6 @@ fn write_audio_format(out: &mut Vec<u8>) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::openai::schema::{beta_fields, SchemaValidator};
     use serde_json::{json, Map};
 
     /// The `session.update` built as a `serde_json::Value`: the oracle the hand-written encoder
@@ -366,14 +365,12 @@ mod tests {
         }
     }
 
-    /// Encodes, parses back, and checks it is a valid GA client event without beta fields.
+    /// Encodes and parses back (the test kit checks the same agents' events against the GA
+    /// client schema: `testkit/tests/session_update.rs`).
     fn encode(agent: &AgentSettings) -> Value {
         let mut out = Vec::new();
         encode_session_update(&mut out, "evt_session_1", "gpt-realtime", agent);
-        let value: Value = serde_json::from_slice(&out).unwrap();
-        SchemaValidator::client().validate(&value).unwrap();
-        assert_eq!(beta_fields(&value), Vec::<String>::new());
-        value
+        serde_json::from_slice(&out).unwrap()
     }
 
     #[test]

@@ -35,7 +35,7 @@ fn shorten(message: &str) -> String {
     }
     format!(
         "{}…",
-        crate::wire::ws::truncate_at_char(message, MAX_SHOWN_ERROR_LEN)
+        callbridge_core::wire::ws::truncate_at_char(message, MAX_SHOWN_ERROR_LEN)
     )
 }
 

@@ -21,7 +21,7 @@ use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
 use tokio::time::{Instant, MissedTickBehavior};
 
-use crate::wire::ws::{self, Decoder, Encoder, Message, Role};
+use callbridge_core::wire::ws::{self, Decoder, Encoder, Message, Role};
 
 use super::script::{Script, FRAME_MS};
 use super::stream::{FrameStep, StreamConfig, StreamReport, StreamSession};

@@ -10,9 +10,9 @@ use std::hint::black_box;
 
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine as _;
-use callbridge::twilio::events::{encode_mark, encode_media, TwilioParser};
-use callbridge::wire::b64;
-use callbridge::wire::flat_json::{self, FlatObject};
+use callbridge_core::twilio::events::{encode_mark, encode_media, TwilioParser};
+use callbridge_core::wire::b64;
+use callbridge_core::wire::flat_json::{self, FlatObject};
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 
 const STREAM_SID: &str = "MZ18ad3ab5a668481ce02b83e7395059f0";

@@ -1,12 +1,17 @@
-//! `callbridge`: the command line. Thin: parse arguments, set up logging, call the library.
+//! `callbridge`: the command line. Thin: parse arguments, set up logging, call the libraries.
+//!
+//! `serve` and the store commands come from the server library; `demo` and `mock-openai` from
+//! the test kit, behind the default-on `demo` feature (without it, the binary carries no mock
+//! and no `jsonschema`).
 
-use std::time::Duration;
+mod admin_cli;
+#[cfg(feature = "demo")]
+mod demo;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 
 use callbridge::config::ServeArgs;
-use callbridge::openai::mock::server::{MockServer, MockServerConfig};
 use callbridge::runtime::Server;
 
 /// callbridge: a Twilio Media Streams ⇄ OpenAI Realtime edge proxy.
@@ -25,42 +30,17 @@ enum Command {
     /// Serve the Twilio webhook and media streams.
     Serve(Box<ServeArgs>),
     /// Run the scripted mock OpenAI Realtime server (for tests, demos and load tests).
-    MockOpenai(MockArgs),
+    #[cfg(feature = "demo")]
+    MockOpenai(demo::MockArgs),
     /// Run one whole simulated call through the real proxy against the bundled mock.
+    #[cfg(feature = "demo")]
     Demo,
     /// Agents in the store: list, get, put FILE, delete ID.
-    Agents(callbridge::admin_cli::AgentsArgs),
+    Agents(admin_cli::AgentsArgs),
     /// Number routes: list, put NUMBER AGENT, delete NUMBER.
-    Numbers(callbridge::admin_cli::NumbersArgs),
+    Numbers(admin_cli::NumbersArgs),
     /// Call records: list [filters], show CALLSID [--json].
-    Calls(callbridge::admin_cli::CallsArgs),
-}
-
-/// Settings of `callbridge mock-openai`.
-#[derive(clap::Args)]
-struct MockArgs {
-    /// Address to listen on.
-    #[arg(long, default_value = "127.0.0.1:9100")]
-    listen: std::net::SocketAddr,
-    /// Assistant audio per response, ms.
-    #[arg(long, default_value_t = 3000)]
-    response_audio_ms: u64,
-    /// How much faster than real time audio is generated.
-    #[arg(long, default_value_t = 4.0)]
-    speedup: f64,
-    /// Delay added to the handshake and to each frame the mock sends, ms (simulated network).
-    #[arg(long, default_value_t = 0)]
-    latency_ms: u64,
-    /// Validate every event the mock sends against the server schema.
-    #[arg(long)]
-    self_check: bool,
-    /// Serve `wss://` with this PEM certificate chain (with --tls-key); point callbridge's
-    /// OPENAI_EXTRA_CA_FILE at the CA that signed it.
-    #[arg(long, requires = "tls_key")]
-    tls_cert: Option<std::path::PathBuf>,
-    /// The PEM private key of --tls-cert.
-    #[arg(long, requires = "tls_cert")]
-    tls_key: Option<std::path::PathBuf>,
+    Calls(admin_cli::CallsArgs),
 }
 
 fn init_logging(filter: &str) {
@@ -89,6 +69,7 @@ fn main() -> anyhow::Result<()> {
     };
     // The demo prints its own report; keep the proxy's logs to warnings unless asked.
     let log = match (&cli.command, cli.log.as_str()) {
+        #[cfg(feature = "demo")]
         (Command::Demo, "info") => "warn",
         (_, log) => log,
     };
@@ -98,9 +79,9 @@ fn main() -> anyhow::Result<()> {
     }
     // The store commands are synchronous and need no runtime.
     let command = match cli.command {
-        Command::Agents(a) => return callbridge::admin_cli::agents(a),
-        Command::Numbers(a) => return callbridge::admin_cli::numbers(a),
-        Command::Calls(a) => return callbridge::admin_cli::calls(a),
+        Command::Agents(a) => return admin_cli::agents(a),
+        Command::Numbers(a) => return admin_cli::numbers(a),
+        Command::Calls(a) => return admin_cli::calls(a),
         other => other,
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -109,8 +90,10 @@ fn main() -> anyhow::Result<()> {
         .context("starting the tokio runtime")?;
     match command {
         Command::Serve(args) => runtime.block_on(serve(*args)),
-        Command::MockOpenai(args) => runtime.block_on(mock_openai(args)),
-        Command::Demo => runtime.block_on(demo()),
+        #[cfg(feature = "demo")]
+        Command::MockOpenai(args) => runtime.block_on(demo::mock_openai(args)),
+        #[cfg(feature = "demo")]
+        Command::Demo => runtime.block_on(demo::demo()),
         Command::Agents(_) | Command::Numbers(_) | Command::Calls(_) => {
             unreachable!("handled above")
         }
@@ -169,13 +152,13 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
 }
 
 /// SIGTERM and SIGINT, as one stream of signals.
-struct Signals {
+pub(crate) struct Signals {
     term: tokio::signal::unix::Signal,
     int: tokio::signal::unix::Signal,
 }
 
 impl Signals {
-    fn new() -> std::io::Result<Signals> {
+    pub(crate) fn new() -> std::io::Result<Signals> {
         use tokio::signal::unix::{signal, SignalKind};
         Ok(Signals {
             term: signal(SignalKind::terminate())?,
@@ -184,61 +167,10 @@ impl Signals {
     }
 
     /// The next SIGTERM or SIGINT.
-    async fn next(&mut self) {
+    pub(crate) async fn next(&mut self) {
         tokio::select! {
             _ = self.term.recv() => {}
             _ = self.int.recv() => {}
         }
-    }
-}
-
-async fn mock_openai(args: MockArgs) -> anyhow::Result<()> {
-    let mut cfg = MockServerConfig {
-        self_check: args.self_check,
-        latency: Duration::from_millis(args.latency_ms),
-        ..MockServerConfig::default()
-    };
-    cfg.session.response_audio_ms = args.response_audio_ms;
-    cfg.session.speedup = args.speedup;
-    if let (Some(cert), Some(key)) = (&args.tls_cert, &args.tls_key) {
-        let read = |p: &std::path::Path| {
-            std::fs::read(p).with_context(|| format!("reading {}", p.display()))
-        };
-        cfg.tls = Some(callbridge::openai::mock::server::tls_config(
-            &read(cert)?,
-            &read(key)?,
-        )?);
-    }
-    let mock = MockServer::start(args.listen, cfg)
-        .await
-        .with_context(|| format!("binding {}", args.listen))?;
-    tracing::info!(addr = %mock.addr, "mock OpenAI Realtime listening");
-    println!("listening on {}", mock.addr);
-    println!(
-        "point callbridge at it: OPENAI_REALTIME_URL={} OPENAI_REALTIME_API_KEY=sk-mock{}",
-        mock.url(),
-        if args.tls_cert.is_some() {
-            " OPENAI_EXTRA_CA_FILE=<the CA of --tls-cert>"
-        } else {
-            ""
-        }
-    );
-    Signals::new()
-        .context("installing the signal handlers")?
-        .next()
-        .await;
-    Ok(())
-}
-
-async fn demo() -> anyhow::Result<()> {
-    let outcome = callbridge::demo::run().await?;
-    print!("{}", outcome.text);
-    if outcome.problems.is_empty() {
-        Ok(())
-    } else {
-        anyhow::bail!(
-            "the demo call did not go as it should ({} problem(s) above)",
-            outcome.problems.len()
-        )
     }
 }

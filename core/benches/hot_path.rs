@@ -27,10 +27,10 @@ use std::time::{Duration, Instant};
 
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine as _;
-use callbridge::bridge::call::{Call, CallConfig, Leg};
-use callbridge::openai::events::{ServerEvent, ServerEventParser};
-use callbridge::openai::session::AgentSettings;
-use callbridge::wire::ws::{Decoder, Encoder, Message, Role};
+use callbridge_core::bridge::call::{Call, CallConfig, Leg};
+use callbridge_core::openai::events::{ServerEvent, ServerEventParser};
+use callbridge_core::openai::session::AgentSettings;
+use callbridge_core::wire::ws::{Decoder, Encoder, Message, Role};
 use criterion::{criterion_group, criterion_main, BenchmarkGroup, Criterion, Throughput};
 
 const CALL_SID: &str = "CA5c1d1e5f64d4a38d7cd0d1c8d9e1b2a3";

@@ -148,7 +148,6 @@ impl CallConfig {
 
 /// Why a call ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
-#[non_exhaustive]
 pub enum EndReason {
     /// Twilio sent `stop`: the caller hung up.
     TwilioStop,

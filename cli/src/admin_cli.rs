@@ -3,7 +3,7 @@
 //!
 //! Every command is an admin API request (method, path, body). With `--server URL` it goes to
 //! the running server over HTTP (with `ADMIN_TOKEN`); without, the store in `DATA_DIR` is opened
-//! directly and the same request is answered in-process by [`crate::front::admin::route`], so
+//! directly and the same request is answered in-process by [`callbridge::front::admin::route`], so
 //! both modes give the same answers and the same error messages. sled allows one process per
 //! store: when a server holds it, the direct mode says to use `--server`.
 
@@ -15,9 +15,9 @@ use std::time::Duration;
 use anyhow::{bail, Context as _};
 use serde_json::Value;
 
-use crate::store::{Store, StoreError, StoreOptions};
-use crate::wire::form::percent_encode;
-use crate::wire::http::Request;
+use callbridge::store::{Store, StoreError, StoreOptions};
+use callbridge_core::wire::form::percent_encode;
+use callbridge_core::wire::http::Request;
 
 /// Where the commands go.
 #[derive(clap::Args, Debug, Clone)]
@@ -210,7 +210,7 @@ fn direct(target: &Target, call: &Call) -> anyhow::Result<(u16, Vec<u8>)> {
         body: call.body.clone(),
         version_minor: 1,
     };
-    let resp = crate::front::admin::route(Some(&store), Some(LOCAL), &req);
+    let resp = callbridge::front::admin::route(Some(&store), Some(LOCAL), &req);
     store.close();
     Ok((resp.status, resp.body))
 }

@@ -5,7 +5,7 @@ use serde_json::{json, Map, Value};
 
 use super::rejection::MockRejection;
 
-use crate::openai::schema::BETA_SESSION_FIELDS;
+use crate::schema::BETA_SESSION_FIELDS;
 
 /// Audio formats of the GA interface (`audio.input.format.type`, `audio.output.format.type`).
 const AUDIO_FORMATS: [&str; 3] = ["audio/pcm", "audio/pcmu", "audio/pcma"];

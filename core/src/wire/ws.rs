@@ -14,7 +14,7 @@
 //! drops the consumed prefix and reads again:
 //!
 //! ```
-//! # use callbridge::wire::ws::{Decoder, Role, Message};
+//! # use callbridge_core::wire::ws::{Decoder, Role, Message};
 //! let mut input: Vec<u8> = vec![0x81, 0x85, 0x37, 0xfa, 0x21, 0x3d, 0x7f, 0x9f, 0x4d, 0x51, 0x58];
 //! let mut decoder = Decoder::new(Role::Server, 64 * 1024);
 //! let mut start = 0;
@@ -854,7 +854,7 @@ fn write_frame_header(out: &mut Vec<u8>, opcode: u8, len: usize, mask: Option<[u
 }
 
 /// The longest prefix of `s` of at most `max` bytes that ends on a character boundary.
-pub(crate) fn truncate_at_char(s: &str, max: usize) -> &str {
+pub fn truncate_at_char(s: &str, max: usize) -> &str {
     if s.len() <= max {
         return s;
     }

@@ -22,9 +22,9 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use super::{MockConfig, MockSession, MockStats};
-use crate::openai::schema::{self, SchemaValidator};
-use crate::wire::http::{self, Limits, Parsed};
-use crate::wire::ws::{self, Decoder, Encoder, Message, Role};
+use crate::schema::{self, SchemaValidator};
+use callbridge_core::wire::http::{self, Limits, Parsed};
+use callbridge_core::wire::ws::{self, Decoder, Encoder, Message, Role};
 
 /// Largest client message the mock accepts (the real API's 15 MiB event limit, plus framing).
 const MAX_CLIENT_MESSAGE_BYTES: usize = 16 * 1024 * 1024;

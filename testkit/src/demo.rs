@@ -19,11 +19,11 @@ use anyhow::{bail, Context as _};
 use clap::Parser;
 use serde_json::Value;
 
-use crate::config::ServeArgs;
-use crate::openai::mock::server::{MockServer, MockServerConfig, SessionRecord};
-use crate::runtime::Server;
+use crate::mock::server::{MockServer, MockServerConfig, SessionRecord};
 use crate::sim::caller::{run_call, CallOutcome, CallReport, CallerConfig};
 use crate::sim::script::{Clip, Script, Segment};
+use callbridge::config::ServeArgs;
+use callbridge::runtime::Server;
 
 /// Largest accepted difference between the truncate's `audio_end_ms` and what the simulated
 /// caller really played of the item (the bound for loopback).
@@ -86,7 +86,7 @@ pub async fn run() -> anyhow::Result<DemoOutcome> {
     let data_dir = std::env::temp_dir().join(format!(
         "callbridge-demo-{}-{}",
         std::process::id(),
-        crate::store::unix_ms()
+        callbridge::store::unix_ms()
     ));
     let data_dir_arg = data_dir.display().to_string();
     let args = DemoServeArgs::try_parse_from([

@@ -1,0 +1,48 @@
+//! Where the `callbridge` binary is. It is its own package (`callbridge-cli`, in `cli/`), so cargo
+//! does not hand these tests its path (`CARGO_BIN_EXE_*` is only for a package's own binaries):
+//! the first call builds it into the target directory these tests run from, with their profile,
+//! and later calls reuse it. `CALLBRIDGE_BIN` names another binary instead.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+
+/// The path of the `callbridge` binary, built (or found up to date) once per test process.
+pub fn callbridge_bin() -> &'static Path {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        if let Some(bin) = std::env::var_os("CALLBRIDGE_BIN") {
+            return PathBuf::from(bin);
+        }
+        // This test runs as <target>/<profile dir>/deps/<test>-<hash>.
+        let exe = std::env::current_exe().expect("the test's own path");
+        let profile_dir = exe
+            .parent()
+            .and_then(Path::parent)
+            .expect("the test binary lives in <target>/<profile>/deps");
+        let target_dir = profile_dir.parent().expect("<target>/<profile>");
+        let profile = match profile_dir.file_name().and_then(|n| n.to_str()) {
+            Some("debug") => "dev",
+            Some(name) => name,
+            None => panic!("no profile directory in {}", exe.display()),
+        };
+        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+        let status = Command::new(cargo)
+            .args([
+                "build",
+                "--quiet",
+                "--package",
+                "callbridge-cli",
+                "--bin",
+                "callbridge",
+            ])
+            .args(["--profile", profile])
+            .arg("--target-dir")
+            .arg(target_dir)
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .status()
+            .expect("running cargo build for the callbridge binary");
+        assert!(status.success(), "building the callbridge binary failed");
+        profile_dir.join("callbridge")
+    })
+}
