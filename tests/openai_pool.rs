@@ -28,9 +28,8 @@ fn pool_idle(proxy: &Proxy) -> Option<usize> {
         .and_then(|v| v.parse().ok())
 }
 
-/// Waits until the pool holds a warm connection (the proxy has read its `session.created`; the
-/// first schema check of a debug-build mock can take most of a second). The proxy must run
-/// with [`POOL_LOG`].
+/// Waits until the pool holds a warm connection (the proxy has read its `session.created`). The
+/// proxy must run with [`POOL_LOG`].
 async fn pool_ready(proxy: &Proxy) {
     let ready = eventually(Duration::from_secs(10), || {
         pool_idle(proxy).is_some_and(|idle| idle >= 1)
