@@ -93,6 +93,8 @@ async fn the_cli_works_on_the_store_directly_and_through_a_running_server() {
         ("PUBLIC_HOST", common::PUBLIC_HOST),
         ("ADMIN_TOKEN", ADMIN_TOKEN),
         ("DATA_DIR", dir_s.as_str()),
+        // The clean shutdown below need not keep an accept window open (10 s by default).
+        ("DRAIN_ACCEPT_SECS", "0"),
     ]);
     let err = fails(&cli(&dir, &["agents", "list"], &[]));
     assert!(
