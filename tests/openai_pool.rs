@@ -9,26 +9,33 @@ use std::time::{Duration, Instant};
 
 use callbridge_testkit::sim::caller::{run_call, CallOutcome, CallerConfig};
 use callbridge_testkit::sim::script::Script;
-use common::{closed_sessions, mock, run_signed_call, Proxy, RawStream, AUTH_TOKEN};
+use common::{closed_sessions, eventually, mock, run_signed_call, Proxy, RawStream, AUTH_TOKEN};
 
-/// Waits until the mock has sent `session.created` on its first connection (the pool is warm
-/// about then; the first schema check of a debug-build mock can take most of a second), plus a
-/// margin for the proxy to read it.
-async fn pool_warm(mock: &callbridge_testkit::mock::server::MockServer) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let created = mock.sessions().first().is_some_and(|s| {
-            s.sent_events
-                .iter()
-                .any(|e| e.contains("\"session.created\""))
-        });
-        if created {
-            break;
-        }
-        assert!(Instant::now() < deadline, "the pool did not warm");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    tokio::time::sleep(Duration::from_millis(200)).await;
+/// The log filter that shows the pool's lines (`openai pool: warming ended idle=…`, `openai
+/// pool: checkout idle=…`), which [`pool_ready`] reads.
+const POOL_LOG: (&str, &str) = ("LOG_LEVEL", "info,callbridge::openai::pool=debug");
+
+/// The idle connections in the pool's latest line (`None` before the first). The proxy writes
+/// these lines under the pool's lock, so the latest one is the pool now (as long as its 1 s tick
+/// has retired or discarded nothing since: these tests keep connections younger than
+/// `OPENAI_POOL_MAX_IDLE_SECS` and alive while they rely on this).
+fn pool_idle(proxy: &Proxy) -> Option<usize> {
+    let log = proxy.log();
+    log.lines()
+        .rfind(|l| l.contains("openai pool: warming ended") || l.contains("openai pool: checkout"))
+        .and_then(|l| l.split("idle=").nth(1))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+}
+
+/// Waits until the pool holds a warm connection (the proxy has read its `session.created`). The
+/// proxy must run with [`POOL_LOG`].
+async fn pool_ready(proxy: &Proxy) {
+    let ready = eventually(Duration::from_secs(10), || {
+        pool_idle(proxy).is_some_and(|idle| idle >= 1)
+    })
+    .await;
+    assert!(ready, "the pool did not warm; log:\n{}", proxy.log());
 }
 
 /// Waits until the mock has seen `n` connections (at most 5 s).
@@ -48,8 +55,11 @@ async fn connections(mock: &callbridge_testkit::mock::server::MockServer, n: usi
 async fn a_call_takes_a_pre_warmed_connection() {
     let mock = mock(|_| {}).await;
     // One worker, so the call lands where the pool is.
-    let proxy = Proxy::with_mock(&mock, &[("OPENAI_POOL_MAX", "2"), ("WORKERS", "1")]);
-    pool_warm(&mock).await;
+    let proxy = Proxy::with_mock(
+        &mock,
+        &[("OPENAI_POOL_MAX", "2"), ("WORKERS", "1"), POOL_LOG],
+    );
+    pool_ready(&proxy).await;
     let call_started = Instant::now();
     run_signed_call(
         &proxy,
@@ -76,9 +86,11 @@ async fn a_pooled_connection_that_died_while_idle_is_replaced_without_failing_th
     let mock = mock(|c| c.short_sessions = Some((1, 150))).await;
     let proxy = Proxy::with_mock(&mock, &[("OPENAI_POOL_MAX", "1"), ("WORKERS", "1")]);
     connections(&mock, 1).await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
     assert!(
-        mock.sessions()[0].closed_at.is_some(),
+        eventually(Duration::from_secs(5), || mock.sessions()[0]
+            .closed_at
+            .is_some())
+        .await,
         "the first connection died"
     );
     run_signed_call(
@@ -111,13 +123,15 @@ async fn setup_ms(pool: &str, n: u32) -> Vec<u64> {
         &[
             ("OPENAI_POOL_MAX", pool),
             ("WORKERS", "1"),
-            ("LOG_LEVEL", "info,callbridge::runtime=debug"),
+            (
+                "LOG_LEVEL",
+                "info,callbridge::runtime=debug,callbridge::openai::pool=debug",
+            ),
         ],
     );
-    if pool == "0" {
-        tokio::time::sleep(Duration::from_millis(300)).await;
-    } else {
-        pool_warm(&mock).await;
+    // Without the pool the proxy is ready when it says it listens (`Proxy::with_mock` waited).
+    if pool != "0" {
+        pool_ready(&proxy).await;
     }
     let mut out = Vec::new();
     for i in 0..n {
@@ -145,8 +159,10 @@ async fn setup_ms(pool: &str, n: u32) -> Vec<u64> {
         }
         raw.stop().await;
         let _ = raw.until_closed(Duration::from_secs(2)).await;
-        // Let the pool refill before the next call.
-        tokio::time::sleep(Duration::from_millis(400)).await;
+        // The pool has refilled before the next call.
+        if pool != "0" {
+            pool_ready(&proxy).await;
+        }
     }
     out
 }
@@ -240,8 +256,8 @@ async fn with_the_pool_every_session_serves_exactly_one_call() {
         }))
     })
     .await;
-    let proxy = Proxy::with_mock(&mock, &[("OPENAI_POOL_MAX", "4")]);
-    pool_warm(&mock).await;
+    let proxy = Proxy::with_mock(&mock, &[("OPENAI_POOL_MAX", "4"), POOL_LOG]);
+    pool_ready(&proxy).await;
     const CALLS: u32 = 24;
     let mut set = tokio::task::JoinSet::new();
     let t0 = Instant::now();
@@ -294,8 +310,11 @@ async fn with_the_pool_every_session_serves_exactly_one_call() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stream_whose_start_token_is_wrong_takes_nothing_from_the_pool() {
     let mock = mock(|_| {}).await;
-    let proxy = Proxy::with_mock(&mock, &[("OPENAI_POOL_MAX", "1"), ("WORKERS", "1")]);
-    pool_warm(&mock).await;
+    let proxy = Proxy::with_mock(
+        &mock,
+        &[("OPENAI_POOL_MAX", "1"), ("WORKERS", "1"), POOL_LOG],
+    );
+    pool_ready(&proxy).await;
     let mut raw = RawStream::open(proxy.addr, 9).await;
     raw.params
         .iter_mut()

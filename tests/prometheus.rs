@@ -14,7 +14,7 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use callbridge_testkit::demo::demo_script;
 use callbridge_testkit::sim::caller::CallerConfig;
@@ -362,7 +362,7 @@ impl Prometheus {
                 panic!("prometheus exited ({status}): {err}");
             }
             assert!(Instant::now() < deadline, "prometheus not ready in 30 s");
-            std::thread::sleep(Duration::from_millis(100));
+            std::thread::sleep(Duration::from_millis(20));
         }
     }
 
@@ -376,6 +376,27 @@ impl Prometheus {
             Ok(v["data"].clone())
         } else {
             Err(format!("HTTP {status}: {} {}", v["errorType"], v["error"]))
+        }
+    }
+
+    /// Waits until Prometheus holds a scrape of the target taken at `after` or later (at most
+    /// `within`): `timestamp(up)` is the time of its latest scrape.
+    fn wait_for_scrape_after(&self, after: SystemTime, within: Duration) {
+        let after_s = after.duration_since(UNIX_EPOCH).unwrap().as_secs_f64();
+        let deadline = Instant::now() + within;
+        loop {
+            let latest = self.query("timestamp(up)").ok().and_then(|r| {
+                r.first()
+                    .and_then(|s| s["value"][1].as_str()?.parse::<f64>().ok())
+            });
+            if latest.is_some_and(|t| t >= after_s) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no scrape since {after_s} within {within:?} (latest: {latest:?})"
+            );
+            std::thread::sleep(Duration::from_millis(20));
         }
     }
 
@@ -438,6 +459,7 @@ async fn prometheus_scrapes_a_live_server_and_answers_every_dashboard_and_alert_
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
+    let scraped_at = SystemTime::now();
     let (code, out) = run(
         Command::new(&promtool).args(["check", "metrics"]),
         scrape.as_bytes(),
@@ -486,7 +508,7 @@ async fn prometheus_scrapes_a_live_server_and_answers_every_dashboard_and_alert_
     }
 
     // Prometheus has scraped the load (the last scrape after the calls ended, too).
-    std::thread::sleep(Duration::from_millis(2_500));
+    prom.wait_for_scrape_after(scraped_at, Duration::from_secs(10));
     let up = prom.query("up").unwrap();
     assert_eq!(up.len(), 1, "{up:?}");
     assert_eq!(up[0]["value"][1], "1", "the scrape target is up: {up:?}");

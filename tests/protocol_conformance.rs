@@ -735,7 +735,11 @@ async fn a_final_status_callback_closes_a_call_whose_stream_never_started() {
             .status,
         204
     );
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The store applies records in the order they were handed over: once a record handed over
+    // after that callback is visible, whatever the callback would have written is too.
+    assert_eq!(common::webhook(proxy.addr, 13).await.status, 200);
+    let later = callbridge_testkit::sim::webhook::sid("CA", 13);
+    common::store::wait_for_call(proxy.addr, &later, T, |v| v["status"] == "ringing").await;
     let (status, _) = common::store::admin(
         proxy.addr,
         "GET",

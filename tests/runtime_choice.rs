@@ -6,6 +6,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use callbridge::config::ServeArgs;
+use callbridge::front::routes::Readiness;
 use callbridge::runtime::Server;
 use clap::Parser;
 use common::{closed_sessions, http, logged, mock, uring_usable, Proxy, RawStream};
@@ -123,6 +124,13 @@ async fn stop_closes_a_live_call(runtime: &str) {
     let app = std::sync::Arc::clone(&server.app);
     let started = Instant::now();
     let stopping = tokio::spawn(server.stop(Duration::from_secs(1)));
+    // `stop` runs in its own task: the drain has begun once the app says so.
+    assert!(
+        common::eventually(Duration::from_secs(2), || app.readiness()
+            == Readiness::Draining)
+        .await,
+        "the drain did not begin"
+    );
     // While draining: /readyz says so on every worker, requests are still answered, and the
     // live call goes on.
     for _ in 0..10 {

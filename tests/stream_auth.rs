@@ -5,7 +5,7 @@
 mod common;
 
 use std::net::SocketAddr;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use callbridge_core::wire::ws::{Encoder, Role};
 use callbridge_testkit::mock::server::MockServer;
@@ -358,7 +358,14 @@ async fn an_expired_call_id_is_refused_with_403() {
     let mock = mock(|_| {}).await;
     let mut proxy = Proxy::with_mock(&mock, &[("STREAM_TTL_SECS", "1")]);
     let stream = stream_of(proxy.addr, 7).await;
-    tokio::time::sleep(Duration::from_millis(2100)).await;
+    // The protocol's clock has to pass: a stream id is valid through the unix second its expiry
+    // names (`{sid}.{expiry}.{tag}`, whole seconds; 1 s is the smallest STREAM_TTL_SECS), so the
+    // test waits until that second is over, 1 to 2 s after the webhook.
+    let expiry: u64 = call_id(&stream).split('.').nth(1).unwrap().parse().unwrap();
+    let expired_at = UNIX_EPOCH + Duration::from_secs(expiry + 1);
+    while let Ok(left) = expired_at.duration_since(SystemTime::now()) {
+        tokio::time::sleep(left).await;
+    }
     let refused = upgrade_signed(proxy.addr, &stream.path, AUTH_TOKEN).await;
     assert_eq!(refused.err(), Some(403));
     assert!(logged(&proxy, "refused media stream: stream id expired").await);

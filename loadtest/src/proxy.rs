@@ -117,6 +117,9 @@ impl Proxy {
             .env("NO_COLOR", "1")
             .env("MAX_CALLS", spec.max_calls.to_string())
             .env("STREAM_SECRET", "loadtest-stream-secret-0123456789")
+            // Stopped with SIGTERM once the calls are done: without an accept window (10 s by
+            // default, longer than STOP_TIMEOUT) its drain ends at once, a clean shutdown.
+            .env("DRAIN_ACCEPT_SECS", "0")
             // The store (when present) writes into a scratch directory removed afterwards.
             .env("DATA_DIR", &data_dir);
         match &spec.auth_token {

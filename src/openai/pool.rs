@@ -439,7 +439,12 @@ pub async fn maintain<D: Dial>(
                         None
                     }
                 };
-                pool.lock().warmed(Instant::now(), outcome, took);
+                let mut p = pool.lock();
+                p.warmed(Instant::now(), outcome, took);
+                // Logged under the lock, like the checkout's line: the latest line is the pool's
+                // state (tests wait on it).
+                tracing::debug!(idle = p.idle(), "openai pool: warming ended");
+                drop(p);
             }
             _ = pool.doorbell.notified() => {}
             _ = tick.tick() => {
@@ -497,7 +502,12 @@ impl<D: Dial> PooledDial<D> {
     /// A live pooled connection, discarding dead ones on the way.
     fn take_live(&self) -> Option<Warm<D::Conn>> {
         let shared = self.pool.as_ref()?;
-        let found = shared.lock().checkout_live(Instant::now(), still_alive);
+        let found = {
+            let mut p = shared.lock();
+            let found = p.checkout_live(Instant::now(), still_alive);
+            tracing::debug!(idle = p.idle(), "openai pool: checkout");
+            found
+        };
         shared.doorbell.notify_one();
         found
     }

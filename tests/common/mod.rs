@@ -149,7 +149,7 @@ impl Proxy {
         let log = Arc::new(Mutex::new(String::new()));
         let stderr = child.stderr.take().unwrap();
         let log2 = Arc::clone(&log);
-        std::thread::spawn(move || {
+        let log_reader = std::thread::spawn(move || {
             let mut r = BufReader::new(stderr);
             let mut line = String::new();
             while r.read_line(&mut line).unwrap_or(0) > 0 {
@@ -163,7 +163,12 @@ impl Proxy {
         let Some(addr) = line.trim().strip_prefix("listening on ") else {
             let mut rest = String::new();
             let _ = stdout.read_to_string(&mut rest);
-            std::thread::sleep(Duration::from_millis(100));
+            // stdout closed: the process is exiting; its whole stderr is in the log once the
+            // reader has seen EOF (bounded, in case a child still holds the pipe open).
+            let deadline = Instant::now() + Duration::from_secs(2);
+            while !log_reader.is_finished() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(10));
+            }
             panic!(
                 "callbridge did not start: {line}{rest}\nlog:\n{}",
                 log.lock().unwrap()

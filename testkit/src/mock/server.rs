@@ -177,6 +177,18 @@ pub struct MockServer {
 impl MockServer {
     /// Binds `listen` and serves until dropped or [`MockServer::stop`]ped.
     pub async fn start(listen: SocketAddr, cfg: MockServerConfig) -> std::io::Result<MockServer> {
+        // The schema validators compile on first use, most of a second in a debug build. Done
+        // in a session's task, that holds up a worker of the runtime the mock shares with a
+        // test, and with it the runtime's IO and timers: the test's own client sees a prompt
+        // answer up to a second late. So they are compiled here, on a blocking thread.
+        let self_check = cfg.self_check;
+        let _ = tokio::task::spawn_blocking(move || {
+            SchemaValidator::client();
+            if self_check {
+                SchemaValidator::server();
+            }
+        })
+        .await;
         let listener = TcpListener::bind(listen).await?;
         let addr = listener.local_addr()?;
         let tls = cfg.tls.is_some();

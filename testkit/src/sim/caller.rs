@@ -749,6 +749,8 @@ mod tests {
             enc.text(&mut out, mark("e=0;i=item_B;ms=1000").as_bytes());
             s.write_all(&out).await.unwrap();
             out.clear();
+            // A wait the protocol needs: the caller plays audio in real time, and what this test
+            // checks is that a clear 200 ms into item_B's playout reports ~200 ms played.
             tokio::time::sleep(Duration::from_millis(200)).await;
             enc.text(
                 &mut out,
