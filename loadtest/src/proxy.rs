@@ -38,6 +38,8 @@ pub struct SpawnSpec {
     pub auth_token: Option<String>,
     /// `MAX_CALLS` (above the run's concurrency so no caller gets the fallback).
     pub max_calls: u32,
+    /// `ADMIN_TOKEN`, if the load test reads the admin API (the soak's export).
+    pub admin_token: Option<String>,
     /// Extra `KEY=VALUE` environment (e.g. `RUNTIME=uring`), applied last.
     pub extra_env: Vec<(String, String)>,
 }
@@ -116,6 +118,9 @@ impl Proxy {
             .env("DATA_DIR", &data_dir);
         if let Some(token) = &spec.auth_token {
             cmd.env("TWILIO_AUTH_TOKEN", token);
+        }
+        if let Some(token) = &spec.admin_token {
+            cmd.env("ADMIN_TOKEN", token);
         }
         for (k, v) in &spec.extra_env {
             cmd.env(k, v);
@@ -205,6 +210,11 @@ impl Proxy {
             log: Arc::default(),
             data_dir: None,
         })
+    }
+
+    /// The spawned server's `DATA_DIR` (`None` for an attached one).
+    pub fn data_dir(&self) -> Option<&Path> {
+        self.data_dir.as_deref()
     }
 
     /// Whether a spawned server is still running (an attached one is assumed to be).
