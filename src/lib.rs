@@ -23,7 +23,8 @@
 //! - [`metrics`]: the Prometheus recorder, metric names, and the per-call meter drivers feed.
 //! - [`runtime`]: the IO drivers (tokio/epoll, and io_uring thread per core), sharing one call loop.
 //! - [`limits`]: process limits raised at start (open files).
-//! - [`store`]: agents, number routes, call records and conversations in sled (one writer thread).
+//! - [`store`]: agents, number routes, call records and conversations in redb (one writer thread,
+//!   retention, a size cap).
 //! - [`sim`]: a simulated Twilio caller, used by the demo, the tests and the load test.
 #![warn(missing_docs, unreachable_pub)]
 

@@ -34,6 +34,8 @@ enum Command {
     Numbers(callbridge::admin_cli::NumbersArgs),
     /// Call records: list [filters], show CALLSID [--json].
     Calls(callbridge::admin_cli::CallsArgs),
+    /// The store itself: migrate --from-sled DIR.
+    Store(callbridge::admin_cli::StoreArgs),
 }
 
 /// Settings of `callbridge mock-openai`.
@@ -87,6 +89,7 @@ fn main() -> anyhow::Result<()> {
         Command::Agents(a) => return callbridge::admin_cli::agents(a),
         Command::Numbers(a) => return callbridge::admin_cli::numbers(a),
         Command::Calls(a) => return callbridge::admin_cli::calls(a),
+        Command::Store(a) => return callbridge::admin_cli::store(a),
         other => other,
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -97,7 +100,7 @@ fn main() -> anyhow::Result<()> {
         Command::Serve(args) => runtime.block_on(serve(*args)),
         Command::MockOpenai(args) => runtime.block_on(mock_openai(args)),
         Command::Demo => runtime.block_on(demo()),
-        Command::Agents(_) | Command::Numbers(_) | Command::Calls(_) => {
+        Command::Agents(_) | Command::Numbers(_) | Command::Calls(_) | Command::Store(_) => {
             unreachable!("handled above")
         }
     }

@@ -200,7 +200,7 @@ async fn send_all<S: AsyncWrite + Unpin>(stream: &mut S, out: &[u8]) -> io::Resu
     stream.flush().await
 }
 
-/// Routes a request. Admin requests (sled reads and writes, fsyncs, listings) run on tokio's
+/// Routes a request. Admin requests (store reads and writes, fsyncs, listings) run on tokio's
 /// blocking pool, so they never hold up the IO thread that also moves calls' audio; everything
 /// else is answered here, at once.
 async fn route(app: &Arc<App>, request: &Request) -> Routed {
