@@ -60,7 +60,7 @@ const REMEMBERED_ASSISTANT_ITEMS: usize = 16;
 /// [`RETENTION_EVERY`] while it is not.
 pub const MAX_DELETE_KEYS: usize = 1024;
 
-/// Calls looked at per retention chunk at most (the oldest first).
+/// Calls taken per retention chunk at most (the oldest first).
 const MAX_DELETE_SCAN: usize = 256;
 
 /// How often retention looks for calls to delete when there is no backlog.
@@ -351,10 +351,12 @@ pub(crate) fn run(
     let mut pending: Vec<Op> = Vec::with_capacity(MAX_BATCH);
     let mut flush_due: Option<Instant> = None;
     loop {
-        let wake = [flush_due, w.failing, w.retention_due()]
-            .into_iter()
-            .flatten()
-            .min();
+        // While writes fail, only the next try is due: the flush that failed stays due, and
+        // waking for it would spin.
+        let wake = match w.failing {
+            Some(retry_at) => Some(retry_at),
+            None => [flush_due, w.retention_due()].into_iter().flatten().min(),
+        };
         let first = match wake {
             Some(at) => rx.recv_timeout(at.saturating_duration_since(Instant::now())),
             None => rx.recv().map_err(|_| RecvTimeoutError::Disconnected),
@@ -431,6 +433,12 @@ pub(crate) fn run(
             let _ = ack.send(());
         }
         if stop {
+            if !w.staged.is_empty() {
+                tracing::error!(
+                    writes = w.staged.writes.len(),
+                    "store closed with writes it could not make (the disk is full or failing): they are lost"
+                );
+            }
             return;
         }
     }
@@ -929,23 +937,35 @@ impl Writer {
             .cfg
             .retention
             .map(|r| now_ms.saturating_sub(u64::try_from(r.as_millis()).unwrap_or(u64::MAX)));
+        // The oldest calls first, skipping those this writer has in hand (open, or changed
+        // since the last write), so a crowd of them never stalls retention behind them.
+        let over = self.cfg.max_bytes.is_some_and(|m| self.logical_now() > m);
         let mut oldest: Vec<(Vec<u8>, u64, String)> = Vec::new();
         let scanned = self.engine.scan(Table::ByTime, Scan::all(), &mut |k, _| {
-            if k.len() < 8 {
+            let Some(at) = k
+                .get(..8)
+                .map(|b| u64::from_be_bytes(b.try_into().expect("8 bytes")))
+            else {
                 return true;
+            };
+            if !over && cutoff.is_none_or(|c| at >= c) {
+                return false;
             }
-            let at = u64::from_be_bytes(k[..8].try_into().expect("8 bytes"));
-            oldest.push((
-                k.to_vec(),
-                at,
-                String::from_utf8_lossy(&k[8..]).into_owned(),
-            ));
+            let sid = String::from_utf8_lossy(&k[8..]).into_owned();
+            let busy = self.open.contains_key(sid.as_str())
+                || self.recent_seq.contains_key(sid.as_str())
+                || self.staged.get(Table::Calls, sid.as_bytes()).is_some();
+            if !busy {
+                oldest.push((k.to_vec(), at, sid));
+            }
             oldest.len() < MAX_DELETE_SCAN
         });
         if let Err(e) = scanned {
             tracing::error!("retention: reading the time index: {e}");
             return;
         }
+        // A full list means there may be more past it: go on at once.
+        let more = oldest.len() == MAX_DELETE_SCAN;
         let mut budget = MAX_DELETE_KEYS;
         for (tkey, at, sid) in oldest {
             let first = budget == MAX_DELETE_KEYS;
@@ -953,12 +973,6 @@ impl Writer {
             let over = self.cfg.max_bytes.is_some_and(|m| self.logical_now() > m);
             if !expired && !over {
                 return;
-            }
-            let busy = self.open.contains_key(sid.as_str())
-                || self.recent_seq.contains_key(sid.as_str())
-                || self.staged.get(Table::Calls, sid.as_bytes()).is_some();
-            if busy {
-                continue;
             }
             match self.delete_call(&tkey, &sid, &mut budget, first) {
                 Ok(Some(true)) if expired => self.m.deleted_retention.increment(1),
@@ -974,6 +988,7 @@ impl Writer {
                 return;
             }
         }
+        self.retention_backlog = more;
     }
 
     /// Stages the deletion of one call (its items, its record and index entries) within
