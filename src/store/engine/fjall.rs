@@ -101,24 +101,10 @@ impl Engine for FjallEngine {
     fn scan(&self, table: Table, scan: Scan<'_>, visit: &mut Visit<'_>) -> Result<(), EngineError> {
         self.with(|o| {
             let range = o.keyspaces[table.index()].range::<&[u8], _>((scan.lo, scan.hi));
-            let mut step = |g: fjall::Guard| -> Result<bool, EngineError> {
+            super::drive(range, scan.rev, |g| {
                 let (k, v) = g.into_inner().map_err(err)?;
                 Ok(visit(&k, &v))
-            };
-            if scan.rev {
-                for g in range.rev() {
-                    if !step(g)? {
-                        break;
-                    }
-                }
-            } else {
-                for g in range {
-                    if !step(g)? {
-                        break;
-                    }
-                }
-            }
-            Ok(())
+            })
         })
     }
 

@@ -241,6 +241,29 @@ pub fn prefix_end(prefix: &[u8]) -> Option<Vec<u8>> {
 /// A visitor of a scan: gets each (key, value); returns `false` to stop.
 pub type Visit<'v> = dyn FnMut(&[u8], &[u8]) -> bool + 'v;
 
+/// Feeds an engine's range iterator to `step`, ascending or descending (`rev`), until `step`
+/// says stop (`Ok(false)`) or fails: the one scan loop every engine shares.
+fn drive<I: DoubleEndedIterator>(
+    range: I,
+    rev: bool,
+    mut step: impl FnMut(I::Item) -> Result<bool, EngineError>,
+) -> Result<(), EngineError> {
+    if rev {
+        for entry in range.rev() {
+            if !step(entry)? {
+                break;
+            }
+        }
+    } else {
+        for entry in range {
+            if !step(entry)? {
+                break;
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Settings of [`open`].
 #[derive(Debug, Clone, Copy)]
 pub struct EngineOptions {

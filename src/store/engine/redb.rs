@@ -112,25 +112,10 @@ impl Engine for RedbEngine {
         let tx = db.begin_read().map_err(err)?;
         let t = tx.open_table(def(table)).map_err(err)?;
         let range = t.range((scan.lo, scan.hi)).map_err(err)?;
-        let mut step = |entry: Result<_, redb::StorageError>| -> Result<bool, EngineError> {
-            let (k, v): (redb::AccessGuard<&[u8]>, redb::AccessGuard<&[u8]>) =
-                entry.map_err(err)?;
+        super::drive(range, scan.rev, |entry| {
+            let (k, v) = entry.map_err(err)?;
             Ok(visit(k.value(), v.value()))
-        };
-        if scan.rev {
-            for entry in range.rev() {
-                if !step(entry)? {
-                    break;
-                }
-            }
-        } else {
-            for entry in range {
-                if !step(entry)? {
-                    break;
-                }
-            }
-        }
-        Ok(())
+        })
     }
 
     fn apply(&self, batch: &Batch, durable: bool) -> Result<(), EngineError> {

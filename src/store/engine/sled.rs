@@ -64,23 +64,9 @@ impl Engine for SledEngine {
 
     fn scan(&self, table: Table, scan: Scan<'_>, visit: &mut Visit<'_>) -> Result<(), EngineError> {
         let range = self.tree(table).range::<&[u8], _>((scan.lo, scan.hi));
-        let mut step = |entry: sled::Result<(sled::IVec, sled::IVec)>| {
+        super::drive(range, scan.rev, |entry| {
             entry.map(|(k, v)| visit(&k, &v)).map_err(err)
-        };
-        if scan.rev {
-            for entry in range.rev() {
-                if !step(entry)? {
-                    break;
-                }
-            }
-        } else {
-            for entry in range {
-                if !step(entry)? {
-                    break;
-                }
-            }
-        }
-        Ok(())
+        })
     }
 
     fn apply(&self, batch: &Batch, durable: bool) -> Result<(), EngineError> {
