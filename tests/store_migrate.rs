@@ -11,34 +11,13 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Command;
 
-use common::store::{admin, ADMIN_TOKEN};
+use common::store::{admin, cli, fails, ok, ADMIN_TOKEN};
 use common::{temp_data_dir, Proxy};
 
 fn fixture() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/sled-4042b55")
-}
-
-/// `callbridge ARGS` with `DATA_DIR=dir` and nothing else from the environment.
-fn cli(dir: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_callbridge"))
-        .args(args)
-        .env_clear()
-        .env("DATA_DIR", dir)
-        .env("NO_COLOR", "1")
-        .output()
-        .expect("run callbridge")
-}
-
-fn stdout_ok(out: &Output) -> String {
-    assert!(
-        out.status.success(),
-        "stdout: {}\nstderr: {}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout.clone()).expect("UTF-8")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -54,39 +33,25 @@ async fn a_sled_store_of_the_previous_release_migrates_and_reads_back_byte_for_b
         .expect("tar");
     assert!(untar.success());
 
-    // The server refuses the old store, and says what to run.
-    let out = cli(
-        &dir,
-        &["serve", "--openai-url", "ws://127.0.0.1:9/v1/realtime"],
-    );
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
+    // The server refuses the old store, and says what to run; so does the CLI.
+    let serve = ["serve", "--openai-url", "ws://127.0.0.1:9/v1/realtime"];
+    let err = fails(&cli(&dir, &serve, &[]));
     assert!(
         err.contains("old sled format") && err.contains("callbridge store migrate --from-sled"),
         "{err}"
     );
-    // So does the CLI.
-    let out = cli(&dir, &["calls", "list"]);
-    assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("store migrate --from-sled"));
+    assert!(fails(&cli(&dir, &["calls", "list"], &[])).contains("store migrate --from-sled"));
 
     // Into the same directory: the new file sits beside sled's.
     let d = dir.to_str().unwrap();
-    let said = stdout_ok(&cli(
-        &dir,
-        &["store", "migrate", "--from-sled", d, "--data-dir", d],
-    ));
+    let migrate = ["store", "migrate", "--from-sled", d, "--data-dir", d];
+    let said = ok(&cli(&dir, &migrate, &[]));
     assert!(
         said.contains("copied 1 agents, 1 numbers, 3 calls (1 in progress), 20 items"),
         "{said}"
     );
     // A second run finds the destination full.
-    let again = cli(
-        &dir,
-        &["store", "migrate", "--from-sled", d, "--data-dir", d],
-    );
-    assert!(!again.status.success());
-    assert!(String::from_utf8_lossy(&again.stderr).contains("migrate into an empty directory"));
+    assert!(fails(&cli(&dir, &migrate, &[])).contains("migrate into an empty directory"));
 
     // The current CLI prints what the old one printed, byte for byte (before recovery: call 1
     // is still in progress, as the kill left it).
@@ -123,7 +88,7 @@ async fn a_sled_store_of_the_previous_release_migrates_and_reads_back_byte_for_b
         ),
     ] {
         let want = std::fs::read_to_string(fixture().join(file)).unwrap();
-        let got = stdout_ok(&cli(&dir, &args));
+        let got = ok(&cli(&dir, &args, &[]));
         assert_eq!(got, want, "{file}");
     }
 

@@ -55,6 +55,35 @@ fn op_append(sid: &str, at_ms: u64, kind: ItemKind) -> Op {
     }
 }
 
+/// A store whose queue holds `capacity` ops.
+fn small_queue_store(tag: &str, capacity: usize) -> (TempDir, Store) {
+    let dir = TempDir::new(tag);
+    let opts = StoreOptions {
+        queue_capacity: capacity,
+        ..StoreOptions::default()
+    };
+    let store = Store::open(&dir.0, opts).unwrap();
+    (dir, store)
+}
+
+/// A stuck disk: the writer blocks handing a flush's ack to a rendezvous channel that nobody
+/// reads until the test reads the returned gate.
+fn stick_writer(store: &Store) -> crossbeam_channel::Receiver<()> {
+    let (gate_tx, gate) = crossbeam_channel::bounded::<()>(0);
+    assert!(store.enqueue(Op::Flush(gate_tx)));
+    wait_until("the writer took the flush", || store.queue_len() == 0);
+    gate
+}
+
+/// A call and the recorder that stores its events.
+fn recorded_call(store: &Store, sid: &str) -> (sink::CallRecorder, crate::bridge::Call) {
+    let call = crate::bridge::Call::new(
+        crate::bridge::CallConfig::new("m", Arc::new(Default::default()), sid),
+        std::time::Instant::now(),
+    );
+    (sink::CallRecorder::new(Some(store), sid), call)
+}
+
 #[test]
 fn agents_and_routes_survive_a_reopen_and_resolve_from_the_cache() {
     let dir = TempDir::new("agents");
@@ -249,12 +278,7 @@ fn the_writer_records_a_call_in_order_with_interruptions_and_usage() {
 #[test]
 fn a_stuck_writer_fills_the_queue_then_ops_are_dropped_counted_and_the_record_says_so() {
     const CAPACITY: usize = 8;
-    let dir = TempDir::new("stuck");
-    let opts = StoreOptions {
-        queue_capacity: CAPACITY,
-        ..StoreOptions::default()
-    };
-    let store = Store::open(&dir.0, opts).unwrap();
+    let (_dir, store) = small_queue_store("stuck", CAPACITY);
     let sid = "CA9";
     let webhook = RecordChange::Webhook {
         from: "+819012345678".into(),
@@ -264,20 +288,8 @@ fn a_stuck_writer_fills_the_queue_then_ops_are_dropped_counted_and_the_record_sa
     };
     assert!(store.enqueue(op_record(sid, 1000, webhook)));
     store.flush(WAIT).unwrap();
-    // A stuck disk: the writer blocks handing this flush's ack to a rendezvous channel that
-    // nobody reads until the test says so.
-    let (gate_tx, gate) = crossbeam_channel::bounded::<()>(0);
-    assert!(store.enqueue(Op::Flush(gate_tx)));
-    let t0 = std::time::Instant::now();
-    while store.queue_len() > 0 {
-        assert!(t0.elapsed() < WAIT, "the writer never took the flush");
-        std::thread::sleep(Duration::from_millis(1));
-    }
-    let mut rec = sink::CallRecorder::new(Some(&store), sid);
-    let mut call = crate::bridge::Call::new(
-        crate::bridge::CallConfig::new("m", Arc::new(Default::default()), sid),
-        std::time::Instant::now(),
-    );
+    let gate = stick_writer(&store);
+    let (mut rec, mut call) = recorded_call(&store, sid);
     // The call goes on recording; once the queue holds CAPACITY ops, each further one is
     // dropped at once (the call path never waits) and counted by the recorder. The writer may
     // still take a batch in the turn it got stuck in, so up to MAX_BATCH more go in first.
@@ -329,11 +341,7 @@ fn a_stopped_writer_drops_and_counts_instead_of_waiting() {
     // Stop the writer: nothing drains the queue any more.
     store.close();
     assert!(!store.enqueue(op_append("CA1", 1, ItemKind::Dtmf { digit: "1".into() })));
-    let mut rec = sink::CallRecorder::new(Some(&store), "CA1");
-    let mut call = crate::bridge::Call::new(
-        crate::bridge::CallConfig::new("m", Arc::new(Default::default()), "CA1"),
-        std::time::Instant::now(),
-    );
+    let (mut rec, mut call) = recorded_call(&store, "CA1");
     rec.on_event(
         &mut call,
         &crate::bridge::CallEvent::Dtmf { digit: "1".into() },
@@ -623,22 +631,10 @@ fn the_logical_byte_count_equals_the_export_through_writes_rewrites_and_a_reopen
 #[test]
 fn the_final_op_finds_room_in_a_full_queue_and_items_lost_lands() {
     const CAPACITY: usize = 8;
-    let dir = TempDir::new("end-slot");
-    let opts = StoreOptions {
-        queue_capacity: CAPACITY,
-        ..StoreOptions::default()
-    };
-    let store = Store::open(&dir.0, opts).unwrap();
+    let (_dir, store) = small_queue_store("end-slot", CAPACITY);
     let sid = "CA7";
-    let mut rec = sink::CallRecorder::new(Some(&store), sid);
-    let mut call = crate::bridge::Call::new(
-        crate::bridge::CallConfig::new("m", Arc::new(Default::default()), sid),
-        std::time::Instant::now(),
-    );
-    // A stuck disk: the writer blocks on this flush's ack until the gate is read.
-    let (gate_tx, gate) = crossbeam_channel::bounded::<()>(0);
-    assert!(store.enqueue(Op::Flush(gate_tx)));
-    wait_until("the writer took the flush", || store.queue_len() == 0);
+    let (mut rec, mut call) = recorded_call(&store, sid);
+    let gate = stick_writer(&store);
     while rec.lost() < 3 {
         assert!(
             store.queue_len() < CAPACITY,
