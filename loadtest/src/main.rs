@@ -41,7 +41,6 @@ use callbridge::openai::mock::server::{MockServer, MockServerConfig};
 
 use crate::probe::{tap_factory, Shared, SharedSlot};
 use crate::proxy::{parse_env_pair, require_loopback, Proxy, SpawnSpec};
-use crate::report::Report;
 use crate::run::{RunSpec, Target};
 
 /// Hard cap on concurrent calls (each holds ~4 descriptors across the processes and a task).
@@ -412,7 +411,7 @@ async fn async_main(cli: Cli) -> anyhow::Result<bool> {
                     eprintln!("the server's last log lines (warnings and errors):\n{tail}");
                 }
             }
-            print_report(&report, json)?;
+            print_report(&report.table(), &report, json)?;
             Ok(report.passed())
         }
         Command::Ramp(a) => ramp(&mut target, &a, progress, json).await,
@@ -465,12 +464,7 @@ async fn soak_main(a: &SoakArgs) -> anyhow::Result<bool> {
             eprintln!("the server's last log lines (warnings and errors):\n{tail}");
         }
     }
-    if c.json {
-        eprint!("{}", report.table());
-        println!("{}", serde_json::to_string_pretty(&report)?);
-    } else {
-        print!("{}", report.table());
-    }
+    print_report(&report.table(), &report, c.json)?;
     Ok(report.passed())
 }
 
@@ -489,12 +483,14 @@ fn ramp_up(given: Option<Duration>, duration: Duration) -> anyhow::Result<Durati
     Ok(r)
 }
 
-fn print_report(report: &Report, json: bool) -> anyhow::Result<()> {
+/// The report's `table` on stdout, or with `json` the report as JSON on stdout and the table on
+/// stderr.
+fn print_report(table: &str, report: &impl serde::Serialize, json: bool) -> anyhow::Result<()> {
     if json {
-        eprint!("{}", report.table());
+        eprint!("{table}");
         println!("{}", serde_json::to_string_pretty(report)?);
     } else {
-        print!("{}", report.table());
+        print!("{table}");
     }
     Ok(())
 }

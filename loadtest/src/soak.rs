@@ -176,7 +176,7 @@ pub struct SoakReport {
     pub trends: Trends,
     /// RSS at the end of the load − RSS at `limits.rss_growth_from_s`, MiB.
     pub rss_growth_mib: f64,
-    /// DATA_DIR bytes / logical bytes, at the end.
+    /// DATA_DIR bytes allocated / logical bytes, at the end.
     pub disk_ratio: f64,
     /// Memory per call in flight: (median RSS over the window − idle RSS) / calls, KiB.
     pub rss_per_call_kib: f64,
@@ -199,6 +199,28 @@ pub struct SoakReport {
 }
 
 impl SoakReport {
+    /// A report of `spec` with nothing measured yet.
+    pub fn new(spec: SoakSpec, logical_source: &'static str) -> SoakReport {
+        SoakReport {
+            spec,
+            samples: Vec::new(),
+            idle: None,
+            last: None,
+            trends: Trends::default(),
+            rss_growth_mib: 0.0,
+            disk_ratio: 0.0,
+            rss_per_call_kib: 0.0,
+            disk_per_call_kib: 0.0,
+            logical_per_call_kib: 0.0,
+            calls_started: 0,
+            calls_completed: 0,
+            failures: BTreeMap::new(),
+            records: RecordCheck::default(),
+            logical_source,
+            problems: Vec::new(),
+        }
+    }
+
     /// Whether every limit held.
     pub fn passed(&self) -> bool {
         self.problems.is_empty()
@@ -494,24 +516,8 @@ pub async fn soak(t: &SoakTarget<'_>, spec: &SoakSpec) -> anyhow::Result<SoakRep
         next_no += 1;
     }
 
-    let mut report = SoakReport {
-        spec: spec.clone(),
-        samples: Vec::new(),
-        idle: Some(idle),
-        last: None,
-        trends: Trends::default(),
-        rss_growth_mib: 0.0,
-        disk_ratio: 0.0,
-        rss_per_call_kib: 0.0,
-        disk_per_call_kib: 0.0,
-        logical_per_call_kib: 0.0,
-        calls_started: 0,
-        calls_completed: 0,
-        failures: BTreeMap::new(),
-        records: RecordCheck::default(),
-        logical_source: src.name(),
-        problems: Vec::new(),
-    };
+    let mut report = SoakReport::new(spec.clone(), src.name());
+    report.idle = Some(idle);
     let mut tick = tokio::time::interval_at(
         t0 + Duration::from_secs_f64(spec.sample_every_s),
         Duration::from_secs_f64(spec.sample_every_s),
@@ -759,13 +765,14 @@ fn judge(r: &mut SoakReport, idle: &Sample, last: &Sample) {
             ));
         }
     }
-    let disk = last.disk_bytes.max(last.disk_apparent_bytes);
+    // The disk a store takes is what its files have allocated (`du`); an engine that grows its
+    // file with ftruncate (redb) has holes that count in the file length but take no disk.
+    let disk = last.disk_bytes;
     r.disk_ratio = ratio(disk, last.logical_bytes);
     if r.disk_ratio > l.max_disk_ratio {
         r.problems.push(format!(
-            "DATA_DIR holds {:.1} MiB (allocated {:.1}, apparent {:.1}) for {:.1} MiB of data: {:.2}× (limit {}×)",
+            "DATA_DIR holds {:.1} MiB (apparent {:.1}) for {:.1} MiB of data: {:.2}× (limit {}×)",
             mib(disk),
-            mib(last.disk_bytes),
             mib(last.disk_apparent_bytes),
             mib(last.logical_bytes),
             r.disk_ratio,
@@ -869,40 +876,28 @@ mod tests {
     }
 
     fn report(samples: Vec<Sample>) -> SoakReport {
-        SoakReport {
-            spec: SoakSpec {
-                calls: 10,
-                duration_s: 300.0,
-                ramp_up_s: 5.0,
-                call_min_s: 30.0,
-                call_max_s: 180.0,
-                sample_every_s: 10.0,
-                print_every_s: 60.0,
-                seed: 1,
-                limits: Limits {
-                    slope_from_s: 120.0,
-                    max_rss_slope_kib_s: 5.0,
-                    rss_growth_from_s: 120.0,
-                    max_rss_growth_mib: 3.0,
-                    max_disk_ratio: 3.0,
-                },
+        let spec = SoakSpec {
+            calls: 10,
+            duration_s: 300.0,
+            ramp_up_s: 5.0,
+            call_min_s: 30.0,
+            call_max_s: 180.0,
+            sample_every_s: 10.0,
+            print_every_s: 60.0,
+            seed: 1,
+            limits: Limits {
+                slope_from_s: 120.0,
+                max_rss_slope_kib_s: 5.0,
+                rss_growth_from_s: 120.0,
+                max_rss_growth_mib: 3.0,
+                max_disk_ratio: 3.0,
             },
-            samples,
-            idle: None,
-            last: None,
-            trends: Trends::default(),
-            rss_growth_mib: 0.0,
-            disk_ratio: 0.0,
-            rss_per_call_kib: 0.0,
-            disk_per_call_kib: 0.0,
-            logical_per_call_kib: 0.0,
-            calls_started: 40,
-            calls_completed: 40,
-            failures: BTreeMap::new(),
-            records: RecordCheck::default(),
-            logical_source: "test",
-            problems: Vec::new(),
-        }
+        };
+        let mut r = SoakReport::new(spec, "test");
+        r.samples = samples;
+        r.calls_started = 40;
+        r.calls_completed = 40;
+        r
     }
 
     #[test]
@@ -944,7 +939,8 @@ mod tests {
             s.fds += 2 * i as u64; // a leak of 12 per minute
         }
         let mut last = *samples.last().unwrap();
-        last.disk_apparent_bytes = 10 << 20; // sparse file: the larger size counts
+        last.disk_bytes = 10 << 20;
+        last.disk_apparent_bytes = 20 << 20; // holes in a sparse file take no disk
         let mut r = report(samples);
         r.records.missing = 1;
         r.failures.insert("stream lost".into(), 2);
