@@ -5,8 +5,9 @@
 //!   queue is drained between timed chunks so no op is dropped (asserted).
 //! - `store/recorder_on_event`: the same through the driver's one call,
 //!   `CallRecorder::on_event` (clones the transcript out of the event).
-//! - `store/sustained_appends/ENGINE`: items per second through the writer to each engine in
-//!   this build (redb, sled; fjall with `--features engine-fjall`), including the final flush:
+//! - `store/sustained_appends/ENGINE_cache_NMiB`: items per second through the writer to each
+//!   engine in this build (redb with its default cache, 1 and 16 MiB; sled; fjall with
+//!   `--features engine-fjall`), including the final flush:
 //!   chunks are enqueued as fast as the queue takes them, then `Store::flush` waits until
 //!   everything is written and durable.
 //! - `store/sled_baseline_inserts`: the same items straight into a sled tree, no writer.
@@ -22,7 +23,9 @@ use callbridge::bridge::{Call, CallConfig, CallEvent};
 use callbridge::openai::session::AgentSettings;
 use callbridge::store::engine::EngineKind;
 use callbridge::store::sink::CallRecorder;
-use callbridge::store::{item_key, ItemKind, Op, Store, StoreOptions, QUEUE_CAPACITY};
+use callbridge::store::{
+    item_key, ItemKind, Op, Store, StoreOptions, DEFAULT_CACHE_MB, QUEUE_CAPACITY,
+};
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 
 /// Ops timed between two drains of the queue (well under its capacity).
@@ -43,7 +46,7 @@ fn text() -> String {
     t
 }
 
-fn temp_store(tag: &str, engine: EngineKind) -> (Store, std::path::PathBuf) {
+fn temp_store(tag: &str, engine: EngineKind, cache_mb: u64) -> (Store, std::path::PathBuf) {
     let dir = std::env::temp_dir().join(format!(
         "callbridge-bench-{tag}-{}-{}",
         std::process::id(),
@@ -51,17 +54,25 @@ fn temp_store(tag: &str, engine: EngineKind) -> (Store, std::path::PathBuf) {
     ));
     let opts = StoreOptions {
         engine,
+        cache_bytes: cache_mb << 20,
         ..StoreOptions::default()
     };
     let store = Store::open(&dir, opts).expect("open store");
     (store, dir)
 }
 
-/// The engines of this build.
-fn engines() -> Vec<EngineKind> {
-    let mut e = vec![EngineKind::Redb, EngineKind::Sled];
+/// The engines of this build with the page cache (MiB) each is measured with: redb with the
+/// default and smaller and larger caches (what the cache buys), sled and fjall with 16 MiB
+/// (sled's old default here).
+fn engines() -> Vec<(EngineKind, u64)> {
+    let mut e = vec![
+        (EngineKind::Redb, DEFAULT_CACHE_MB),
+        (EngineKind::Redb, 1),
+        (EngineKind::Redb, 16),
+        (EngineKind::Sled, 16),
+    ];
     if cfg!(feature = "engine-fjall") {
-        e.push(EngineKind::Fjall);
+        e.push((EngineKind::Fjall, 16));
     }
     e
 }
@@ -95,7 +106,7 @@ fn bench_store(c: &mut Criterion) {
     let text = text.as_str();
 
     // Hot path: build one op and enqueue it.
-    let (store, dir) = temp_store("enqueue", EngineKind::default());
+    let (store, dir) = temp_store("enqueue", EngineKind::default(), DEFAULT_CACHE_MB);
     let sid: Arc<str> = Arc::from("CA5c1d1e5f64d4a38d7cd0d1c8d9e1b2a3");
     g.throughput(Throughput::Elements(1));
     g.bench_function("enqueue_append", |b| {
@@ -142,9 +153,10 @@ fn bench_store(c: &mut Criterion) {
     const ITEMS: u64 = 20_000;
     g.throughput(Throughput::Elements(ITEMS));
     g.sample_size(10);
-    for engine in engines() {
-        let (store, dir) = temp_store("sustained", engine);
-        g.bench_function(format!("sustained_appends/{}", engine.name()), |b| {
+    for (engine, cache_mb) in engines() {
+        let (store, dir) = temp_store("sustained", engine, cache_mb);
+        let name = format!("sustained_appends/{}_cache_{cache_mb}MiB", engine.name());
+        g.bench_function(name, |b| {
             b.iter_custom(|iters| {
                 let start = Instant::now();
                 for _ in 0..iters {

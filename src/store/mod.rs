@@ -83,8 +83,12 @@ pub const DEFAULT_FLUSH_MS: u64 = 100;
 
 /// Default `STORE_CACHE_MB`: the engine's page cache. redb's own default is 1 GiB, which an
 /// edge proxy never needs: the store is written far more than it is read (agents are cached by
-/// the server anyway). The cache fills with pages written and read, up to this, and stays there.
-pub const DEFAULT_CACHE_MB: u64 = 16;
+/// the server anyway). The cache fills with the pages written (a copy-on-write B-tree writes new
+/// ones all the time) up to this size and then stays there, so it is memory the instance takes
+/// for good, and how long it takes to fill is how long RSS climbs after a start: 16 MiB took
+/// 8 minutes at 200 calls. 2 MiB holds the leaves 200 calls write to; the sustained append rate
+/// is within a few percent of 16 MiB's (README "Storage", `cargo bench --bench store`).
+pub const DEFAULT_CACHE_MB: u64 = 2;
 
 /// Largest accepted `STORE_CACHE_MB`.
 pub const MAX_CACHE_MB: u64 = 64 * 1024;
