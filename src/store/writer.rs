@@ -407,6 +407,11 @@ pub(crate) fn run(
             && (rx.is_empty() || w.last_retention.elapsed() >= RETENTION_EVERY)
         {
             w.retention_chunk(unix_ms());
+            // Deletions are made durable like any write: redb reuses the freed pages only
+            // after a durable commit.
+            if !w.staged.is_empty() {
+                flush_due.get_or_insert(started + w.cfg.flush_every);
+            }
         }
         let durable = must_flush && flush_due.is_some();
         let written = if !w.staged.is_empty() || durable {
