@@ -950,6 +950,13 @@ fn a_sled_store_migrates_whole_and_then_opens_in_the_new_engine() {
         .map(|s| sled.call_with_conversation(s).unwrap())
         .collect();
     drop(sled);
+    // Bad sources and destinations are refused with the reason.
+    let empty = TempDir::new("not-sled");
+    std::fs::create_dir_all(&empty.0).unwrap();
+    let err = migrate::from_sled(&empty.0, &empty.0, EngineKind::Redb, 1 << 20).unwrap_err();
+    assert!(err.to_string().contains("no sled store here"), "{err}");
+    let err = migrate::from_sled(&old.0, &empty.0, EngineKind::Sled, 1 << 20).unwrap_err();
+    assert!(err.to_string().contains("nothing to migrate"), "{err}");
     // The default engine refuses the old directory with the command to run.
     let err = Store::open(&old.0, StoreOptions::default())
         .err()
