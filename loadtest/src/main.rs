@@ -165,6 +165,14 @@ struct SoakArgs {
     /// Fail when DATA_DIR holds more than this many times the logical bytes at the end.
     #[arg(long, default_value_t = 3.0)]
     max_disk_ratio: f64,
+    /// Fail when DATA_DIR grows faster than this over the slope window, KiB/s (off by default:
+    /// without a retention the store grows with the data).
+    #[arg(long)]
+    max_disk_slope_kib_s: Option<f64>,
+    /// The server's RETENTION (e.g. 2m): passed to it, and calls placed longer ago may be
+    /// missing from the records at the end.
+    #[arg(long, value_parser = parse_duration)]
+    retention: Option<Duration>,
     #[command(flatten)]
     common: Common,
 }
@@ -196,10 +204,17 @@ impl SoakArgs {
         if slope_from + 4 * self.sample_every > d || growth_from >= d {
             bail!("--slope-from and --rss-growth-from must leave samples before the end of --duration");
         }
+        if self.retention.is_some_and(|r| r < Duration::from_secs(1)) {
+            bail!("--retention must be at least 1 s");
+        }
         for (name, v) in [
             ("--max-rss-slope-kib-s", self.max_rss_slope_kib_s),
             ("--max-rss-growth-mib", self.max_rss_growth_mib),
             ("--max-disk-ratio", self.max_disk_ratio),
+            (
+                "--max-disk-slope-kib-s",
+                self.max_disk_slope_kib_s.unwrap_or(0.0),
+            ),
         ] {
             if !v.is_finite() || v < 0.0 {
                 bail!("{name} must be a number ≥ 0");
@@ -220,12 +235,14 @@ impl SoakArgs {
                 rss_growth_from_s: growth_from.as_secs_f64(),
                 max_rss_growth_mib: self.max_rss_growth_mib,
                 max_disk_ratio: self.max_disk_ratio,
+                max_disk_slope_kib_s: self.max_disk_slope_kib_s,
+                retention_s: self.retention.map(|r| r.as_secs_f64()),
             },
         })
     }
 }
 
-#[derive(Args)]
+#[derive(Args, Clone)]
 struct Common {
     /// The callbridge binary to spawn (default: `callbridge` next to this binary).
     #[arg(long)]
@@ -429,6 +446,12 @@ async fn soak_main(a: &SoakArgs) -> anyhow::Result<bool> {
     }
     let spec = a.spec()?;
     let admin_token = format!("soak-admin-{}", std::process::id());
+    let mut c = c.clone();
+    if let Some(r) = a.retention {
+        c.server_env
+            .push(("RETENTION".to_owned(), format!("{}s", r.as_secs().max(1))));
+    }
+    let c = &c;
     let slot: SharedSlot = Arc::new(Mutex::new(Arc::new(Shared::default())));
     let opts = SetupOptions {
         max_calls: a.calls,

@@ -96,6 +96,11 @@ pub struct Limits {
     pub max_rss_growth_mib: f64,
     /// DATA_DIR bytes at the end over the logical bytes.
     pub max_disk_ratio: f64,
+    /// DATA_DIR growth over the slope window, KiB/s (`None`: not judged; a soak with a short
+    /// retention sets it to show the space is reused).
+    pub max_disk_slope_kib_s: Option<f64>,
+    /// The server's `RETENTION`, s (`None`: its default, 30 days: nothing is deleted).
+    pub retention_s: Option<f64>,
 }
 
 /// One sample of the proxy.
@@ -143,8 +148,10 @@ pub struct RecordCheck {
     pub exported: u64,
     /// Calls of this soak whose record was checked.
     pub checked: u64,
-    /// Calls of this soak with no record.
+    /// Calls of this soak with no record, placed recently enough that retention kept it.
     pub missing: u64,
+    /// Calls of this soak with no record that retention may have deleted (`--retention`).
+    pub deleted: u64,
     /// Not `completed`, or no `endedAtMs`.
     pub not_final: u64,
     /// `items` differs from the conversation, a gap in its `seq`, or `interruptions` differs
@@ -278,6 +285,8 @@ struct Ended {
 
 /// What the soak remembers of a call for the record check.
 struct Placed {
+    /// When it was placed (its webhook).
+    at: Instant,
     /// Clears the caller received: the record's `interruptions` must match.
     clears: usize,
 }
@@ -512,7 +521,13 @@ pub async fn soak(t: &SoakTarget<'_>, spec: &SoakSpec) -> anyhow::Result<SoakRep
             .duration(call_min, call_max)
             .min(end_at.saturating_duration_since(start_at));
         let sid = place(&mut set, t, next_no, start_at, length);
-        placed.insert(sid, Placed { clears: 0 });
+        placed.insert(
+            sid,
+            Placed {
+                at: start_at,
+                clears: 0,
+            },
+        );
         next_no += 1;
     }
 
@@ -544,7 +559,7 @@ pub async fn soak(t: &SoakTarget<'_>, spec: &SoakSpec) -> anyhow::Result<SoakRep
                     if end_at.saturating_duration_since(now) >= MIN_CALL_LEFT {
                         let length = rng.duration(call_min, call_max).min(end_at - now);
                         let sid = place(&mut set, t, next_no, now, length);
-                        placed.insert(sid, Placed { clears: 0 });
+                        placed.insert(sid, Placed { at: now, clears: 0 });
                         next_no += 1;
                     }
                 }
@@ -597,7 +612,13 @@ pub async fn soak(t: &SoakTarget<'_>, spec: &SoakSpec) -> anyhow::Result<SoakRep
         }
     }
     report.last = Some(last);
-    report.records = check_records(&export, &placed);
+    // With a retention, the server may have deleted the calls placed longer ago than it (a
+    // second of slack for the webhook's own clock).
+    let deletable = spec.limits.retention_s.map(|r| {
+        let keep = Duration::from_secs_f64(r).saturating_sub(Duration::from_secs(1));
+        Instant::now().checked_sub(keep).unwrap_or(t0)
+    });
+    report.records = check_records(&export, &placed, deletable);
     judge(&mut report, &idle, &last);
     Ok(report)
 }
@@ -617,8 +638,13 @@ fn open_records(export: &[u8], placed: &HashMap<String, Placed>) -> usize {
         .count()
 }
 
-/// Reads every line of the export and checks the records of the soak's calls.
-fn check_records(export: &[u8], placed: &HashMap<String, Placed>) -> RecordCheck {
+/// Reads every line of the export and checks the records of the soak's calls. Calls placed
+/// before `deletable` may be missing (the server's retention deleted them).
+fn check_records(
+    export: &[u8],
+    placed: &HashMap<String, Placed>,
+    deletable: Option<Instant>,
+) -> RecordCheck {
     let mut c = RecordCheck::default();
     let mut seen = std::collections::HashSet::new();
     let note = |c: &mut RecordCheck, s: String| {
@@ -679,8 +705,13 @@ fn check_records(export: &[u8], placed: &HashMap<String, Placed>) -> RecordCheck
             note(&mut c, format!("{sid}: itemsLost {}", v["itemsLost"]));
         }
     }
-    for sid in placed.keys() {
-        if !seen.contains(sid) {
+    for (sid, p) in placed {
+        if seen.contains(sid) {
+            continue;
+        }
+        if deletable.is_some_and(|d| p.at < d) {
+            c.deleted += 1;
+        } else {
             c.missing += 1;
             note(&mut c, format!("{sid}: no record"));
         }
@@ -732,6 +763,14 @@ fn judge(r: &mut SoakReport, idle: &Sample, last: &Sample) {
         )),
     }
     let tr = r.trends;
+    if let Some(max) = l.max_disk_slope_kib_s {
+        if tr.disk_kib_s > max {
+            r.problems.push(format!(
+                "DATA_DIR grows {:.2} KiB/s after {:.0} s (limit {max} KiB/s)",
+                tr.disk_kib_s, l.slope_from_s
+            ));
+        }
+    }
     if tr.rss_kib_s > l.max_rss_slope_kib_s {
         r.problems.push(format!(
             "RSS grows {:.3} KiB/s after {:.0} s (limit {} KiB/s)",
@@ -842,8 +881,8 @@ impl SoakReport {
         let c = &self.records;
         let _ = writeln!(
             s,
-            "records: {} exported, {} checked, {} items; {} missing, {} not final, {} incomplete, {} with itemsLost",
-            c.exported, c.checked, c.items, c.missing, c.not_final, c.incomplete, c.with_items_lost
+            "records: {} exported, {} checked, {} items; {} missing, {} not final, {} incomplete, {} with itemsLost; {} deleted by retention",
+            c.exported, c.checked, c.items, c.missing, c.not_final, c.incomplete, c.with_items_lost, c.deleted
         );
         let _ = writeln!(s, "logical bytes from: {}", self.logical_source);
         if self.passed() {
@@ -891,6 +930,8 @@ mod tests {
                 rss_growth_from_s: 120.0,
                 max_rss_growth_mib: 3.0,
                 max_disk_ratio: 3.0,
+                max_disk_slope_kib_s: None,
+                retention_s: None,
             },
         };
         let mut r = SoakReport::new(spec, "test");
@@ -941,11 +982,16 @@ mod tests {
         let mut last = *samples.last().unwrap();
         last.disk_bytes = 10 << 20;
         last.disk_apparent_bytes = 20 << 20; // holes in a sparse file take no disk
+        for (i, s) in samples.iter_mut().enumerate() {
+            s.disk_bytes += 10_240 * i as u64; // 1 KiB/s
+        }
         let mut r = report(samples);
         r.records.missing = 1;
         r.failures.insert("stream lost".into(), 2);
+        r.spec.limits.max_disk_slope_kib_s = Some(0.5);
         judge(&mut r, &idle, &last);
         let all = r.problems.join("\n");
+        assert!(all.contains("DATA_DIR grows 1.00 KiB/s"), "{all}");
         assert!(all.contains("open fds are not flat"), "{all}");
         assert!(!all.contains("threads are not flat"), "{all}");
         assert!(all.contains("5.00× (limit 3×)"), "{all}");
@@ -955,9 +1001,14 @@ mod tests {
 
     #[test]
     fn records_are_checked_against_what_the_callers_saw() {
+        let t0 = Instant::now();
         let mut placed = HashMap::new();
-        for (sid, clears) in [("CA1", 1), ("CA2", 0), ("CA3", 2), ("CA4", 0)] {
-            placed.insert(sid.to_owned(), Placed { clears });
+        for (i, (sid, clears)) in [("CA1", 1), ("CA2", 0), ("CA3", 2), ("CA4", 0), ("CA5", 0)]
+            .into_iter()
+            .enumerate()
+        {
+            let at = t0 + Duration::from_secs(i as u64 * 60);
+            placed.insert(sid.to_owned(), Placed { at, clears });
         }
         let export = concat!(
             r#"{"callSid":"CA1","status":"completed","endedAtMs":5,"items":2,"itemsLost":0,"interruptions":1,"realtimeConversation":[{"seq":0},{"seq":1}]}"#,
@@ -970,7 +1021,7 @@ mod tests {
             "\n"
         );
         assert_eq!(open_records(export.as_bytes(), &placed), 1);
-        let c = check_records(export.as_bytes(), &placed);
+        let c = check_records(export.as_bytes(), &placed, None);
         assert_eq!(
             (
                 c.exported,
@@ -980,10 +1031,19 @@ mod tests {
                 c.incomplete,
                 c.with_items_lost
             ),
-            (4, 3, 1, 1, 1, 1),
+            (4, 3, 2, 1, 1, 1),
             "{c:?}"
         );
         assert_eq!(c.items, 4);
+        // With a retention that may have deleted the calls placed before minute 3.5, CA4 may
+        // be gone, not CA5.
+        let c = check_records(
+            export.as_bytes(),
+            &placed,
+            Some(t0 + Duration::from_secs(210)),
+        );
+        assert_eq!((c.missing, c.deleted), (1, 1), "{c:?}");
+        assert!(c.examples.iter().any(|e| e.contains("CA5: no record")));
     }
 
     #[test]
