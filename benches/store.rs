@@ -5,18 +5,25 @@
 //!   queue is drained between timed chunks so no op is dropped (asserted).
 //! - `store/recorder_on_event`: the same through the driver's one call,
 //!   `CallRecorder::on_event` (clones the transcript out of the event).
-//! - `store/sustained_appends`: items per second through the writer to sled, including the final
-//!   flush: chunks are enqueued as fast as the queue takes them, then `Store::flush` waits until
+//! - `store/sustained_appends/ENGINE_cache_NMiB`: items per second through the writer to each
+//!   engine in this build (redb with its default cache, 1 and 16 MiB; sled; fjall with
+//!   `--features engine-fjall`), including the final flush:
+//!   chunks are enqueued as fast as the queue takes them, then `Store::flush` waits until
 //!   everything is written and durable.
+//! - `store/sled_baseline_inserts`: the same items straight into a sled tree, no writer.
 //!
-//! Run: `cargo bench --bench store -- --measurement-time 3`.
+//! Run: `cargo bench --bench store -- --measurement-time 3` (add `--features engine-fjall` for
+//! the third engine). Open times and disk use per engine: `benches/store_open.rs`.
 
 use std::hint::black_box;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use callbridge::store::engine::EngineKind;
 use callbridge::store::sink::CallRecorder;
-use callbridge::store::{item_key, ItemKind, Op, Store, StoreOptions, QUEUE_CAPACITY};
+use callbridge::store::{
+    item_key, ItemKind, Op, Store, StoreOptions, DEFAULT_CACHE_MB, QUEUE_CAPACITY,
+};
 use callbridge_core::bridge::{Call, CallConfig, CallEvent};
 use callbridge_core::openai::session::AgentSettings;
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
@@ -39,14 +46,35 @@ fn text() -> String {
     t
 }
 
-fn temp_store(tag: &str) -> (Store, std::path::PathBuf) {
+fn temp_store(tag: &str, engine: EngineKind, cache_mb: u64) -> (Store, std::path::PathBuf) {
     let dir = std::env::temp_dir().join(format!(
         "callbridge-bench-{tag}-{}-{}",
         std::process::id(),
         callbridge::store::unix_ms()
     ));
-    let store = Store::open(&dir, StoreOptions::default()).expect("open store");
+    let opts = StoreOptions {
+        engine,
+        cache_bytes: cache_mb << 20,
+        ..StoreOptions::default()
+    };
+    let store = Store::open(&dir, opts).expect("open store");
     (store, dir)
+}
+
+/// The engines of this build with the page cache (MiB) each is measured with: redb with the
+/// default and smaller and larger caches (what the cache buys), sled and fjall with 16 MiB
+/// (sled's old default here).
+fn engines() -> Vec<(EngineKind, u64)> {
+    let mut e = vec![
+        (EngineKind::Redb, DEFAULT_CACHE_MB),
+        (EngineKind::Redb, 1),
+        (EngineKind::Redb, 16),
+        (EngineKind::Sled, 16),
+    ];
+    if cfg!(feature = "engine-fjall") {
+        e.push((EngineKind::Fjall, 16));
+    }
+    e
 }
 
 fn drain(store: &Store) {
@@ -78,7 +106,7 @@ fn bench_store(c: &mut Criterion) {
     let text = text.as_str();
 
     // Hot path: build one op and enqueue it.
-    let (store, dir) = temp_store("enqueue");
+    let (store, dir) = temp_store("enqueue", EngineKind::default(), DEFAULT_CACHE_MB);
     let sid: Arc<str> = Arc::from("CA5c1d1e5f64d4a38d7cd0d1c8d9e1b2a3");
     g.throughput(Throughput::Elements(1));
     g.bench_function("enqueue_append", |b| {
@@ -118,40 +146,43 @@ fn bench_store(c: &mut Criterion) {
     store.close();
     let _ = std::fs::remove_dir_all(&dir);
 
-    // Sustained: 20,000 items of ~200 bytes over 100 calls, written and flushed.
-    let (store, dir) = temp_store("sustained");
+    // Sustained: 20,000 items of ~200 bytes over 100 calls, written and flushed, per engine.
     let sids: Vec<Arc<str>> = (0..100)
         .map(|i| Arc::from(format!("CA{i:032}").as_str()))
         .collect();
     const ITEMS: u64 = 20_000;
     g.throughput(Throughput::Elements(ITEMS));
     g.sample_size(10);
-    g.bench_function("sustained_appends", |b| {
-        b.iter_custom(|iters| {
-            let start = Instant::now();
-            for _ in 0..iters {
-                for i in 0..ITEMS {
-                    // Keep the queue under half full so nothing is dropped.
-                    while store.queue_len() > QUEUE_CAPACITY / 2 {
-                        std::thread::yield_now();
+    for (engine, cache_mb) in engines() {
+        let (store, dir) = temp_store("sustained", engine, cache_mb);
+        let name = format!("sustained_appends/{}_cache_{cache_mb}MiB", engine.name());
+        g.bench_function(name, |b| {
+            b.iter_custom(|iters| {
+                let start = Instant::now();
+                for _ in 0..iters {
+                    for i in 0..ITEMS {
+                        // Keep the queue under half full so nothing is dropped.
+                        while store.queue_len() > QUEUE_CAPACITY / 2 {
+                            std::thread::yield_now();
+                        }
+                        let ok = store.enqueue(Op::Append {
+                            call_sid: Arc::clone(&sids[(i % 100) as usize]),
+                            at_ms: i,
+                            kind: ItemKind::CallerTranscript {
+                                item_id: "item_CBx2defGhIjKlMn".into(),
+                                text: text.to_owned(),
+                            },
+                        });
+                        assert!(ok);
                     }
-                    let ok = store.enqueue(Op::Append {
-                        call_sid: Arc::clone(&sids[(i % 100) as usize]),
-                        at_ms: i,
-                        kind: ItemKind::CallerTranscript {
-                            item_id: "item_CBx2defGhIjKlMn".into(),
-                            text: text.to_owned(),
-                        },
-                    });
-                    assert!(ok);
+                    store.flush(Duration::from_secs(60)).expect("flush");
                 }
-                store.flush(Duration::from_secs(60)).expect("flush");
-            }
-            start.elapsed()
-        })
-    });
-    store.close();
-    let _ = std::fs::remove_dir_all(&dir);
+                start.elapsed()
+            })
+        });
+        store.close();
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 
     // Baseline: the same number of ~200-byte values inserted straight into a sled tree and
     // flushed, on this machine now (what the writer's own work adds is the difference).

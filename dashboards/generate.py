@@ -290,7 +290,7 @@ ROWS = [
             ),
             (
                 "Store items written",
-                "Items written to sled per second.",
+                "Conversation items written per second.",
                 "short",
                 "timeseries",
                 [(f"sum(rate(callbridge_store_items_written_total{{{SEL}}}[{RATE}]))", "written")],
@@ -301,6 +301,35 @@ ROWS = [
                 "s",
                 "timeseries",
                 quantiles("callbridge_store_write_seconds"),
+            ),
+            (
+                "Store size",
+                "Bytes a full export of the store holds (logical data; the file on disk is about 1.5-2x this, "
+                "README Storage). Flat once RETENTION or STORE_MAX_BYTES deletes as much as arrives.",
+                "bytes",
+                "timeseries",
+                [(f"max(callbridge_store_logical_bytes{{{SEL}}})", "logical")],
+            ),
+            (
+                "Store deletions and write failures",
+                "Whole calls deleted per second by reason (retention, max_bytes); writes that failed (disk_full, io), "
+                "and items dropped because writes kept failing.",
+                "reqps",
+                "timeseries",
+                [
+                    (
+                        f"sum by (reason) (rate(callbridge_store_calls_deleted_total{{{SEL}}}[{RATE}]))",
+                        "deleted {{reason}}",
+                    ),
+                    (
+                        f"sum by (error) (rate(callbridge_store_write_errors_total{{{SEL}}}[{RATE}]))",
+                        "failed {{error}}",
+                    ),
+                    (
+                        f"sum(rate(callbridge_store_items_unwritten_total{{{SEL}}}[{RATE}]))",
+                        "items dropped",
+                    ),
+                ],
             ),
         ],
     ),

@@ -116,9 +116,20 @@ pub struct ServeArgs {
     /// can lose (README "Storage").
     #[arg(long, env = "STORE_FLUSH_MS", default_value_t = crate::store::DEFAULT_FLUSH_MS)]
     pub store_flush_ms: u64,
-    /// MiB of memory the store may use to cache what it wrote or read (sled's page cache).
+    /// MiB of memory the store may use to cache what it wrote or read (the engine's page cache).
     #[arg(long, env = "STORE_CACHE_MB", default_value_t = crate::store::DEFAULT_CACHE_MB)]
     pub store_cache_mb: u64,
+    /// How long call records are kept: `30d`, `12h`, `90m`, `45s`; `0` keeps everything.
+    #[arg(long, env = "RETENTION", default_value = "30d")]
+    pub retention: String,
+    /// Delete the oldest calls early once the store holds this much data (`20G`, `512M`, bytes;
+    /// `0`: no cap).
+    #[arg(long, env = "STORE_MAX_BYTES", default_value = "0")]
+    pub store_max_bytes: String,
+    /// The store's engine: `redb` (default) or `sled` (the engine before issue 13, kept for
+    /// comparisons); `fjall` in builds with the `engine-fjall` feature.
+    #[arg(long, env = "STORE_ENGINE", default_value = "redb")]
+    pub store_engine: String,
     /// Bearer token of the admin API (`/api/admin/…`); unset: the admin API answers 404.
     #[arg(long, env = "ADMIN_TOKEN", hide_env_values = true)]
     pub admin_token: Option<String>,
@@ -461,6 +472,12 @@ pub struct Config {
     pub store_flush: Duration,
     /// Store page cache size in bytes (`STORE_CACHE_MB`).
     pub store_cache_bytes: u64,
+    /// Calls kept this long (`RETENTION`); `None`: forever.
+    pub retention: Option<Duration>,
+    /// Cap on the store's logical bytes (`STORE_MAX_BYTES`); `None`: no cap.
+    pub store_max_bytes: Option<u64>,
+    /// The store's engine (`STORE_ENGINE`).
+    pub store_engine: crate::store::engine::EngineKind,
     /// Admin API token (`ADMIN_TOKEN`); `None` disables the admin API.
     pub admin_token: Option<String>,
     /// HTTP read timeout.
@@ -642,6 +659,24 @@ impl ServeArgs {
                     why,
                 }
             })?,
+            retention: crate::store::parse_retention(&self.retention).map_err(|why| {
+                ConfigError::Invalid {
+                    name: "RETENTION",
+                    why,
+                }
+            })?,
+            store_max_bytes: crate::store::parse_max_bytes(&self.store_max_bytes).map_err(
+                |why| ConfigError::Invalid {
+                    name: "STORE_MAX_BYTES",
+                    why,
+                },
+            )?,
+            store_engine: crate::store::engine::EngineKind::parse(&self.store_engine).map_err(
+                |why| ConfigError::Invalid {
+                    name: "STORE_ENGINE",
+                    why,
+                },
+            )?,
             admin_token,
             http_read_timeout: secs("HTTP_READ_TIMEOUT_SECS", self.http_read_timeout_secs)?,
             http_write_timeout: secs("HTTP_WRITE_TIMEOUT_SECS", self.http_write_timeout_secs)?,
@@ -1098,7 +1133,7 @@ mod tests {
     #[test]
     fn bad_values_are_refused_by_name() {
         let base = ["--openai-url", "ws://127.0.0.1:9/"];
-        let cases: [(&[&str], &str); 17] = [
+        let cases: [(&[&str], &str); 24] = [
             (
                 &["--drain-accept-secs", "30", "--drain-timeout-secs", "20"],
                 "DRAIN_ACCEPT_SECS",
@@ -1112,6 +1147,13 @@ mod tests {
                 "HTTP_WRITE_TIMEOUT_SECS",
             ),
             (&["--store-cache-mb", "0"], "STORE_CACHE_MB"),
+            (&["--retention", "30"], "RETENTION"),
+            (&["--retention", "2w"], "RETENTION"),
+            (&["--retention", "0m"], "RETENTION"),
+            (&["--retention", "99999d"], "RETENTION"),
+            (&["--store-max-bytes", "12X"], "STORE_MAX_BYTES"),
+            (&["--store-max-bytes", "1000"], "STORE_MAX_BYTES"),
+            (&["--store-engine", "rocksdb"], "STORE_ENGINE"),
             (&["--store-cache-mb", "100000"], "STORE_CACHE_MB"),
             (&["--store-flush-ms", "0"], "STORE_FLUSH_MS"),
             (&["--openai-pool-max", "5000"], "OPENAI_POOL_MAX"),
@@ -1145,6 +1187,9 @@ mod tests {
             cfg.store_cache_bytes,
             crate::store::DEFAULT_CACHE_MB * 1024 * 1024
         );
+        assert_eq!(cfg.retention, Some(crate::store::DEFAULT_RETENTION));
+        assert_eq!(cfg.store_max_bytes, None);
+        assert_eq!(cfg.store_engine, crate::store::engine::EngineKind::Redb);
         assert!(cfg.workers >= 1);
         let cfg = parse(&[
             "--openai-url",

@@ -16,7 +16,8 @@
 //! - [`lifecycle`]: where the server is in its life (running, draining, closed).
 //! - [`limits`]: process limits raised at start (open files).
 //! - [`metrics`]: the Prometheus recorder, metric names, and the per-call meter drivers feed.
-//! - [`store`]: agents, number routes, call records and conversations (one writer thread).
+//! - [`store`]: agents, number routes, call records and conversations in redb (one writer
+//!   thread, retention, a size cap).
 //! - [`openai`]: the Realtime connection, the pool of warm ones, the breaker.
 //! - [`front`]: the routes (webhooks, media-stream upgrades, health, admin), sans-IO.
 //! - [`runtime`]: the IO drivers (tokio/epoll, and io_uring thread per core) under one

@@ -100,6 +100,16 @@ pub const DRAINING: &str = "callbridge_draining";
 pub const DRAIN_CALLS_LEFT: &str = "callbridge_drain_calls_left";
 /// Open HTTP connections, calls' streams included (gauge, set at scrape time).
 pub const HTTP_CONNECTIONS: &str = "callbridge_http_connections";
+/// Store: engine writes that failed, by `error` (`disk_full`, `io`, `other`); the writer keeps
+/// what it could not write and tries again (counter; recorded by `store/`).
+pub const STORE_WRITE_ERRORS: &str = "callbridge_store_write_errors_total";
+/// Store: items dropped by the writer because writes kept failing (counter; recorded by
+/// `store/`; each is also in its call's `itemsLost`).
+pub const STORE_ITEMS_UNWRITTEN: &str = "callbridge_store_items_unwritten_total";
+/// Store: whole calls deleted, by `reason` (`retention`, `max_bytes`) (counter).
+pub const STORE_CALLS_DELETED: &str = "callbridge_store_calls_deleted_total";
+/// Store: bytes a full export of the store holds (gauge; recorded by `store/`).
+pub const STORE_LOGICAL_BYTES: &str = "callbridge_store_logical_bytes";
 /// Process CPU time, user + system (counter, from `/proc/self/stat`).
 pub const PROCESS_CPU: &str = "callbridge_process_cpu_seconds_total";
 /// Process resident memory (gauge, from `/proc/self/status`).
@@ -135,6 +145,10 @@ pub const ALL_METRICS: &[&str] = &[
     HTTP_CONNECTIONS,
     DRAINING,
     DRAIN_CALLS_LEFT,
+    STORE_WRITE_ERRORS,
+    STORE_ITEMS_UNWRITTEN,
+    STORE_CALLS_DELETED,
+    STORE_LOGICAL_BYTES,
     PROCESS_CPU,
     PROCESS_RSS,
     PROCESS_OPEN_FDS,
@@ -473,12 +487,32 @@ fn describe_all() {
     describe_counter!(
         STORE_ITEMS_WRITTEN,
         Unit::Count,
-        "Items written to sled by the store writer thread."
+        "Conversation items written by the store writer thread."
     );
     describe_histogram!(
         STORE_WRITE,
         Unit::Seconds,
         "Time the store writer took for one batch."
+    );
+    describe_counter!(
+        STORE_WRITE_ERRORS,
+        Unit::Count,
+        "Store writes that failed, by error (disk_full, io, other); the writer keeps them and retries every second."
+    );
+    describe_counter!(
+        STORE_ITEMS_UNWRITTEN,
+        Unit::Count,
+        "Conversation items the store writer dropped because writes kept failing (also in the calls' itemsLost)."
+    );
+    describe_counter!(
+        STORE_CALLS_DELETED,
+        Unit::Count,
+        "Whole calls deleted from the store, by reason (retention, max_bytes)."
+    );
+    describe_gauge!(
+        STORE_LOGICAL_BYTES,
+        Unit::Bytes,
+        "Bytes a full export of the store (/api/admin/calls.jsonl) holds."
     );
 }
 

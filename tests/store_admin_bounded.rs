@@ -125,6 +125,9 @@ async fn big_exports_and_listings_come_in_bounded_parts_and_never_stall_a_call()
             ("DATA_DIR", dir_s.as_str()),
             ("ADMIN_TOKEN", ADMIN_TOKEN),
             ("WORKERS", "1"),
+            // The calls are from 2023: the default RETENTION (30 days) would delete them while
+            // the test exports them.
+            ("RETENTION", "0"),
         ],
     );
     let addr = proxy.addr;

@@ -3,44 +3,11 @@
 
 mod common;
 
-use std::path::Path;
-use std::process::{Command, Output};
 use std::time::Duration;
 
 use callbridge_testkit::sim::webhook::sid;
-use common::store::ADMIN_TOKEN;
+use common::store::{cli, fails, ok, ADMIN_TOKEN};
 use common::{temp_data_dir, webhook, Proxy, AUTH_TOKEN};
-
-fn cli(data_dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Output {
-    let mut cmd = Command::new(common::callbridge_bin());
-    cmd.args(args)
-        .env_clear()
-        .env("DATA_DIR", data_dir)
-        .env("NO_COLOR", "1");
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    cmd.output().expect("run callbridge")
-}
-
-fn ok(out: &Output) -> String {
-    assert!(
-        out.status.success(),
-        "failed: {}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn fails(out: &Output) -> String {
-    assert!(
-        !out.status.success(),
-        "should fail: {}",
-        String::from_utf8_lossy(&out.stdout)
-    );
-    String::from_utf8_lossy(&out.stderr).into_owned()
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_cli_works_on_the_store_directly_and_through_a_running_server() {

@@ -4,8 +4,11 @@
 //! Every command is an admin API request (method, path, body). With `--server URL` it goes to
 //! the running server over HTTP (with `ADMIN_TOKEN`); without, the store in `DATA_DIR` is opened
 //! directly and the same request is answered in-process by [`callbridge::front::admin::route`], so
-//! both modes give the same answers and the same error messages. sled allows one process per
-//! store: when a server holds it, the direct mode says to use `--server`.
+//! both modes give the same answers and the same error messages. The engine allows one process
+//! per store: when a server holds it, the direct mode says to use `--server`.
+//!
+//! `callbridge store migrate --from-sled DIR` copies a store of the engine callbridge used
+//! before issue 13 (sled) into the current one.
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -31,6 +34,67 @@ pub struct Target {
     /// Admin API token (with --server).
     #[arg(long, global = true, env = "ADMIN_TOKEN", hide_env_values = true)]
     pub admin_token: Option<String>,
+    /// The store's engine, opened directly when no --server is given (as `serve` has it).
+    #[arg(long, global = true, env = "STORE_ENGINE", default_value = "redb")]
+    pub store_engine: String,
+}
+
+/// `callbridge store …`
+#[derive(clap::Args, Debug)]
+pub struct StoreArgs {
+    #[command(subcommand)]
+    cmd: StoreCmd,
+}
+
+#[derive(clap::Subcommand, Debug)]
+enum StoreCmd {
+    /// Copy a sled store (callbridge before issue 13) into the current engine in --data-dir.
+    Migrate {
+        /// The sled store's directory (the old DATA_DIR).
+        #[arg(long)]
+        from_sled: PathBuf,
+        /// Where the new store goes: an empty directory, or the sled directory itself.
+        #[arg(long, env = "DATA_DIR", default_value = "./data")]
+        data_dir: PathBuf,
+    },
+}
+
+/// `callbridge store migrate --from-sled DIR`: copies the old store and prints what it copied.
+pub fn store(args: StoreArgs) -> anyhow::Result<()> {
+    match args.cmd {
+        StoreCmd::Migrate {
+            from_sled,
+            data_dir,
+        } => {
+            let kind = callbridge::store::engine::EngineKind::default();
+            let m = callbridge::store::migrate::from_sled(
+                &from_sled,
+                &data_dir,
+                kind,
+                callbridge::store::DEFAULT_CACHE_MB * 1024 * 1024,
+            )
+            .with_context(|| {
+                format!(
+                    "migrating {} into {}",
+                    from_sled.display(),
+                    data_dir.display()
+                )
+            })?;
+            println!(
+                "copied {} agents, {} numbers, {} calls ({} in progress), {} items ({} bytes of export) from {} (sled) into {} ({})",
+                m.agents,
+                m.numbers,
+                m.calls,
+                m.in_progress,
+                m.items,
+                m.logical_bytes,
+                from_sled.display(),
+                data_dir.display(),
+                kind.name()
+            );
+            Ok(())
+        }
+    }
 }
 
 /// `callbridge agents …`
@@ -190,7 +254,15 @@ fn send(target: &Target, call: Call) -> anyhow::Result<Value> {
 }
 
 fn direct(target: &Target, call: &Call) -> anyhow::Result<(u16, Vec<u8>)> {
-    let store = match Store::open(&target.data_dir, StoreOptions::default()) {
+    let engine = callbridge::store::engine::EngineKind::parse(&target.store_engine)
+        .map_err(|why| anyhow::anyhow!("STORE_ENGINE: {why}"))?;
+    // Reads and admin writes only: no retention from here (the server deletes old calls).
+    let opts = StoreOptions {
+        engine,
+        retention: None,
+        ..StoreOptions::default()
+    };
+    let store = match Store::open(&target.data_dir, opts) {
         Ok(s) => s,
         Err(StoreError::Locked(dir)) => bail!(
             "the store at {} is locked by a running callbridge: use its admin API with --server http://HOST:PORT (or CALLBRIDGE_SERVER) and ADMIN_TOKEN",

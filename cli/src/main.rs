@@ -41,6 +41,8 @@ enum Command {
     Numbers(admin_cli::NumbersArgs),
     /// Call records: list [filters], show CALLSID [--json].
     Calls(admin_cli::CallsArgs),
+    /// The store itself: migrate --from-sled DIR.
+    Store(admin_cli::StoreArgs),
 }
 
 fn init_logging(filter: &str) {
@@ -82,6 +84,7 @@ fn main() -> anyhow::Result<()> {
         Command::Agents(a) => return admin_cli::agents(a),
         Command::Numbers(a) => return admin_cli::numbers(a),
         Command::Calls(a) => return admin_cli::calls(a),
+        Command::Store(a) => return admin_cli::store(a),
         other => other,
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -94,7 +97,7 @@ fn main() -> anyhow::Result<()> {
         Command::MockOpenai(args) => runtime.block_on(demo::mock_openai(args)),
         #[cfg(feature = "demo")]
         Command::Demo => runtime.block_on(demo::demo()),
-        Command::Agents(_) | Command::Numbers(_) | Command::Calls(_) => {
+        Command::Agents(_) | Command::Numbers(_) | Command::Calls(_) | Command::Store(_) => {
             unreachable!("handled above")
         }
     }

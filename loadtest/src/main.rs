@@ -10,10 +10,13 @@
 //! - `proxy`: spawning or attaching the proxy; loopback only.
 //! - `procstat`: CPU and RSS from `/proc`.
 //! - `run`: one fixed-N run; `report`: the report, its verdict, table and JSON.
+//! - `soak`: calls coming and going for a long time; RSS, fds, threads and disk sampled, slopes
+//!   fitted (`fit`, Theil–Sen) and judged.
 //! - `direct`: the floor: callers against the mock with callbridge's core in-process, no proxy.
 //! - `relay_floor`: the loopback relay floor: a minimal relay per IO model, no callbridge.
 
 mod direct;
+mod fit;
 mod hist;
 mod probe;
 mod procstat;
@@ -23,6 +26,7 @@ mod relay_floor;
 mod report;
 mod run;
 mod scenario;
+mod soak;
 mod tags;
 
 use std::net::SocketAddr;
@@ -37,7 +41,6 @@ use callbridge_testkit::mock::server::{MockServer, MockServerConfig};
 
 use crate::probe::{tap_factory, Shared, SharedSlot};
 use crate::proxy::{parse_env_pair, require_loopback, Proxy, SpawnSpec};
-use crate::report::Report;
 use crate::run::{RunSpec, Target};
 
 /// Hard cap on concurrent calls (each holds ~4 descriptors across the processes and a task).
@@ -45,6 +48,9 @@ const MAX_CALLS: u32 = 20_000;
 
 /// Hard cap on a run's duration.
 const MAX_DURATION: Duration = Duration::from_secs(3600);
+
+/// Hard cap on a soak's duration (a week: the point is to run long).
+const MAX_SOAK_DURATION: Duration = Duration::from_secs(7 * 24 * 3600);
 
 /// Ramp steps at most.
 const MAX_RAMP_STEPS: u32 = 100;
@@ -63,6 +69,10 @@ enum Command {
     Run(RunArgs),
     /// Raise N step by step until the p99 budget breaks; report the largest N within it.
     Ramp(RampArgs),
+    /// Calls coming and going for a long time (each a random 30–180 s, replaced when it ends):
+    /// samples the server's RSS, fds, threads and DATA_DIR every 10 s, fits the slopes and fails
+    /// past the limits (README "Soak").
+    Soak(SoakArgs),
     /// The loopback relay floor: what a minimal relay (epoll, tokio, io_uring) costs per frame
     /// with this traffic shape (README "The loopback relay floor").
     RelayFloor(relay_floor::FloorArgs),
@@ -115,6 +125,124 @@ struct RampArgs {
 }
 
 #[derive(Args)]
+struct SoakArgs {
+    /// Concurrent calls (each slot gets a new call when its call ends).
+    #[arg(long, default_value_t = 200)]
+    calls: u32,
+    /// How long new calls keep coming (e.g. 30m); the last ones end by then.
+    #[arg(long, default_value = "30m", value_parser = parse_duration)]
+    duration: Duration,
+    /// Shortest call.
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    call_min: Duration,
+    /// Longest call.
+    #[arg(long, default_value = "180s", value_parser = parse_duration)]
+    call_max: Duration,
+    /// The first calls start evenly spread over this (default: min(10 s, duration / 10)).
+    #[arg(long, value_parser = parse_duration)]
+    ramp_up: Option<Duration>,
+    /// Sample interval.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    sample_every: Duration,
+    /// Progress line interval.
+    #[arg(long, default_value = "60s", value_parser = parse_duration)]
+    print_every: Duration,
+    /// Seed of the call lengths.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Fit the slopes from this time to the end (default: the second half).
+    #[arg(long, value_parser = parse_duration)]
+    slope_from: Option<Duration>,
+    /// Fail when RSS grows faster than this over the slope window, KiB/s.
+    #[arg(long, default_value_t = 0.5)]
+    max_rss_slope_kib_s: f64,
+    /// Compare RSS at the end with RSS at this time (default: a third of the duration).
+    #[arg(long, value_parser = parse_duration)]
+    rss_growth_from: Option<Duration>,
+    /// Fail when RSS at the end exceeds RSS at --rss-growth-from by more than this, MiB.
+    #[arg(long, default_value_t = 3.0)]
+    max_rss_growth_mib: f64,
+    /// Fail when DATA_DIR holds more than this many times the logical bytes at the end.
+    #[arg(long, default_value_t = 3.0)]
+    max_disk_ratio: f64,
+    /// Fail when DATA_DIR grows faster than this over the slope window, KiB/s (off by default:
+    /// without a retention the store grows with the data).
+    #[arg(long)]
+    max_disk_slope_kib_s: Option<f64>,
+    /// The server's RETENTION (e.g. 2m): passed to it, and calls placed longer ago may be
+    /// missing from the records at the end.
+    #[arg(long, value_parser = parse_duration)]
+    retention: Option<Duration>,
+    #[command(flatten)]
+    common: Common,
+}
+
+impl SoakArgs {
+    /// The spec, with defaults filled in and every bound checked.
+    fn spec(&self) -> anyhow::Result<soak::SoakSpec> {
+        let d = self.duration;
+        if d < Duration::from_secs(60) || d > MAX_SOAK_DURATION {
+            bail!("--duration must be between 1 min and {MAX_SOAK_DURATION:?}");
+        }
+        if self.call_min < Duration::from_secs(1)
+            || self.call_min > self.call_max
+            || self.call_max > MAX_DURATION
+        {
+            bail!("need 1 s ≤ --call-min ≤ --call-max ≤ {MAX_DURATION:?}");
+        }
+        if self.sample_every < Duration::from_secs(1) || self.sample_every > d / 4 {
+            bail!("--sample-every must be between 1 s and a quarter of --duration");
+        }
+        let ramp_up = self
+            .ramp_up
+            .unwrap_or_else(|| Duration::from_secs(10).min(d / 10));
+        if ramp_up > d / 2 {
+            bail!("--ramp-up must be at most half of --duration");
+        }
+        let slope_from = self.slope_from.unwrap_or(d / 2);
+        let growth_from = self.rss_growth_from.unwrap_or(d / 3);
+        if slope_from + 4 * self.sample_every > d || growth_from >= d {
+            bail!("--slope-from and --rss-growth-from must leave samples before the end of --duration");
+        }
+        if self.retention.is_some_and(|r| r < Duration::from_secs(1)) {
+            bail!("--retention must be at least 1 s");
+        }
+        for (name, v) in [
+            ("--max-rss-slope-kib-s", self.max_rss_slope_kib_s),
+            ("--max-rss-growth-mib", self.max_rss_growth_mib),
+            ("--max-disk-ratio", self.max_disk_ratio),
+            (
+                "--max-disk-slope-kib-s",
+                self.max_disk_slope_kib_s.unwrap_or(0.0),
+            ),
+        ] {
+            if !v.is_finite() || v < 0.0 {
+                bail!("{name} must be a number ≥ 0");
+            }
+        }
+        Ok(soak::SoakSpec {
+            calls: self.calls,
+            duration_s: d.as_secs_f64(),
+            ramp_up_s: ramp_up.as_secs_f64(),
+            call_min_s: self.call_min.as_secs_f64(),
+            call_max_s: self.call_max.as_secs_f64(),
+            sample_every_s: self.sample_every.as_secs_f64(),
+            print_every_s: self.print_every.as_secs_f64(),
+            seed: self.seed,
+            limits: soak::Limits {
+                slope_from_s: slope_from.as_secs_f64(),
+                max_rss_slope_kib_s: self.max_rss_slope_kib_s,
+                rss_growth_from_s: growth_from.as_secs_f64(),
+                max_rss_growth_mib: self.max_rss_growth_mib,
+                max_disk_ratio: self.max_disk_ratio,
+                max_disk_slope_kib_s: self.max_disk_slope_kib_s,
+                retention_s: self.retention.map(|r| r.as_secs_f64()),
+            },
+        })
+    }
+}
+
+#[derive(Args, Clone)]
 struct Common {
     /// The callbridge binary to spawn (default: `callbridge` next to this binary).
     #[arg(long)]
@@ -209,6 +337,7 @@ fn common(cli: &Cli) -> &Common {
     match &cli.command {
         Command::Run(a) => &a.common,
         Command::Ramp(a) => &a.common,
+        Command::Soak(a) => &a.common,
         Command::RelayFloor(_) => unreachable!("relay-floor has no common options"),
     }
 }
@@ -253,13 +382,22 @@ async fn async_main(cli: Cli) -> anyhow::Result<bool> {
     let max_calls = match &cli.command {
         Command::Run(a) => a.calls,
         Command::Ramp(a) => a.max,
+        Command::Soak(a) => a.calls,
         Command::RelayFloor(_) => unreachable!("handled in main"),
     };
     if max_calls == 0 || max_calls > MAX_CALLS {
         bail!("calls must be between 1 and {MAX_CALLS}");
     }
+    if let Command::Soak(a) = &cli.command {
+        return soak_main(a).await;
+    }
     let slot: SharedSlot = Arc::new(Mutex::new(Arc::new(Shared::default())));
-    let (mut target, mut proxy) = setup(c, &slot, max_calls).await?;
+    let opts = SetupOptions {
+        max_calls,
+        tap: true,
+        admin_token: None,
+    };
+    let (mut target, mut proxy) = setup(c, &slot, &opts).await?;
     let progress = (!c.progress.is_zero()).then_some(c.progress);
     let json = c.json;
     match cli.command {
@@ -291,12 +429,67 @@ async fn async_main(cli: Cli) -> anyhow::Result<bool> {
                     eprintln!("the server's last log lines (warnings and errors):\n{tail}");
                 }
             }
-            print_report(&report, json)?;
+            print_report(&report.table(), &report, json)?;
             Ok(report.passed())
         }
         Command::Ramp(a) => ramp(&mut target, &a, progress, json).await,
+        Command::Soak(_) => unreachable!("handled above"),
         Command::RelayFloor(_) => unreachable!("handled in main"),
     }
+}
+
+/// The soak: spawns the server (it measures its DATA_DIR and reads its admin export), runs,
+/// prints the report, and passes or fails.
+async fn soak_main(a: &SoakArgs) -> anyhow::Result<bool> {
+    let c = &a.common;
+    if c.direct || c.target.is_some() {
+        bail!("soak needs a server it spawns: it measures the server's DATA_DIR and reads its admin export (drop --direct / --target)");
+    }
+    let spec = a.spec()?;
+    let admin_token = format!("soak-admin-{}", std::process::id());
+    let mut c = c.clone();
+    if let Some(r) = a.retention {
+        c.server_env
+            .push(("RETENTION".to_owned(), format!("{}s", r.as_secs().max(1))));
+    }
+    let c = &c;
+    let slot: SharedSlot = Arc::new(Mutex::new(Arc::new(Shared::default())));
+    let opts = SetupOptions {
+        max_calls: a.calls,
+        tap: false,
+        admin_token: Some(admin_token.clone()),
+    };
+    let (target, proxy) = setup(c, &slot, &opts).await?;
+    let mut proxy = proxy.context("the soak spawns its server")?;
+    let data_dir = proxy
+        .data_dir()
+        .context("the spawned server has a DATA_DIR")?
+        .to_path_buf();
+    let t = soak::SoakTarget {
+        addr: target.addr,
+        pid: proxy.pid,
+        data_dir: &data_dir,
+        admin_token: &admin_token,
+        auth_token: target.auth_token.clone(),
+    };
+    eprintln!(
+        "soak: {} concurrent calls of {:.0}–{:.0} s for {:.0} s, sampled every {:.0} s",
+        spec.calls, spec.call_min_s, spec.call_max_s, spec.duration_s, spec.sample_every_s
+    );
+    let mut report = soak::soak(&t, &spec).await?;
+    if !proxy.is_running() {
+        report
+            .problems
+            .push("the server exited during the soak".to_owned());
+    }
+    if !report.passed() {
+        let tail = proxy.log_tail();
+        if !tail.is_empty() {
+            eprintln!("the server's last log lines (warnings and errors):\n{tail}");
+        }
+    }
+    print_report(&report.table(), &report, c.json)?;
+    Ok(report.passed())
 }
 
 fn check_duration(d: Duration) -> anyhow::Result<()> {
@@ -314,12 +507,14 @@ fn ramp_up(given: Option<Duration>, duration: Duration) -> anyhow::Result<Durati
     Ok(r)
 }
 
-fn print_report(report: &Report, json: bool) -> anyhow::Result<()> {
+/// The report's `table` on stdout, or with `json` the report as JSON on stdout and the table on
+/// stderr.
+fn print_report(table: &str, report: &impl serde::Serialize, json: bool) -> anyhow::Result<()> {
     if json {
-        eprint!("{}", report.table());
+        eprint!("{table}");
         println!("{}", serde_json::to_string_pretty(report)?);
     } else {
-        print!("{}", report.table());
+        print!("{table}");
     }
     Ok(())
 }
@@ -331,12 +526,24 @@ fn throwaway_certificate() -> anyhow::Result<(String, String)> {
     Ok((c.cert.pem(), c.signing_key.serialize_pem()))
 }
 
-/// Starts the mock (and the proxy, or the direct facade) and describes the target.
+/// What [`setup`] starts besides the common options.
+struct SetupOptions {
+    /// Calls the run may have at once (the spawned server's `MAX_CALLS` is above it).
+    max_calls: u32,
+    /// Install the frame-checking tap in the mock (the soak checks records, not frames).
+    tap: bool,
+    /// `ADMIN_TOKEN` of the spawned server, when the run reads its admin API.
+    admin_token: Option<String>,
+}
+
+/// Starts the mock (and the proxy, or the direct facade) and describes the target. The one
+/// place that spawns the server and decides how callers sign.
 async fn setup(
     c: &Common,
     slot: &SharedSlot,
-    max_calls: u32,
+    opts: &SetupOptions,
 ) -> anyhow::Result<(Target, Option<Proxy>)> {
+    let max_calls = opts.max_calls;
     let mock_listen = c
         .mock_listen
         .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 0)));
@@ -350,7 +557,7 @@ async fn setup(
     // (the integration tests run the strict one).
     mock_cfg.session.validate_client = Arc::new(callbridge_testkit::mock::basic_client_check);
     mock_cfg.session.keep_records = false;
-    mock_cfg.session.tap = Some(tap_factory(Arc::clone(slot)));
+    mock_cfg.session.tap = opts.tap.then(|| tap_factory(Arc::clone(slot)));
     if c.direct {
         let facade = direct::Facade::start(mock_cfg.session.clone()).await?;
         let target = Target {
@@ -408,6 +615,7 @@ async fn setup(
                 cpus: c.server_cpus.clone(),
                 openai_url: mock.url(),
                 auth_token: c.auth_token.clone(),
+                admin_token: opts.admin_token.clone(),
                 max_calls: max_calls.saturating_add(100).max(2000),
                 extra_env: server_env,
             };

@@ -1,4 +1,5 @@
-//! CPU time and resident memory of a process, from `/proc/PID/stat` and `/proc/PID/status`.
+//! CPU time, resident memory, threads and open descriptors of a process, from `/proc/PID/stat`,
+//! `/proc/PID/status` and `/proc/PID/fd`.
 
 use std::time::Duration;
 
@@ -29,6 +30,27 @@ pub fn sample(pid: &str) -> anyhow::Result<ProcSample> {
     Ok(ProcSample { cpu, rss_bytes })
 }
 
+/// What a process holds besides memory: the soak's leak signals.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Handles {
+    /// Open file descriptors (entries of `/proc/PID/fd`).
+    pub fds: u64,
+    /// Threads (`Threads:` of `/proc/PID/status`).
+    pub threads: u64,
+}
+
+/// Reads the descriptors and threads of `/proc/{pid}`.
+pub fn handles(pid: &str) -> anyhow::Result<Handles> {
+    let fds = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .with_context(|| format!("listing /proc/{pid}/fd"))?
+        .count() as u64;
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .with_context(|| format!("reading /proc/{pid}/status"))?;
+    let threads = status_field(&status, "Threads:")
+        .with_context(|| format!("no Threads in /proc/{pid}/status"))?;
+    Ok(Handles { fds, threads })
+}
+
 /// `utime + stime` (fields 14 and 15) of a `/proc/PID/stat` line. The command name (field 2)
 /// is in parentheses and may contain spaces, so fields are counted after the last `)`.
 fn parse_stat_cpu(stat: &str) -> Option<Duration> {
@@ -42,9 +64,13 @@ fn parse_stat_cpu(stat: &str) -> Option<Duration> {
 
 /// `VmRSS` of `/proc/PID/status`, bytes.
 fn parse_status_rss(status: &str) -> Option<u64> {
-    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
-    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kib * 1024)
+    Some(status_field(status, "VmRSS:")? * 1024)
+}
+
+/// The first number after `name` (e.g. `VmRSS:`) in `/proc/PID/status`.
+fn status_field(status: &str, name: &str) -> Option<u64> {
+    let line = status.lines().find(|l| l.starts_with(name))?;
+    line.split_whitespace().nth(1)?.parse().ok()
 }
 
 #[cfg(test)]
@@ -69,5 +95,16 @@ mod tests {
     fn this_process_can_be_sampled() {
         let s = sample("self").unwrap();
         assert!(s.rss_bytes > 0);
+        // (Other tests open and close files meanwhile: only lower bounds hold.)
+        let _f = std::fs::File::open("/proc/self/status").unwrap();
+        let h = handles("self").unwrap();
+        assert!(h.threads >= 1 && h.fds >= 4, "{h:?}: stdio and the file");
+    }
+
+    #[test]
+    fn threads_from_status() {
+        let s = "Name:\tx\nThreads:\t7\nVmRSS:\t 1 kB\n";
+        assert_eq!(status_field(s, "Threads:"), Some(7));
+        assert_eq!(status_field("Name: x\n", "Threads:"), None);
     }
 }

@@ -43,6 +43,8 @@ pub struct SpawnSpec {
     pub auth_token: Option<String>,
     /// `MAX_CALLS` (above the run's concurrency so no caller gets the fallback).
     pub max_calls: u32,
+    /// `ADMIN_TOKEN`, if the load test reads the admin API (the soak's export).
+    pub admin_token: Option<String>,
     /// Extra `KEY=VALUE` environment (e.g. `RUNTIME=uring`), applied last.
     pub extra_env: Vec<(String, String)>,
 }
@@ -132,6 +134,9 @@ impl Proxy {
                 cmd.env("ALLOW_UNSIGNED_WEBHOOKS", "true");
             }
         }
+        if let Some(token) = &spec.admin_token {
+            cmd.env("ADMIN_TOKEN", token);
+        }
         for (k, v) in &spec.extra_env {
             cmd.env(k, v);
         }
@@ -220,6 +225,11 @@ impl Proxy {
             log: Arc::default(),
             data_dir: None,
         })
+    }
+
+    /// The spawned server's `DATA_DIR` (`None` for an attached one).
+    pub fn data_dir(&self) -> Option<&Path> {
+        self.data_dir.as_deref()
     }
 
     /// Whether a spawned server is still running (an attached one is assumed to be).

@@ -13,7 +13,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
-use callbridge_testkit::sim::webhook::{parse_response, write_request};
+use callbridge_testkit::sim::webhook::{write_request, HttpResponse};
 use serde::Serialize;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -78,26 +78,83 @@ pub async fn scrape_or_note(addr: SocketAddr) -> Option<Scrape> {
     }
 }
 
-async fn get_metrics(addr: SocketAddr) -> anyhow::Result<String> {
-    let mut req = Vec::new();
-    write_request(&mut req, "GET", &addr.to_string(), "/metrics", &[], b"");
-    let fetch = async {
-        let mut s = TcpStream::connect(addr).await?;
-        s.write_all(&req).await?;
-        let mut raw = Vec::new();
-        s.read_to_end(&mut raw).await?;
-        anyhow::Ok(raw)
-    };
-    let raw = tokio::time::timeout(Duration::from_secs(5), fetch)
-        .await
-        .context("GET /metrics timed out")??;
-    let resp = parse_response(&raw, true)
-        .map_err(|e| anyhow::anyhow!("GET /metrics: {e:?}"))?
-        .context("GET /metrics: incomplete answer")?;
+/// How long a `/metrics` scrape may take.
+const SCRAPE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// `GET /metrics` from the server at `addr`: the text exposition.
+pub async fn get_metrics(addr: SocketAddr) -> anyhow::Result<String> {
+    let resp = http_get(addr, "/metrics", &[], SCRAPE_TIMEOUT).await?;
     if resp.status != 200 {
         bail!("GET /metrics answered {}", resp.status);
     }
     String::from_utf8(resp.body).context("GET /metrics: not UTF-8")
+}
+
+/// Largest answer [`http_get`] reads: an admin export part is at most 8 MiB
+/// (`EXPORT_MAX_BYTES`) plus the line that crossed it.
+pub const MAX_ANSWER_BYTES: usize = 64 * 1024 * 1024;
+
+/// One `GET path` to the server at `addr` (one request per connection, `Connection: close`),
+/// within `timeout`. Bodies up to [`MAX_ANSWER_BYTES`] (the simulator's webhook client stops at
+/// 1 MiB, too little for an export part).
+pub async fn http_get(
+    addr: SocketAddr,
+    path: &str,
+    headers: &[(&str, &str)],
+    timeout: Duration,
+) -> anyhow::Result<HttpResponse> {
+    let mut req = Vec::new();
+    write_request(&mut req, "GET", &addr.to_string(), path, headers, b"");
+    let fetch = async {
+        let mut s = TcpStream::connect(addr).await?;
+        s.write_all(&req).await?;
+        let mut raw = Vec::new();
+        (&mut s)
+            .take(MAX_ANSWER_BYTES as u64 + 1)
+            .read_to_end(&mut raw)
+            .await?;
+        anyhow::Ok(raw)
+    };
+    let raw = tokio::time::timeout(timeout, fetch)
+        .await
+        .with_context(|| format!("GET {path} timed out after {timeout:?}"))??;
+    if raw.len() > MAX_ANSWER_BYTES {
+        bail!("GET {path}: the answer is larger than {MAX_ANSWER_BYTES} bytes");
+    }
+    parse_answer(raw).with_context(|| format!("GET {path}"))
+}
+
+/// Splits a whole `Connection: close` answer into status, headers and body (the body must be
+/// as long as its `Content-Length`, when there is one).
+fn parse_answer(raw: Vec<u8>) -> anyhow::Result<HttpResponse> {
+    let head_end = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .context("no end of the head")?;
+    let head = std::str::from_utf8(&raw[..head_end]).context("head not UTF-8")?;
+    let mut lines = head.split("\r\n");
+    let status: u16 = lines
+        .next()
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|c| c.parse().ok())
+        .context("no status code")?;
+    let headers: Vec<(String, String)> = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()))
+        .collect();
+    let body = raw[head_end + 4..].to_vec();
+    let resp = HttpResponse {
+        status,
+        headers,
+        body,
+    };
+    if let Some(len) = resp.header("content-length") {
+        let len: usize = len.parse().context("bad Content-Length")?;
+        if len != resp.body.len() {
+            bail!("{} body bytes for Content-Length {len}", resp.body.len());
+        }
+    }
+    Ok(resp)
 }
 
 /// The `NAME_bucket{le="…"} N` lines of `name` in a Prometheus text exposition.
@@ -218,6 +275,18 @@ mod tests {
         assert_eq!(b.p999_le_ms, None);
         assert_eq!(b.over_5ms, 1);
         assert_eq!(bounds(&Vec::new()).p99_le_ms, None);
+    }
+
+    #[test]
+    fn answers_split_into_status_headers_and_a_body_of_its_length() {
+        let raw =
+            b"HTTP/1.1 200 OK\r\nX-Next-Cursor: ab12\r\nContent-Length: 5\r\n\r\nhello".to_vec();
+        let r = parse_answer(raw).unwrap();
+        assert_eq!((r.status, r.header("x-next-cursor")), (200, Some("ab12")));
+        assert_eq!(r.body, b"hello");
+        let short = b"HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\nhello".to_vec();
+        assert!(parse_answer(short).is_err(), "a cut answer is an error");
+        assert!(parse_answer(b"HTTP/1.1 200".to_vec()).is_err());
     }
 
     #[test]

@@ -366,6 +366,9 @@ fn open_store(cfg: &Config) -> anyhow::Result<Store> {
     let opts = StoreOptions {
         flush_every: cfg.store_flush,
         cache_bytes: cfg.store_cache_bytes,
+        engine: cfg.store_engine,
+        retention: cfg.retention,
+        max_bytes: cfg.store_max_bytes,
         config_agent: Arc::clone(&cfg.agent),
         ..StoreOptions::default()
     };

@@ -14,12 +14,14 @@
 //! | `Ended` | record `completed` (Twilio `stop`), `fallback` (AI leg failed: the caller goes to the conference), else `failed`; end reason; `itemsLost` |
 //!
 //! Nothing here waits: every op is a [`Store::enqueue`]. A dropped op (queue full) is counted
-//! here and reported in the record's `itemsLost` when the call ends.
+//! here and reported in the record's `itemsLost` when the call ends: the recorder holds a queue
+//! slot for that final op from the start ([`Store::reserve_end`]), so it is never the one
+//! dropped.
 
 use std::sync::Arc;
 
 use super::model::{CallStatus, ItemKind};
-use super::{unix_ms, Op, RecordChange, Store};
+use super::{unix_ms, EndSlot, Op, RecordChange, Store};
 use callbridge_core::bridge::{Call, CallEvent, EndReason};
 
 /// Protocol errors stored as items per call; the rest are only counted.
@@ -29,6 +31,8 @@ pub const MAX_PROTOCOL_ERROR_ITEMS: u32 = 5;
 pub struct CallRecorder {
     store: Option<Store>,
     call_sid: Arc<str>,
+    /// The queue slot of the `Ended` op (given back if the recorder is dropped before it).
+    end_slot: Option<EndSlot>,
     /// Ops dropped because the queue was full.
     lost: u64,
     protocol_errors: u32,
@@ -40,6 +44,7 @@ impl CallRecorder {
         CallRecorder {
             store: store.cloned(),
             call_sid: Arc::from(call_sid),
+            end_slot: store.map(Store::reserve_end),
             lost: 0,
             protocol_errors: 0,
         }
@@ -195,12 +200,24 @@ impl CallRecorder {
                         message: reason.to_string(),
                     });
                 }
-                let items_lost = self.lost;
-                self.record(RecordChange::Ended {
-                    status,
-                    reason: reason.to_string(),
-                    items_lost,
-                });
+                let op = Op::Record {
+                    call_sid: Arc::clone(&self.call_sid),
+                    at_ms: unix_ms(),
+                    change: RecordChange::Ended {
+                        status,
+                        reason: reason.to_string(),
+                        items_lost: self.lost,
+                    },
+                };
+                let sent = match (&self.store, self.end_slot.take()) {
+                    (Some(store), Some(slot)) => store.end(slot, op),
+                    // A second end (not expected): an ordinary op.
+                    (Some(store), None) => store.enqueue(op),
+                    (None, _) => true,
+                };
+                if !sent {
+                    self.lost += 1;
+                }
             }
             _ => {}
         }

@@ -1,36 +1,50 @@
 //! The one store writer thread: it takes [`Op`]s from the bounded queue, applies them in batches
-//! and makes them durable every flush interval.
+//! and makes them durable every flush interval; between batches it deletes old calls.
 //!
 //! ```text
-//!  call tasks ──try_send(Op)──▶ [ bounded queue, QUEUE_CAPACITY ] ──▶ writer thread
-//!                                                                   apply ≤ MAX_BATCH ops
-//!                                                                   items: inserted as applied
-//!                                                                   records: once per batch
-//!                                                                   flush every flush interval
+//!  call tasks ──Op──▶ [ bounded queue, QUEUE_CAPACITY ] ──▶ writer thread
+//!                                                          apply ≤ MAX_BATCH ops to its state
+//!                                                          stage: items as applied, records
+//!                                                            once per batch, index entries,
+//!                                                            the logical byte count
+//!                                                          write: one atomic engine batch,
+//!                                                            durable every flush interval
+//!                                                          retention: ≤ MAX_DELETE_KEYS deletes
 //! ```
 //!
 //! A record whose status, ids, usage or interruptions changed is written with its batch; one
 //! that only gained items (its `items` count) is written at the next flush, so a busy call costs
-//! one record write per flush interval rather than one per item (this doubled the sustained
-//! append rate).
+//! one record write per flush interval rather than one per item.
 //!
 //! # Crash-loss bound
-//! The writer applies what is queued at once and flushes (fsync) at most one flush interval after
-//! the first unflushed write. So an op enqueued at `t` is durable by `t + flush + apply time`;
-//! a kill -9 loses at most the ops of the last flush interval (plus the few ms a batch takes).
-//! `tests/store_crash.rs` checks it.
+//! The writer applies what is queued at once (visible to readers) and makes it durable at most
+//! one flush interval after the first write since the last durable one. So an op enqueued at `t`
+//! is durable by `t + flush + apply time`; a kill -9 or a power loss loses at most the ops of the
+//! last flush interval (plus the few ms a batch takes): the engine goes back to its last durable
+//! commit, whole. `tests/store_crash.rs` checks it.
+//!
+//! # A write that fails
+//! What could not be written stays staged and is tried again every [`RETRY_EVERY`] (after the
+//! engine reopened its files: redb refuses everything after an i/o error until then), merged
+//! with what comes meanwhile: a record is staged once whatever its changes, so the final records
+//! of calls that ended during the outage land when the disk has room again. Items staged are
+//! bounded by [`MAX_PENDING_ITEMS`]; past it new items are dropped, counted in
+//! `callbridge_store_items_unwritten_total` and in their call's `itemsLost`. The call path never
+//! notices: it only enqueues.
 //!
 //! Per call the writer keeps the open record, the next item sequence number and the last
 //! assistant items (to mark them interrupted), so the call path only enqueues.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 
+use super::engine::{prefix_end, Batch, Engine, EngineError, Scan, Table, Write};
 use super::model::{CallRecord, CallStatus, ConversationItem, ItemKind};
-use super::{item_key, items_prefix, time_key, Trees};
+use super::{item_key, items_prefix, time_key, unix_ms, LINE_OVERHEAD, META_LOGICAL};
 
 /// Ops applied per batch at most: bounds the time a batch holds the writer (and the histogram
 /// observation) to a few ms, while big enough that sustained appends amortise the batch cost.
@@ -39,6 +53,29 @@ pub const MAX_BATCH: usize = 4096;
 /// Assistant items remembered per open call to mark them interrupted: a barge-in interrupts the
 /// item playing now, which is among the last few.
 const REMEMBERED_ASSISTANT_ITEMS: usize = 16;
+
+/// Keys deleted per retention chunk at most: ~5 ms of engine work on the project's machine, so
+/// the ops queued meanwhile wait no longer than a batch does. A backlog (retention switched on
+/// for a big store) is worked off chunk after chunk while the queue is empty, and one chunk per
+/// [`RETENTION_EVERY`] while it is not.
+pub const MAX_DELETE_KEYS: usize = 1024;
+
+/// Calls taken per retention chunk at most (the oldest first).
+const MAX_DELETE_SCAN: usize = 256;
+
+/// How often retention looks for calls to delete when there is no backlog.
+pub const RETENTION_EVERY: Duration = Duration::from_secs(1);
+
+/// After a failed write, how long before the next try: a full disk is freed by people or by
+/// log rotation, in seconds or minutes; trying every second costs nothing and loses no time.
+pub const RETRY_EVERY: Duration = Duration::from_secs(1);
+
+/// Items staged at most while writes fail (~200 bytes each: a few MB): past it, new items are
+/// dropped and counted (see the module docs). Records are always kept: one per call.
+pub const MAX_PENDING_ITEMS: usize = 16_384;
+
+/// Failed writes logged at most once per this interval (each is counted in the metric).
+const ERROR_LOG_EVERY: Duration = Duration::from_secs(10);
 
 /// What the call path asks the writer to do. Built on the caller's thread (its strings are the
 /// call's own), applied on the writer thread.
@@ -64,6 +101,8 @@ pub enum Op {
     },
     /// Apply everything queued before, flush, then signal (shutdown, tests, admin).
     Flush(Sender<()>),
+    /// Mark the calls a dead process left in progress as failed, flush, and answer how many.
+    Recover(Sender<Result<usize, EngineError>>),
     /// Flush and stop the writer.
     Stop,
 }
@@ -135,50 +174,191 @@ pub enum RecordChange {
     },
 }
 
+/// What the writer's settings are (from [`super::StoreOptions`]).
+#[derive(Debug, Clone, Copy)]
+pub struct WriterConfig {
+    /// Durable at least this often.
+    pub flush_every: Duration,
+    /// Delete calls that started longer ago than this.
+    pub retention: Option<Duration>,
+    /// Delete the oldest calls while the logical bytes exceed this.
+    pub max_bytes: Option<u64>,
+}
+
+/// A record and what of it is stored (or staged).
+struct Known {
+    record: CallRecord,
+    /// `None`: never written.
+    stored: Option<Stored>,
+}
+
+/// The stored form of a record, for the byte count and the open-calls index.
+#[derive(Debug, Clone, Copy)]
+struct Stored {
+    /// Its JSON length.
+    len: u64,
+    /// Whether `calls_open` lists it.
+    open: bool,
+}
+
 /// The state of a call with a started stream, kept until it ends.
 struct OpenCall {
-    record: CallRecord,
+    known: Known,
     next_seq: u32,
-    /// Last assistant transcripts: (item id, the stored item).
-    assistant: Vec<ConversationItem>,
+    /// Last assistant transcripts: the stored item and its JSON length.
+    assistant: Vec<(ConversationItem, u64)>,
     /// Interruptions whose assistant transcript has not arrived yet: (item id, heard ms).
     pending_interrupts: Vec<(String, u64)>,
 }
 
-/// Writer counters and handles (cached: the macros look up the registry on each call).
-pub(crate) struct WriterMetrics {
-    pub(crate) depth: metrics::Gauge,
-    pub(crate) written: metrics::Counter,
-    pub(crate) write_seconds: metrics::Histogram,
+/// Writes staged for the next engine batch: the last write of each key, and what they change
+/// in the logical byte count.
+#[derive(Default)]
+struct Staged {
+    writes: BTreeMap<(Table, Vec<u8>), Option<Vec<u8>>>,
+    /// Item puts among them.
+    items: usize,
+    /// Change of the logical bytes once they are written.
+    delta: i64,
 }
 
-impl WriterMetrics {
-    pub(crate) fn new() -> Self {
-        WriterMetrics {
-            depth: metrics::gauge!(crate::metrics::STORE_QUEUE_DEPTH),
-            written: metrics::counter!(crate::metrics::STORE_ITEMS_WRITTEN),
-            write_seconds: metrics::histogram!(crate::metrics::STORE_WRITE),
+impl Staged {
+    fn put(&mut self, t: Table, k: Vec<u8>, v: Vec<u8>) {
+        let was = self.writes.insert((t, k), Some(v));
+        if t == Table::Items && !matches!(was, Some(Some(_))) {
+            self.items += 1;
+        }
+    }
+
+    fn delete(&mut self, t: Table, k: Vec<u8>) {
+        if let Some(Some(_)) = self.writes.insert((t, k), None) {
+            if t == Table::Items {
+                self.items -= 1;
+            }
+        }
+    }
+
+    /// `Some(value)` (`None` inside: a delete) when `key` is staged.
+    fn get(&self, t: Table, k: &[u8]) -> Option<Option<&[u8]>> {
+        self.writes.get(&(t, k.to_vec())).map(|v| v.as_deref())
+    }
+
+    fn is_empty(&self) -> bool {
+        self.writes.is_empty()
+    }
+
+    fn take_batch(&mut self) -> Batch {
+        let writes = std::mem::take(&mut self.writes)
+            .into_iter()
+            .map(|((t, k), v)| match v {
+                Some(v) => Write::Put(t, k, v),
+                None => Write::Delete(t, k),
+            })
+            .collect();
+        Batch { writes }
+    }
+
+    /// Puts back a batch that could not be written (nothing was staged since it was taken).
+    fn restore(&mut self, batch: Batch) {
+        for w in batch.writes {
+            match w {
+                Write::Put(t, k, v) => self.writes.insert((t, k), Some(v)),
+                Write::Delete(t, k) => self.writes.insert((t, k), None),
+            };
         }
     }
 }
 
+/// The `error` labels of `callbridge_store_write_errors_total`.
+const WRITE_ERROR_KINDS: [&str; 3] = ["disk_full", "io", "other"];
+
+/// Writer counters and handles (cached: the macros look up the registry on each call).
+struct WriterMetrics {
+    depth: metrics::Gauge,
+    written: metrics::Counter,
+    write_seconds: metrics::Histogram,
+    logical: metrics::Gauge,
+    unwritten: metrics::Counter,
+    deleted_retention: metrics::Counter,
+    deleted_size: metrics::Counter,
+}
+
+impl WriterMetrics {
+    fn new() -> Self {
+        use crate::metrics as m;
+        // Every series at zero from the start, so alerts on increase() see the first error.
+        for kind in WRITE_ERROR_KINDS {
+            metrics::counter!(m::STORE_WRITE_ERRORS, "error" => kind).increment(0);
+        }
+        WriterMetrics {
+            depth: metrics::gauge!(m::STORE_QUEUE_DEPTH),
+            written: metrics::counter!(m::STORE_ITEMS_WRITTEN),
+            write_seconds: metrics::histogram!(m::STORE_WRITE),
+            logical: metrics::gauge!(m::STORE_LOGICAL_BYTES),
+            unwritten: counter_at_zero(metrics::counter!(m::STORE_ITEMS_UNWRITTEN)),
+            deleted_retention: counter_at_zero(metrics::counter!(
+                m::STORE_CALLS_DELETED,
+                "reason" => "retention"
+            )),
+            deleted_size: counter_at_zero(metrics::counter!(
+                m::STORE_CALLS_DELETED,
+                "reason" => "max_bytes"
+            )),
+        }
+    }
+
+    fn write_error(e: &EngineError) {
+        let kind = match e {
+            EngineError::DiskFull(_) => WRITE_ERROR_KINDS[0],
+            EngineError::Io(_) | EngineError::NeedsReopen => WRITE_ERROR_KINDS[1],
+            _ => WRITE_ERROR_KINDS[2],
+        };
+        metrics::counter!(crate::metrics::STORE_WRITE_ERRORS, "error" => kind).increment(1);
+    }
+}
+
+fn counter_at_zero(c: metrics::Counter) -> metrics::Counter {
+    c.increment(0);
+    c
+}
+
 /// The writer loop; returns when it gets [`Op::Stop`] or every sender is gone.
-pub(crate) fn run(trees: Trees, rx: Receiver<Op>, flush_every: Duration, m: WriterMetrics) {
+pub(crate) fn run(
+    engine: Arc<dyn Engine>,
+    rx: Receiver<Op>,
+    cfg: WriterConfig,
+    logical: Arc<AtomicU64>,
+) {
+    let m = WriterMetrics::new();
+    m.logical.set(logical.load(Ordering::Acquire) as f64);
     let mut w = Writer {
-        trees,
+        engine,
+        cfg,
         open: HashMap::new(),
         dirty: HashSet::new(),
         counted: HashSet::new(),
         touched: HashMap::new(),
-        records: Vec::new(),
-        index: Vec::new(),
+        recent_seq: HashMap::new(),
+        staged: Staged::default(),
+        committed: logical,
         appended: 0,
+        failing: None,
+        last_error_log: None,
+        last_retention: Instant::now(),
+        retention_backlog: false,
+        m,
     };
     let mut pending: Vec<Op> = Vec::with_capacity(MAX_BATCH);
     let mut flush_due: Option<Instant> = None;
     loop {
-        let first = match flush_due {
-            Some(due) => rx.recv_timeout(due.saturating_duration_since(Instant::now())),
+        // While writes fail, only the next try is due: the flush that failed stays due, and
+        // waking for it would spin.
+        let wake = match w.failing {
+            Some(retry_at) => Some(retry_at),
+            None => [flush_due, w.retention_due()].into_iter().flatten().min(),
+        };
+        let first = match wake {
+            Some(at) => rx.recv_timeout(at.saturating_duration_since(Instant::now())),
             None => rx.recv().map_err(|_| RecvTimeoutError::Disconnected),
         };
         let mut stop = false;
@@ -193,13 +373,15 @@ pub(crate) fn run(trees: Trees, rx: Receiver<Op>, flush_every: Duration, m: Writ
                 Err(_) => break,
             }
         }
-        m.depth.set(rx.len() as f64);
+        w.m.depth.set(rx.len() as f64);
         let started = Instant::now();
         let mut acks = Vec::new();
+        let mut recovers = Vec::new();
         let mut wrote = false;
         for op in pending.drain(..) {
             match op {
                 Op::Flush(ack) => acks.push(ack),
+                Op::Recover(ack) => recovers.push(ack),
                 Op::Stop => stop = true,
                 other => {
                     w.apply(other);
@@ -207,71 +389,116 @@ pub(crate) fn run(trees: Trees, rx: Receiver<Op>, flush_every: Duration, m: Writ
                 }
             }
         }
+        let mut recovered = Ok(0);
+        if !recovers.is_empty() {
+            recovered = w.recover();
+            wrote = true;
+        }
         if wrote {
-            flush_due.get_or_insert(started + flush_every);
+            flush_due.get_or_insert(started + w.cfg.flush_every);
         }
-        let must_flush =
-            stop || !acks.is_empty() || flush_due.is_some_and(|due| Instant::now() >= due);
-        if wrote || must_flush {
-            if let Err(e) = w.commit(must_flush) {
-                tracing::error!("store write failed: {e}");
+        let must_flush = stop
+            || !acks.is_empty()
+            || !recovers.is_empty()
+            || flush_due.is_some_and(|due| Instant::now() >= due);
+        w.stage(must_flush);
+        if w.failing.is_none()
+            && w.retention_due().is_some_and(|at| Instant::now() >= at)
+            && (rx.is_empty() || w.last_retention.elapsed() >= RETENTION_EVERY)
+        {
+            w.retention_chunk(unix_ms());
+            // Deletions are made durable like any write: redb reuses the freed pages only
+            // after a durable commit.
+            if !w.staged.is_empty() {
+                flush_due.get_or_insert(started + w.cfg.flush_every);
             }
-            m.written.increment(w.appended);
-            w.appended = 0;
         }
-        if must_flush && flush_due.is_some() {
-            if let Err(e) = w.trees.db.flush() {
-                tracing::error!("store flush failed: {e}");
-            }
+        let durable = must_flush && flush_due.is_some();
+        let written = if !w.staged.is_empty() || durable {
+            let ok = w.write(durable);
+            w.m.write_seconds.record(started.elapsed().as_secs_f64());
+            ok
+        } else {
+            true
+        };
+        if written && durable {
             flush_due = None;
         }
-        if wrote || must_flush {
-            m.write_seconds.record(started.elapsed().as_secs_f64());
+        for ack in recovers {
+            let answer = match (&recovered, written) {
+                (Ok(n), true) => Ok(*n),
+                (Ok(_), false) => Err(EngineError::Other(
+                    "writing the recovered records failed".into(),
+                )),
+                (Err(e), _) => Err(EngineError::Other(e.to_string())),
+            };
+            let _ = ack.send(answer);
         }
         for ack in acks {
             let _ = ack.send(());
         }
         if stop {
+            if !w.staged.is_empty() {
+                tracing::error!(
+                    writes = w.staged.writes.len(),
+                    "store closed with writes it could not make (the disk is full or failing): they are lost"
+                );
+            }
             return;
         }
     }
 }
 
 struct Writer {
-    trees: Trees,
+    engine: Arc<dyn Engine>,
+    cfg: WriterConfig,
     open: HashMap<Arc<str>, OpenCall>,
     /// Open calls whose record changed in this batch.
     dirty: HashSet<Arc<str>>,
     /// Open calls with new items since their record was last written.
     counted: HashSet<Arc<str>>,
-    /// Records changed in this batch that are not open (ringing, ended): written at commit.
-    touched: HashMap<Arc<str>, CallRecord>,
-    /// Records to write at commit, in order (a later write of a key wins).
-    ///
-    /// Plain inserts, not `sled::Batch`: sled 0.34's `apply_batch` pins the log for atomicity,
-    /// which rolls the io buffer twice and writes it out with a `sync_file_range` even for an
-    /// empty batch, so two batches per writer wake-up cost four small disk writes and wake
-    /// every sled io thread (profiled: ~18% of the proxy's CPU under 300 calls). Nothing needs
-    /// the atomicity: each record is independent, and the flush makes them durable together.
-    records: Vec<(Vec<u8>, Vec<u8>)>,
-    /// `calls_by_time` keys to insert at commit.
-    index: Vec<Vec<u8>>,
+    /// Records changed in this batch that are not open (ringing, ended): staged at commit.
+    touched: HashMap<Arc<str>, Known>,
+    /// Next item sequence number of calls that ended since the last successful write (their
+    /// items may still be staged, not in the engine).
+    recent_seq: HashMap<Arc<str>, u32>,
+    staged: Staged,
+    /// Logical bytes durable or applied in the engine (shared with [`super::Store`]).
+    committed: Arc<AtomicU64>,
     appended: u64,
+    /// `Some(next try)` while writes fail.
+    failing: Option<Instant>,
+    last_error_log: Option<Instant>,
+    last_retention: Instant,
+    /// The last chunk stopped at its bound: more is due at once.
+    retention_backlog: bool,
+    m: WriterMetrics,
 }
 
 impl Writer {
+    /// The value of `key` as it will be once the staged writes land.
+    fn current(&self, t: Table, key: &[u8]) -> Result<Option<Vec<u8>>, EngineError> {
+        match self.staged.get(t, key) {
+            Some(v) => Ok(v.map(<[u8]>::to_vec)),
+            None => self.engine.get(t, key),
+        }
+    }
+
     /// The open call for `sid`, loaded from the store (or created) when not in memory.
     fn open_call(&mut self, sid: &Arc<str>, at_ms: u64) -> &mut OpenCall {
         if !self.open.contains_key(sid) {
-            let record = match self.touched.remove(sid) {
-                Some(r) => r,
+            let known = match self.touched.remove(sid) {
+                Some(k) => k,
                 None => self.load_or_new(sid, at_ms),
             };
-            let next_seq = self.next_seq(sid);
+            let next_seq = match self.recent_seq.remove(sid) {
+                Some(n) => n,
+                None => self.next_seq(sid),
+            };
             self.open.insert(
                 Arc::clone(sid),
                 OpenCall {
-                    record,
+                    known,
                     next_seq,
                     assistant: Vec::new(),
                     pending_interrupts: Vec::new(),
@@ -281,10 +508,19 @@ impl Writer {
         self.open.get_mut(sid).expect("inserted above")
     }
 
-    fn load_or_new(&mut self, sid: &str, at_ms: u64) -> CallRecord {
-        match self.trees.calls.get(sid.as_bytes()) {
+    fn load_or_new(&mut self, sid: &str, at_ms: u64) -> Known {
+        match self.current(Table::Calls, sid.as_bytes()) {
             Ok(Some(bytes)) => match serde_json::from_slice::<CallRecord>(&bytes) {
-                Ok(r) => return r,
+                Ok(record) => {
+                    let open = record.status == CallStatus::InProgress;
+                    return Known {
+                        record,
+                        stored: Some(Stored {
+                            len: bytes.len() as u64,
+                            open,
+                        }),
+                    };
+                }
                 Err(e) => tracing::error!(
                     call_sid = sid,
                     "stored call record unreadable, replacing it: {e}"
@@ -293,34 +529,41 @@ impl Writer {
             Ok(None) => {}
             Err(e) => tracing::error!(call_sid = sid, "reading call record: {e}"),
         }
-        self.index.push(time_key(at_ms, sid));
-        CallRecord::new(sid, CallStatus::Ringing, at_ms)
+        Known {
+            record: CallRecord::new(sid, CallStatus::Ringing, at_ms),
+            stored: None,
+        }
     }
 
     /// The next sequence number of `sid`'s items: one past the last stored one.
     fn next_seq(&self, sid: &str) -> u32 {
-        match self
-            .trees
-            .items
-            .scan_prefix(items_prefix(sid))
-            .keys()
-            .next_back()
-        {
-            Some(Ok(key)) if key.len() >= 4 => {
-                let seq = u32::from_be_bytes(key[key.len() - 4..].try_into().expect("4 bytes"));
-                seq.saturating_add(1)
-            }
-            _ => 0,
+        let prefix = items_prefix(sid);
+        let upper = prefix_end(&prefix);
+        let mut last = None;
+        let found = self.engine.scan(
+            Table::Items,
+            Scan::prefix(&prefix, &upper).rev(),
+            &mut |k, _| {
+                last = k
+                    .get(k.len().saturating_sub(4)..)
+                    .and_then(|b| <[u8; 4]>::try_from(b).ok())
+                    .map(u32::from_be_bytes);
+                false
+            },
+        );
+        if let Err(e) = found {
+            tracing::error!(call_sid = sid, "reading the last item: {e}");
         }
+        last.map_or(0, |s| s.saturating_add(1))
     }
 
     /// The record of a call that is not open (for changes that do not open a call).
     fn closed_record(&mut self, sid: &Arc<str>, at_ms: u64) -> &mut CallRecord {
         if !self.touched.contains_key(sid) {
-            let r = self.load_or_new(sid, at_ms);
-            self.touched.insert(Arc::clone(sid), r);
+            let k = self.load_or_new(sid, at_ms);
+            self.touched.insert(Arc::clone(sid), k);
         }
-        self.touched.get_mut(sid).expect("inserted above")
+        &mut self.touched.get_mut(sid).expect("inserted above").record
     }
 
     fn apply(&mut self, op: Op) {
@@ -348,7 +591,7 @@ impl Writer {
                 at_ms,
                 kind,
             } => self.append(&call_sid, at_ms, kind),
-            Op::Flush(_) | Op::Stop => {}
+            Op::Flush(_) | Op::Recover(_) | Op::Stop => {}
         }
     }
 
@@ -360,11 +603,9 @@ impl Writer {
                 agent_id,
                 fallback,
             } => {
-                let in_open = self.open.contains_key(sid);
-                let r = if in_open {
-                    &mut self.open.get_mut(sid).expect("checked").record
-                } else {
-                    self.closed_record(sid, at_ms)
+                let r = match self.open.get_mut(sid) {
+                    Some(c) => &mut c.known.record,
+                    None => self.closed_record(sid, at_ms),
                 };
                 r.from = from;
                 r.to = to;
@@ -384,7 +625,7 @@ impl Writer {
                 agent_id,
             } => {
                 let c = self.open_call(sid, at_ms);
-                let r = &mut c.record;
+                let r = &mut c.known.record;
                 r.stream_sid = Some(stream_sid);
                 if !from.is_empty() {
                     r.from = from;
@@ -397,27 +638,28 @@ impl Writer {
                 r.answered_at_ms = Some(at_ms);
             }
             RecordChange::Session { session_id } => {
-                self.open_call(sid, at_ms).record.realtime_session_id = Some(session_id);
+                self.open_call(sid, at_ms).known.record.realtime_session_id = Some(session_id);
             }
             RecordChange::Usage {
                 input,
                 output,
                 total,
             } => {
-                let u = &mut self.open_call(sid, at_ms).record.usage;
+                let u = &mut self.open_call(sid, at_ms).known.record.usage;
                 u.responses += 1;
                 u.input_tokens += input;
                 u.output_tokens += output;
                 u.total_tokens += total;
             }
             RecordChange::Interrupted { item_id, heard_ms } => {
-                let c = self.open_call(sid, at_ms);
-                c.record.interruptions += 1;
-                let found = c.assistant.iter_mut().rev().find(|i| {
+                self.open_call(sid, at_ms);
+                let c = self.open.get_mut(sid).expect("opened above");
+                c.known.record.interruptions += 1;
+                let found = c.assistant.iter_mut().rev().find(|(i, _)| {
                     matches!(&i.kind, ItemKind::AssistantTranscript { item_id: id, .. } if *id == item_id)
                 });
                 match found {
-                    Some(item) => {
+                    Some((item, len)) => {
                         if let ItemKind::AssistantTranscript {
                             interrupted,
                             heard_ms: heard,
@@ -427,8 +669,10 @@ impl Writer {
                             *interrupted = true;
                             *heard = Some(heard_ms);
                         }
-                        let item = item.clone();
-                        self.put_item(sid, &item);
+                        let old = *len;
+                        if let Some(new) = stage_item(&mut self.staged, sid, item, Some(old)) {
+                            *len = new;
+                        }
                     }
                     None => {
                         c.pending_interrupts.push((item_id, heard_ms));
@@ -450,21 +694,23 @@ impl Writer {
                         self.open.remove(sid).expect("just opened")
                     }
                 };
+                let r = &mut c.known.record;
                 // A fallback recorded by after-stream before the stream ended stays a fallback.
-                if c.record.status != CallStatus::Fallback {
-                    c.record.status = status;
+                if r.status != CallStatus::Fallback {
+                    r.status = status;
                 }
-                c.record.end_reason = Some(reason);
-                c.record.ended_at_ms = Some(at_ms);
-                c.record.items_lost += items_lost;
-                self.touched.insert(Arc::clone(sid), c.record);
+                r.end_reason = Some(reason);
+                r.ended_at_ms = Some(at_ms);
+                r.items_lost += items_lost;
+                self.recent_seq.insert(Arc::clone(sid), c.next_seq);
+                self.touched.insert(Arc::clone(sid), c.known);
             }
             RecordChange::StatusCallback { call_status } => {
                 if self.open.contains_key(sid) {
                     return;
                 }
                 let known = self.touched.contains_key(sid)
-                    || matches!(self.trees.calls.get(sid.as_bytes()), Ok(Some(_)));
+                    || matches!(self.current(Table::Calls, sid.as_bytes()), Ok(Some(_)));
                 if !known {
                     return;
                 }
@@ -483,7 +729,7 @@ impl Writer {
             }
             RecordChange::FallbackAfterStream => {
                 let r = match self.open.get_mut(sid) {
-                    Some(c) => &mut c.record,
+                    Some(c) => &mut c.known.record,
                     None => self.closed_record(sid, at_ms),
                 };
                 r.status = CallStatus::Fallback;
@@ -496,7 +742,15 @@ impl Writer {
     }
 
     fn append(&mut self, sid: &Arc<str>, at_ms: u64, mut kind: ItemKind) {
-        let c = self.open_call(sid, at_ms);
+        self.open_call(sid, at_ms);
+        let c = self.open.get_mut(sid).expect("opened above");
+        if self.staged.items >= MAX_PENDING_ITEMS {
+            // Writes have been failing for a while: keep the record, drop the item, say so.
+            c.known.record.items_lost += 1;
+            self.m.unwritten.increment(1);
+            self.dirty.insert(Arc::clone(sid));
+            return;
+        }
         if let ItemKind::AssistantTranscript {
             item_id,
             interrupted,
@@ -515,57 +769,347 @@ impl Writer {
             at_ms,
             kind,
         };
+        let Some(len) = stage_item(&mut self.staged, sid, &item, None) else {
+            return;
+        };
+        // One comma between two items of the export line.
+        if c.known.record.items > 0 {
+            self.staged.delta += 1;
+        }
         c.next_seq = c.next_seq.saturating_add(1);
-        c.record.items = c.record.items.saturating_add(1);
+        c.known.record.items = c.known.record.items.saturating_add(1);
         if matches!(item.kind, ItemKind::AssistantTranscript { .. }) {
-            c.assistant.push(item.clone());
+            c.assistant.push((item, len));
             if c.assistant.len() > REMEMBERED_ASSISTANT_ITEMS {
                 c.assistant.remove(0);
             }
         }
-        self.put_item(sid, &item);
         self.appended += 1;
     }
 
-    fn put_item(&mut self, sid: &str, item: &ConversationItem) {
-        match serde_json::to_vec(item) {
-            Ok(bytes) => {
-                if let Err(e) = self.trees.items.insert(item_key(sid, item.seq), bytes) {
-                    tracing::error!(call_sid = sid, "writing an item: {e}");
-                }
-            }
-            Err(e) => tracing::error!(call_sid = sid, "serializing an item: {e}"),
-        }
-    }
-
-    /// Writes the batch: the changed records (and, when `flushing`, those whose item count
-    /// changed), then the time index. Items were inserted as they were applied.
-    fn commit(&mut self, flushing: bool) -> sled::Result<()> {
+    /// Stages the changed records (and, when `flushing`, those whose item count changed).
+    fn stage(&mut self, flushing: bool) {
         if flushing {
             self.dirty.extend(self.counted.drain());
         }
         for sid in self.dirty.drain() {
             self.counted.remove(&sid);
-            if let Some(c) = self.open.get(&sid) {
-                put_record(&mut self.records, &c.record);
+            if let Some(c) = self.open.get_mut(&sid) {
+                stage_record(&mut self.staged, &mut c.known);
             }
         }
-        for (_, r) in self.touched.drain() {
-            put_record(&mut self.records, &r);
+        for (_, mut k) in self.touched.drain() {
+            stage_record(&mut self.staged, &mut k);
         }
-        for (key, value) in self.records.drain(..) {
-            self.trees.calls.insert(key, value)?;
+    }
+
+    /// Writes what is staged as one engine batch (`durable`: and makes it durable). While
+    /// writes fail it tries only every [`RETRY_EVERY`], reopening the engine first.
+    fn write(&mut self, durable: bool) -> bool {
+        if let Some(retry_at) = self.failing {
+            if Instant::now() < retry_at {
+                return false;
+            }
+            if let Err(e) = self.engine.reopen() {
+                return self.failed(e);
+            }
         }
-        for key in self.index.drain(..) {
-            self.trees.by_time.insert(key, &[][..])?;
+        let committed = self.committed.load(Ordering::Acquire);
+        let total = committed.saturating_add_signed(self.staged.delta);
+        if self.staged.delta != 0 {
+            self.staged.put(
+                Table::Meta,
+                META_LOGICAL.to_vec(),
+                total.to_be_bytes().to_vec(),
+            );
         }
-        Ok(())
+        let result = if self.staged.is_empty() {
+            self.engine.persist()
+        } else {
+            let batch = self.staged.take_batch();
+            let r = self.engine.apply(&batch, durable);
+            if r.is_err() {
+                self.staged.restore(batch);
+            }
+            r
+        };
+        match result {
+            Ok(()) => {
+                if self.failing.take().is_some() {
+                    tracing::warn!("store writes succeed again");
+                }
+                self.committed.store(total, Ordering::Release);
+                self.m.logical.set(total as f64);
+                self.staged.delta = 0;
+                self.staged.items = 0;
+                self.recent_seq.clear();
+                self.m.written.increment(self.appended);
+                self.appended = 0;
+                true
+            }
+            Err(e) => self.failed(e),
+        }
+    }
+
+    fn failed(&mut self, e: EngineError) -> bool {
+        WriterMetrics::write_error(&e);
+        self.failing = Some(Instant::now() + RETRY_EVERY);
+        let log = self
+            .last_error_log
+            .is_none_or(|at| at.elapsed() >= ERROR_LOG_EVERY);
+        if log {
+            self.last_error_log = Some(Instant::now());
+            tracing::error!(
+                staged_items = self.staged.items,
+                "store write failed (kept, retrying every {RETRY_EVERY:?}; calls go on): {e}"
+            );
+        }
+        false
+    }
+
+    /// Marks the records the `calls_open` index lists as failed (a process died during them),
+    /// with their items recounted, and stages them.
+    fn recover(&mut self) -> Result<usize, EngineError> {
+        let mut sids = Vec::new();
+        self.engine.scan(Table::Open, Scan::all(), &mut |k, _| {
+            sids.push(String::from_utf8_lossy(k).into_owned());
+            true
+        })?;
+        let mut fixed = 0;
+        for sid in sids {
+            let sid: Arc<str> = Arc::from(sid.as_str());
+            if self.open.contains_key(&sid) {
+                continue;
+            }
+            let mut known = self.load_or_new(&sid, 0);
+            if known.stored.is_none() {
+                // An index entry without its record: drop the entry.
+                self.staged.delete(Table::Open, sid.as_bytes().to_vec());
+                continue;
+            }
+            let r = &mut known.record;
+            if r.status == CallStatus::InProgress {
+                // The item count is written once per flush interval: recount what is there.
+                r.items = self.count_items(&sid)?;
+                r.status = CallStatus::Failed;
+                r.end_reason =
+                    Some("callbridge stopped before the call ended (crash or kill)".into());
+                fixed += 1;
+            }
+            self.touched.insert(sid, known);
+        }
+        self.stage(false);
+        Ok(fixed)
+    }
+
+    fn count_items(&self, sid: &str) -> Result<u32, EngineError> {
+        let prefix = items_prefix(sid);
+        let upper = prefix_end(&prefix);
+        let mut n = 0u32;
+        self.engine
+            .scan(Table::Items, Scan::prefix(&prefix, &upper), &mut |_, _| {
+                n = n.saturating_add(1);
+                true
+            })?;
+        Ok(n)
+    }
+
+    /// When the next retention chunk is due (`None`: neither retention nor a size cap is set).
+    fn retention_due(&self) -> Option<Instant> {
+        if self.cfg.retention.is_none() && self.cfg.max_bytes.is_none() {
+            return None;
+        }
+        Some(if self.retention_backlog {
+            self.last_retention
+        } else {
+            self.last_retention + RETENTION_EVERY
+        })
+    }
+
+    /// Logical bytes once the staged writes land.
+    fn logical_now(&self) -> u64 {
+        self.committed
+            .load(Ordering::Acquire)
+            .saturating_add_signed(self.staged.delta)
+    }
+
+    /// Stages the deletion of the oldest calls that are past the retention or over the size
+    /// cap: at most [`MAX_DELETE_KEYS`] keys, calls in progress or changed in this batch
+    /// skipped.
+    fn retention_chunk(&mut self, now_ms: u64) {
+        self.last_retention = Instant::now();
+        self.retention_backlog = false;
+        let cutoff = self
+            .cfg
+            .retention
+            .map(|r| now_ms.saturating_sub(u64::try_from(r.as_millis()).unwrap_or(u64::MAX)));
+        // The oldest calls first, skipping those this writer has in hand (open, or changed
+        // since the last write), so a crowd of them never stalls retention behind them.
+        let over = self.cfg.max_bytes.is_some_and(|m| self.logical_now() > m);
+        let mut oldest: Vec<(Vec<u8>, u64, String)> = Vec::new();
+        let scanned = self.engine.scan(Table::ByTime, Scan::all(), &mut |k, _| {
+            let Some(at) = k
+                .get(..8)
+                .map(|b| u64::from_be_bytes(b.try_into().expect("8 bytes")))
+            else {
+                return true;
+            };
+            if !over && cutoff.is_none_or(|c| at >= c) {
+                return false;
+            }
+            let sid = String::from_utf8_lossy(&k[8..]).into_owned();
+            let busy = self.open.contains_key(sid.as_str())
+                || self.recent_seq.contains_key(sid.as_str())
+                || self.staged.get(Table::Calls, sid.as_bytes()).is_some();
+            if !busy {
+                oldest.push((k.to_vec(), at, sid));
+            }
+            oldest.len() < MAX_DELETE_SCAN
+        });
+        if let Err(e) = scanned {
+            tracing::error!("retention: reading the time index: {e}");
+            return;
+        }
+        // A full list means there may be more past it: go on at once.
+        let more = oldest.len() == MAX_DELETE_SCAN;
+        let mut budget = MAX_DELETE_KEYS;
+        for (tkey, at, sid) in oldest {
+            let first = budget == MAX_DELETE_KEYS;
+            let expired = cutoff.is_some_and(|c| at < c);
+            let over = self.cfg.max_bytes.is_some_and(|m| self.logical_now() > m);
+            if !expired && !over {
+                return;
+            }
+            match self.delete_call(&tkey, &sid, &mut budget, first) {
+                Ok(Some(true)) if expired => self.m.deleted_retention.increment(1),
+                Ok(Some(true)) => self.m.deleted_size.increment(1),
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::error!(call_sid = sid, "retention: deleting a call: {e}");
+                    return;
+                }
+            }
+            if budget == 0 {
+                self.retention_backlog = true;
+                return;
+            }
+        }
+        self.retention_backlog = more;
+    }
+
+    /// Stages the deletion of one call (its items, its record and index entries) within
+    /// `budget` keys, in one batch: readers see it whole or gone. A call that does not fit what
+    /// is left of the budget waits for the next chunk (`budget` is spent), unless it is the
+    /// `first` of its chunk: one with more items than a chunk deletes loses them over several
+    /// chunks, its record last. `Some(true)`: the whole call went; `Some(false)`: only some or
+    /// none of it; `None`: it is in progress, left alone.
+    fn delete_call(
+        &mut self,
+        tkey: &[u8],
+        sid: &str,
+        budget: &mut usize,
+        first: bool,
+    ) -> Result<Option<bool>, EngineError> {
+        let record = self.engine.get(Table::Calls, sid.as_bytes())?;
+        if let Some(bytes) = &record {
+            if matches!(serde_json::from_slice::<CallRecord>(bytes), Ok(r) if r.status == CallStatus::InProgress)
+            {
+                return Ok(None);
+            }
+        }
+        let prefix = items_prefix(sid);
+        let upper = prefix_end(&prefix);
+        let mut items: Vec<(Vec<u8>, u64)> = Vec::new();
+        let room = budget.saturating_sub(3);
+        self.engine
+            .scan(Table::Items, Scan::prefix(&prefix, &upper), &mut |k, v| {
+                items.push((k.to_vec(), v.len() as u64));
+                items.len() <= room
+            })?;
+        let whole = items.len() <= room;
+        if !whole && !first {
+            *budget = 0;
+            return Ok(Some(false));
+        }
+        if !whole {
+            items.truncate(room);
+        }
+        let k = items.len() as u64;
+        let bytes: u64 = items.iter().map(|(_, l)| l).sum();
+        *budget -= items.len();
+        for (key, _) in items {
+            self.staged.delete(Table::Items, key);
+        }
+        let freed = if whole {
+            self.staged.delete(Table::Calls, sid.as_bytes().to_vec());
+            self.staged.delete(Table::ByTime, tkey.to_vec());
+            self.staged.delete(Table::Open, sid.as_bytes().to_vec());
+            *budget = budget.saturating_sub(3);
+            match &record {
+                Some(r) => super::call_line_bytes(r.len() as u64, bytes, k),
+                // Items without a record were never in the export.
+                None => 0,
+            }
+        } else {
+            bytes + k
+        };
+        self.staged.delta -= i64::try_from(freed).unwrap_or(i64::MAX);
+        Ok(Some(whole))
     }
 }
 
-fn put_record(records: &mut Vec<(Vec<u8>, Vec<u8>)>, r: &CallRecord) {
-    match serde_json::to_vec(r) {
-        Ok(bytes) => records.push((r.call_sid.as_bytes().to_vec(), bytes)),
-        Err(e) => tracing::error!(call_sid = %r.call_sid, "serializing a record: {e}"),
+/// Stages `item` of `sid`; its JSON length replaces `old_len` (a rewrite) or is new. `None`
+/// when it does not serialize (logged).
+fn stage_item(
+    staged: &mut Staged,
+    sid: &str,
+    item: &ConversationItem,
+    old_len: Option<u64>,
+) -> Option<u64> {
+    match serde_json::to_vec(item) {
+        Ok(bytes) => {
+            let len = bytes.len() as u64;
+            staged.delta += len as i64 - old_len.unwrap_or(0) as i64;
+            staged.put(Table::Items, item_key(sid, item.seq), bytes);
+            Some(len)
+        }
+        Err(e) => {
+            tracing::error!(call_sid = sid, "serializing an item: {e}");
+            None
+        }
     }
+}
+
+/// Stages a record with its index entries, and what it changes in the logical bytes.
+fn stage_record(staged: &mut Staged, k: &mut Known) {
+    let r = &k.record;
+    let bytes = match serde_json::to_vec(r) {
+        Ok(b) => b,
+        Err(e) => {
+            tracing::error!(call_sid = %r.call_sid, "serializing a record: {e}");
+            return;
+        }
+    };
+    let len = bytes.len() as u64;
+    let open = r.status == CallStatus::InProgress;
+    let sid = r.call_sid.as_bytes();
+    match k.stored {
+        Some(s) => staged.delta += len as i64 - s.len as i64,
+        None => {
+            staged.delta += (len + LINE_OVERHEAD) as i64;
+            staged.put(
+                Table::ByTime,
+                time_key(r.started_at_ms, &r.call_sid),
+                Vec::new(),
+            );
+        }
+    }
+    let was_open = k.stored.is_some_and(|s| s.open);
+    if open && !was_open {
+        staged.put(Table::Open, sid.to_vec(), Vec::new());
+    } else if was_open && !open {
+        staged.delete(Table::Open, sid.to_vec());
+    }
+    staged.put(Table::Calls, sid.to_vec(), bytes);
+    k.stored = Some(Stored { len, open });
 }

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
 
-/// The path of the `callbridge` binary, built (or found up to date) once per test process.
+/// The path of the `callbridge` binary, built (or found up to date) once per test or bench process.
 pub fn callbridge_bin() -> &'static Path {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
     BIN.get_or_init(|| {
@@ -27,15 +27,20 @@ pub fn callbridge_bin() -> &'static Path {
             None => panic!("no profile directory in {}", exe.display()),
         };
         let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-        let status = Command::new(cargo)
-            .args([
-                "build",
-                "--quiet",
-                "--package",
-                "callbridge-cli",
-                "--bin",
-                "callbridge",
-            ])
+        let mut build = Command::new(cargo);
+        build.args([
+            "build",
+            "--quiet",
+            "--package",
+            "callbridge-cli",
+            "--bin",
+            "callbridge",
+        ]);
+        // A build of this crate with the fjall engine spawns a server that has it too.
+        if cfg!(feature = "engine-fjall") {
+            build.args(["--features", "engine-fjall"]);
+        }
+        let status = build
             .args(["--profile", profile])
             .arg("--target-dir")
             .arg(target_dir)

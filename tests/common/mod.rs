@@ -129,13 +129,17 @@ impl Proxy {
             .env("LOG_LEVEL", "info")
             .env("NO_COLOR", "1")
             .env("RUNTIME", runtime());
-        if let Ok(workers) = std::env::var("WORKERS") {
-            cmd.env("WORKERS", workers);
+        // The suite runs on the driver and the store engine the environment names (CI and
+        // the engine comparison run it again with RUNTIME=uring, STORE_ENGINE=sled|fjall).
+        for name in ["WORKERS", "STORE_ENGINE"] {
+            if let Ok(v) = std::env::var(name) {
+                cmd.env(name, v);
+            }
         }
         for (k, v) in env {
             cmd.env(k, v);
         }
-        // Each server gets its own store unless the test names one (sled allows one process).
+        // Each server gets its own store unless the test names one (one process per store).
         let (data_dir, owned_dir) = match env.iter().find(|(k, _)| *k == "DATA_DIR") {
             Some((_, dir)) => (std::path::PathBuf::from(dir), None),
             None => {

@@ -1,6 +1,8 @@
 //! Helpers of the store tests: the admin API over HTTP and waiting for records.
 
 use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
@@ -45,4 +47,39 @@ pub async fn wait_for_call(
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// `callbridge ARGS` (the real binary) with `DATA_DIR` and `env` and nothing else from the
+/// environment.
+pub fn cli(data_dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut cmd = Command::new(super::callbridge_bin());
+    cmd.args(args)
+        .env_clear()
+        .env("DATA_DIR", data_dir)
+        .env("NO_COLOR", "1");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.output().expect("run callbridge")
+}
+
+/// The stdout of a command that must succeed (its output shown if it did not).
+pub fn ok(out: &Output) -> String {
+    assert!(
+        out.status.success(),
+        "failed: {}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The stderr of a command that must fail.
+pub fn fails(out: &Output) -> String {
+    assert!(
+        !out.status.success(),
+        "should fail: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    String::from_utf8_lossy(&out.stderr).into_owned()
 }
