@@ -6,7 +6,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use callbridge_testkit::mock::server::{MockServer, MockServerConfig};
 
-use crate::Signals;
+use crate::signals::Signals;
 
 /// Settings of `callbridge mock-openai`.
 #[derive(clap::Args)]

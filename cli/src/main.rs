@@ -7,12 +7,14 @@
 mod admin_cli;
 #[cfg(feature = "demo")]
 mod demo;
+mod signals;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 
 use callbridge::config::ServeArgs;
 use callbridge::runtime::Server;
+use signals::Signals;
 
 /// callbridge: a Twilio Media Streams ⇄ OpenAI Realtime edge proxy.
 #[derive(Parser)]
@@ -152,28 +154,4 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         .await;
     tracing::info!("drained: exiting");
     Ok(())
-}
-
-/// SIGTERM and SIGINT, as one stream of signals.
-pub(crate) struct Signals {
-    term: tokio::signal::unix::Signal,
-    int: tokio::signal::unix::Signal,
-}
-
-impl Signals {
-    pub(crate) fn new() -> std::io::Result<Signals> {
-        use tokio::signal::unix::{signal, SignalKind};
-        Ok(Signals {
-            term: signal(SignalKind::terminate())?,
-            int: signal(SignalKind::interrupt())?,
-        })
-    }
-
-    /// The next SIGTERM or SIGINT.
-    pub(crate) async fn next(&mut self) {
-        tokio::select! {
-            _ = self.term.recv() => {}
-            _ = self.int.recv() => {}
-        }
-    }
 }

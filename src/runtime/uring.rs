@@ -207,8 +207,8 @@ fn accept(listener: &Rc<tokio_uring::net::TcpListener>) -> AcceptFuture {
     Box::pin(async move { listener.accept().await })
 }
 
-/// One worker: accepts on its own listener and runs each connection on this thread, with the
-/// same phases as [`super::epoll::serve`].
+/// One worker: accepts on its own listener and runs each connection on this thread, through the
+/// same phases ([`crate::lifecycle::Phase`]) as the epoll driver's accept loop.
 async fn serve(
     listener: std::net::TcpListener,
     app: Arc<App>,
