@@ -42,6 +42,8 @@ async fn measure(runtime: &str, calls: u32) -> Outcome {
         caller.auth_token = Some(AUTH_TOKEN.into());
         caller.public_host = Some(common::PUBLIC_HOST.into());
         tasks.push(tokio::spawn(async move {
+            // Spread the starts over calls × 5 ms like real arrivals (the load's shape, not a
+            // wait for anything).
             tokio::time::sleep(Duration::from_millis(u64::from(n) * 5)).await;
             run_call(caller).await
         }));
