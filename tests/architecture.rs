@@ -89,8 +89,12 @@ fn crate_names() -> Vec<&'static str> {
     WORKSPACE.iter().map(|c| c.name).collect()
 }
 
+/// The repository's root (these tests run as part of `cli/`, the binary's package).
 fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
 }
 
 /// Every `.rs` file under `dir`, as (path relative to `dir`, contents).
@@ -292,7 +296,7 @@ fn segments_after(s: &str, at: usize) -> Vec<Vec<String>> {
             .into_iter()
             .map(str::trim)
             .filter(|t| !t.is_empty())
-            .map(|t| path_segments(t))
+            .map(path_segments)
             .filter(|p| !p.is_empty())
             .collect();
     }

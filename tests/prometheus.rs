@@ -29,8 +29,9 @@ const CALLS: u32 = 3;
 /// from the scrape interval): long enough to cover the whole short load.
 const RATE_INTERVAL: &str = "1m";
 
+/// The repository's root (these tests run as part of `cli/`, the binary's package).
 fn repo() -> &'static Path {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap()
 }
 
 /// The path of `tool` on PATH, or `None` after printing SKIP (a panic when Prometheus is

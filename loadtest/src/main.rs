@@ -607,7 +607,7 @@ async fn setup(
             let bin = match &c.server_bin {
                 Some(b) => b.clone(),
                 None => proxy::sibling_server_bin().context(
-                    "no `callbridge` binary next to this one: build it (cargo build --release -p callbridge) or pass --server-bin",
+                    "no `callbridge` binary next to this one: build it (cargo build --release -p callbridge-cli) or pass --server-bin",
                 )?,
             };
             let spec = SpawnSpec {

@@ -10,13 +10,31 @@ const LOADTEST: &str = env!("CARGO_BIN_EXE_callbridge-loadtest");
 
 /// Builds the `callbridge` binary next to the load test (it spawns that one), once per test
 /// run: always, not only when missing, so a stale binary from an older build is never tested.
+/// It builds what `cargo test --workspace` builds (the binary comes with the integration tests of
+/// its package), so under that command it is already fresh; a narrower build would resolve other
+/// features and rebuild the server and its TLS stack on every alternation.
 fn ensure_server_bin() -> PathBuf {
     static BUILT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
     BUILT
         .get_or_init(|| {
             let dir = Path::new(LOADTEST).parent().unwrap();
             let mut cmd = Command::new(env!("CARGO"));
-            cmd.args(["build", "-p", "callbridge-cli", "--bin", "callbridge"]);
+            cmd.args(["test", "--workspace", "--no-run", "--quiet"]);
+            // Without the variables cargo set for this test: build scripts (ring's) track some,
+            // and a changed value rebuilds them.
+            for (key, _) in std::env::vars_os() {
+                let key = key.to_string_lossy();
+                let ours = ["CARGO_HOME", "CARGO_TARGET_DIR", "CARGO_INCREMENTAL"];
+                if key.starts_with("CARGO_")
+                    && !ours.contains(&key.as_ref())
+                    && !key.starts_with("CARGO_BUILD_")
+                    && !key.starts_with("CARGO_TERM_")
+                    && !key.starts_with("CARGO_PROFILE_")
+                    && !key.starts_with("CARGO_REGISTRIES_")
+                {
+                    cmd.env_remove(key.as_ref());
+                }
+            }
             if dir.ends_with("release") {
                 cmd.arg("--release");
             }

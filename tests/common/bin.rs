@@ -1,17 +1,21 @@
-//! Where the `callbridge` binary is. It is its own package (`callbridge-cli`, in `cli/`), so cargo
-//! does not hand these tests its path (`CARGO_BIN_EXE_*` is only for a package's own binaries):
-//! the first call builds it into the target directory these tests run from, with their profile,
-//! and later calls reuse it. `CALLBRIDGE_BIN` names another binary instead.
+//! Where the `callbridge` binary is. The integration tests belong to its package (`cli/`, whose
+//! `tests` links here), so cargo builds it with them and names it in `CARGO_BIN_EXE_callbridge`.
+//! Code of another package that includes this file (the server's `store_open` bench) has no such
+//! variable: the first call builds the binary into the target directory it runs from, with its
+//! profile, and later calls reuse it. `CALLBRIDGE_BIN` names another binary instead.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
 
-/// The path of the `callbridge` binary, built (or found up to date) once per test or bench process.
+/// The path of the `callbridge` binary (built once per process when cargo did not).
 pub fn callbridge_bin() -> &'static Path {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
     BIN.get_or_init(|| {
         if let Some(bin) = std::env::var_os("CALLBRIDGE_BIN") {
+            return PathBuf::from(bin);
+        }
+        if let Some(bin) = option_env!("CARGO_BIN_EXE_callbridge") {
             return PathBuf::from(bin);
         }
         // This test runs as <target>/<profile dir>/deps/<test>-<hash>.

@@ -27,7 +27,8 @@
 //! `media.timestamp`) are strings holding decimal digits; a JSON integer is accepted too, and
 //! anything else (other strings, other types, absent) gives `None`, never an error. A known
 //! field that appears twice in the same object is rejected ([`TwilioParseError::DuplicateField`]):
-//! two parsers could disagree on which copy counts.
+//! two JSON parsers (ours, and any other that reads the same frame) could disagree on which copy
+//! counts.
 
 use simd_json::prelude::*;
 use simd_json::value::tape::{Object, Value};
