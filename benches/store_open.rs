@@ -14,8 +14,9 @@
 //! hand) and reused while its `.complete` marker is there. The servers run with `RETENTION=0` so
 //! they never delete the fixture's calls.
 //!
-//! Run: `cargo build --release && cargo bench --bench store_open` (add `--features
-//! engine-fjall` to both for fjall; `-- --calls 100000` for a smaller fixture).
+//! Run: `cargo bench -p callbridge --bench store_open` (with `--features engine-fjall` for fjall;
+//! `-- --calls 100000` for a smaller fixture). It builds the `callbridge` binary it starts
+//! (tests/common/bin.rs) with the same profile and features.
 
 #[path = "../tests/common/bin.rs"]
 mod bin;

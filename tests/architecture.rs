@@ -171,19 +171,29 @@ fn inline_mods(src: &str) -> Vec<(String, std::ops::Range<usize>)> {
             continue;
         }
         let ident_before = i > 0 && (b[i - 1].is_ascii_alphanumeric() || b[i - 1] == b'_');
-        // Raw strings: r"…", r#"…"#, br#"…"#.
-        if c == b'r' && !ident_before {
+        let mut next = i;
+        // Raw strings: r"…", r#"…"#, and their byte and C forms br#"…"#, cr#"…"#.
+        let raw_at = match (c, b.get(i + 1)) {
+            (b'r', _) => Some(i),
+            (b'b' | b'c', Some(b'r')) => Some(i + 1),
+            _ => None,
+        };
+        if let (Some(r), false) = (raw_at, ident_before) {
+            let i = r;
             let mut j = i + 1;
             while j < b.len() && b[j] == b'#' {
                 j += 1;
             }
             if j < b.len() && b[j] == b'"' {
                 let close = format!("\"{}", "#".repeat(j - i - 1));
-                i = src[j + 1..]
+                next = src[j + 1..]
                     .find(&close)
                     .map_or(b.len(), |n| j + 1 + n + close.len());
-                continue;
             }
+        }
+        if next > i {
+            i = next;
+            continue;
         }
         if c == b'"' {
             i += 1;
@@ -196,7 +206,8 @@ fn inline_mods(src: &str) -> Vec<(String, std::ops::Range<usize>)> {
         if c == b'\'' {
             // A char literal ('x', '\n', '\u{7b}', '{'), else a lifetime or label.
             if b.get(i + 1) == Some(&b'\\') {
-                let mut j = i + 2;
+                // Past the escaped character itself (it may be a quote: '\'').
+                let mut j = i + 3;
                 while j < b.len() && b[j] != b'\'' {
                     j += 1;
                 }
@@ -251,7 +262,8 @@ fn inline_mods(src: &str) -> Vec<(String, std::ops::Range<usize>)> {
 #[derive(Debug, PartialEq)]
 enum Target {
     /// Into this crate, at this module path (the first segments of the path; items included).
-    Local(Vec<String>),
+    /// `glob`: the path ends in `::*` right after these segments.
+    Local { path: Vec<String>, glob: bool },
     /// Into another crate of the workspace.
     Crate(String),
     /// `super::` above the crate's root.
@@ -264,70 +276,117 @@ struct Found {
     line: usize,
     /// The module it stands in (file module plus inline `mod` blocks).
     from: Vec<String>,
+    /// How many of `from`'s segments are the file's own module (the rest are inline blocks).
+    file_depth: usize,
     text: String,
     to: Target,
 }
 
-/// The identifiers of `s` starting at `at` joined by `::` (`a::b::c`), stopping at anything
-/// else; with `{`, the first segment of each item of the group instead.
-fn segments_after(s: &str, at: usize) -> Vec<Vec<String>> {
-    let rest = &s[at..];
-    if let Some(group) = rest.strip_prefix('{') {
-        // Items at depth 0 of the group, each's leading `a::b` segments.
-        let mut items = Vec::new();
-        let mut depth = 0;
-        let mut item_start = 0;
-        for (k, ch) in group.char_indices() {
-            match ch {
-                '{' => depth += 1,
-                '}' if depth == 0 => {
-                    items.push(&group[item_start..k]);
-                    break;
-                }
-                '}' => depth -= 1,
-                ',' if depth == 0 => {
-                    items.push(&group[item_start..k]);
-                    item_start = k + 1;
-                }
-                _ => {}
-            }
-        }
-        return items
-            .into_iter()
-            .map(str::trim)
-            .filter(|t| !t.is_empty())
-            .map(path_segments)
-            .filter(|p| !p.is_empty())
-            .collect();
-    }
-    vec![path_segments(rest)]
+/// `s` from `at` past any whitespace.
+fn skip_ws(s: &str, at: usize) -> usize {
+    at + (s[at..].len() - s[at..].trim_start().len())
 }
 
-/// `a::b::C…` → `[a, b, C]` (stops at the first character that is not part of a path).
-fn path_segments(s: &str) -> Vec<String> {
-    let mut out = Vec::new();
+/// `s` without its `//` and `/* */` comments (for the inside of a `use` group).
+fn strip_comments(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
     let mut rest = s;
-    loop {
-        let ident: String = rest
-            .chars()
-            .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
-            .collect();
-        if ident.is_empty() {
-            break;
-        }
-        rest = &rest[ident.len()..];
-        out.push(ident);
-        match rest.strip_prefix("::") {
-            Some(r) if !r.starts_with('{') && !r.starts_with('*') => rest = r,
-            _ => break,
+    while !rest.is_empty() {
+        if let Some(r) = rest.strip_prefix("//") {
+            rest = r.find('\n').map_or("", |n| &r[n..]);
+        } else if let Some(r) = rest.strip_prefix("/*") {
+            rest = r.find("*/").map_or("", |n| &r[n + 2..]);
+            out.push(' ');
+        } else {
+            let ch = rest.chars().next().unwrap();
+            out.push(ch);
+            rest = &rest[ch.len_utf8()..];
         }
     }
     out
 }
 
+/// The paths that start at `at` (just after a `crate::`, `super::` or crate name and its `::`):
+/// one for `a::b::c`, one per item for a `{…}` group (each item's leading segments; comments in
+/// the group are skipped, and an item that is not a path is kept, empty, so it can be judged).
+fn segments_after(s: &str, at: usize) -> Vec<(Vec<String>, bool)> {
+    let at = skip_ws(s, at);
+    let rest = &s[at..];
+    if let Some(group) = rest.strip_prefix('{') {
+        let mut end = group.len();
+        let mut depth = 0;
+        for (k, ch) in group.char_indices() {
+            match ch {
+                '{' => depth += 1,
+                '}' if depth == 0 => {
+                    end = k;
+                    break;
+                }
+                '}' => depth -= 1,
+                _ => {}
+            }
+        }
+        let body = strip_comments(&group[..end]);
+        let mut items = Vec::new();
+        let (mut depth, mut item_start) = (0, 0);
+        for (k, ch) in body.char_indices() {
+            match ch {
+                '{' => depth += 1,
+                '}' => depth -= 1,
+                ',' if depth == 0 => {
+                    items.push(body[item_start..k].to_owned());
+                    item_start = k + 1;
+                }
+                _ => {}
+            }
+        }
+        items.push(body[item_start..].to_owned());
+        return items
+            .iter()
+            .map(|t| t.trim())
+            .filter(|t| !t.is_empty())
+            .map(path_segments)
+            .collect();
+    }
+    vec![path_segments(rest)]
+}
+
+/// `a::b::C…` → `([a, b, C], false)`, `a::*` → `([a], true)`; whitespace and line breaks around
+/// `::` are allowed; stops at the first character that is not part of a path.
+fn path_segments(s: &str) -> (Vec<String>, bool) {
+    let mut out = Vec::new();
+    let mut rest = s;
+    loop {
+        let raw = rest.strip_prefix("r#").unwrap_or(rest);
+        let ident: String = raw
+            .chars()
+            .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+            .collect();
+        if ident.is_empty() {
+            return (out, rest.starts_with('*'));
+        }
+        rest = raw[ident.len()..].trim_start();
+        out.push(ident);
+        match rest.strip_prefix("::") {
+            Some(r) => {
+                let r = r.trim_start();
+                if r.starts_with('*') {
+                    return (out, true);
+                }
+                if r.starts_with('{') {
+                    return (out, false);
+                }
+                rest = r;
+            }
+            None => return (out, false),
+        }
+    }
+}
+
 /// Every path in one file that leaves its own module.
 fn paths_in(krate: &str, rel: &str, src: &str) -> Vec<Found> {
     let base = file_module(rel);
+    let file_depth = base.len();
     let mods = inline_mods(src);
     let module_at = |pos: usize| -> Vec<String> {
         let mut m = base.clone();
@@ -343,7 +402,15 @@ fn paths_in(krate: &str, rel: &str, src: &str) -> Vec<Found> {
     let mut found = Vec::new();
     let mut i = 0;
     while i < b.len() {
-        let boundary = i == 0 || !(b[i - 1].is_ascii_alphanumeric() || b"_:$".contains(&b[i - 1]));
+        // A path starts after anything but an identifier character, `::` (its middle) or `$`
+        // (`$crate` in macros); `self::super::` is a `super::` path.
+        let after_self = b[..i].ends_with(b"self::")
+            && !b[..i - b"self::".len()]
+                .last()
+                .is_some_and(|c| c.is_ascii_alphanumeric() || *c == b'_');
+        let boundary = i == 0
+            || after_self
+            || !(b[i - 1].is_ascii_alphanumeric() || b"_:$".contains(&b[i - 1]));
         if !boundary || !(b[i].is_ascii_alphabetic() || b[i] == b'_') {
             i += 1;
             continue;
@@ -353,7 +420,8 @@ fn paths_in(krate: &str, rel: &str, src: &str) -> Vec<Found> {
             .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
             .collect();
         let after = i + word.len();
-        if !src[after..].starts_with("::") {
+        let sep = skip_ws(src, after);
+        if !src[sep..].starts_with("::") {
             i = after;
             continue;
         }
@@ -363,46 +431,52 @@ fn paths_in(krate: &str, rel: &str, src: &str) -> Vec<Found> {
             .find(['\n', ';', ' ', ')', ']', '`'])
             .map_or(b.len(), |n| i + n);
         let text = src[i..text_end].to_owned();
+        let mut push = |to: Target| {
+            found.push(Found {
+                line,
+                from: from.clone(),
+                file_depth,
+                text: text.clone(),
+                to,
+            })
+        };
         if word == "crate" || word == krate {
-            for segs in segments_after(src, after + 2) {
-                found.push(Found {
-                    line,
-                    from: from.clone(),
-                    text: text.clone(),
-                    to: Target::Local(segs),
-                });
+            for (path, glob) in segments_after(src, sep + 2) {
+                push(Target::Local { path, glob });
             }
         } else if word == "super" {
             let mut ups = 0;
             let mut j = i;
-            while src[j..].starts_with("super::") {
+            loop {
+                let k = skip_ws(src, j);
+                if !src[k..].starts_with("super") {
+                    break;
+                }
+                let sep = skip_ws(src, k + "super".len());
+                if !src[sep..].starts_with("::") {
+                    break;
+                }
                 ups += 1;
-                j += "super::".len();
+                j = sep + 2;
             }
-            for segs in segments_after(src, j) {
-                let to = if ups > from.len() {
+            for (mut path, glob) in segments_after(src, j) {
+                // `super::{super::x}`: the item climbs further.
+                let extra = path.iter().take_while(|s| *s == "super").count();
+                path.drain(..extra);
+                path.retain(|s| s != "self");
+                let up = ups + extra;
+                push(if up > from.len() {
                     Target::AboveRoot
                 } else {
-                    let mut t = from[..from.len() - ups].to_vec();
-                    t.extend(segs.into_iter().filter(|s| s != "self"));
-                    Target::Local(t)
-                };
-                found.push(Found {
-                    line,
-                    from: from.clone(),
-                    text: text.clone(),
-                    to,
+                    let mut t = from[..from.len() - up].to_vec();
+                    t.extend(path);
+                    Target::Local { path: t, glob }
                 });
             }
             i = j;
             continue;
         } else if names.contains(&word.as_str()) {
-            found.push(Found {
-                line,
-                from,
-                text,
-                to: Target::Crate(word.clone()),
-            });
+            push(Target::Crate(word.clone()));
         }
         i = after;
     }
@@ -427,6 +501,17 @@ fn check_crate(c: &CrateLayers, files: &[(String, String)]) -> Vec<String> {
                 ));
             }
         }
+        // A file of an ordered module must have its place in that module's table.
+        if let [top, file, ..] = here.as_slice() {
+            if let Some((_, inner)) = c.inner.iter().find(|(m, _)| m == top) {
+                if rank(inner, file).is_none() {
+                    bad.push(format!(
+                        "{}/{rel}: `{top}::{file}` is not in {top}'s table",
+                        c.src
+                    ));
+                }
+            }
+        }
         for f in paths_in(c.name, rel, src) {
             let at = format!("{}/{rel}:{}: `{}`", c.src, f.line, f.text);
             match &f.to {
@@ -436,8 +521,8 @@ fn check_crate(c: &CrateLayers, files: &[(String, String)]) -> Vec<String> {
                         bad.push(format!("{at}: {} must not use {name}", c.name));
                     }
                 }
-                Target::Local(to) => {
-                    if let Some(why) = local_violation(c, &f.from, to) {
+                Target::Local { path, glob } => {
+                    if let Some(why) = local_violation(c, &f, path, *glob) {
                         bad.push(format!("{at}: {why}"));
                     }
                 }
@@ -447,28 +532,47 @@ fn check_crate(c: &CrateLayers, files: &[(String, String)]) -> Vec<String> {
     bad
 }
 
-/// Why a path from module `from` to `to` (both within crate `c`) reaches up, if it does.
-fn local_violation(c: &CrateLayers, from: &[String], to: &[String]) -> Option<String> {
+/// Why path `to` (within crate `c`) found at `f` reaches up, if it does.
+fn local_violation(c: &CrateLayers, f: &Found, to: &[String], glob: bool) -> Option<String> {
+    let from = &f.from;
+    let file_module = &from[..f.file_depth];
+    // A glob of the crate root or of an enclosing module hides what it brings in (a later
+    // `runtime::x` would look local). A glob of the file's own module (`use super::*` in its
+    // `mod tests`), of a `tests.rs` file's parent, or of a module below is fine.
+    let tests_of_parent =
+        file_module.last().is_some_and(|m| m == "tests") && to.len() + 1 == file_module.len();
+    if glob && to.len() < file_module.len() && file_module.starts_with(to) && !tests_of_parent {
+        let what = if to.is_empty() {
+            "the crate root".to_owned()
+        } else {
+            format!("`{}`", to.join("::"))
+        };
+        return Some(format!("a glob import of {what}, which encloses this file"));
+    }
     let layers = c.layers?;
-    // The crate root (lib.rs, main.rs) declares the modules: it sits above them all.
+    // The crate root (lib.rs, main.rs, outside inline modules) sits above every module.
     let src_top = from.first()?;
-    let dst_top = to.first()?;
+    let Some(src_rank) = rank(layers, src_top) else {
+        return Some(format!("module `{src_top}` is not in the layer table"));
+    };
+    let Some(dst_top) = to.first() else {
+        // `crate::*` from inside a module: caught above; `crate::` alone names nothing.
+        return None;
+    };
     let Some(dst_rank) = rank(layers, dst_top) else {
         return Some(format!("`{dst_top}` is not a module in the layer table"));
     };
-    let src_rank = rank(layers, src_top)?;
     if src_top == dst_top {
         let (_, inner) = c.inner.iter().find(|(m, _)| m == src_top)?;
-        // Within an ordered module: a file may use the module's own items (mod.rs), and the
-        // module root may use its files.
-        let from_file = from.get(1)?;
+        // Within an ordered module: its root (mod.rs, and inline modules in it) may use its
+        // files, and a file may use the root's own items (the module's shared namespace).
+        if f.file_depth < 2 {
+            return None;
+        }
+        let from_file = &from[1];
         let to_file = to.get(1)?;
         let to_rank = rank(inner, to_file)?;
-        let Some(from_rank) = rank(inner, from_file) else {
-            return Some(format!(
-                "`{src_top}::{from_file}` is not in {src_top}'s table"
-            ));
-        };
+        let from_rank = rank(inner, from_file)?; // A file missing from the table is reported once.
         return (from_file != to_file && to_rank >= from_rank).then(|| {
             format!("{src_top}::{from_file} must not use {src_top}::{to_file} (not below it)")
         });

@@ -20,18 +20,22 @@ fn ensure_server_bin() -> PathBuf {
             let dir = Path::new(LOADTEST).parent().unwrap();
             let mut cmd = Command::new(env!("CARGO"));
             cmd.args(["test", "--workspace", "--no-run", "--quiet"]);
-            // Without the variables cargo set for this test: build scripts (ring's) track some,
-            // and a changed value rebuilds them.
+            // Without the variables cargo sets for a test run (ring's build script tracks
+            // CARGO_MANIFEST_DIR, and a changed value rebuilds it); the user's own CARGO_*
+            // settings (offline, registries, flags) stay.
             for (key, _) in std::env::vars_os() {
                 let key = key.to_string_lossy();
-                let ours = ["CARGO_HOME", "CARGO_TARGET_DIR", "CARGO_INCREMENTAL"];
-                if key.starts_with("CARGO_")
-                    && !ours.contains(&key.as_ref())
-                    && !key.starts_with("CARGO_BUILD_")
-                    && !key.starts_with("CARGO_TERM_")
-                    && !key.starts_with("CARGO_PROFILE_")
-                    && !key.starts_with("CARGO_REGISTRIES_")
-                {
+                let set_by_cargo_for_tests = key.starts_with("CARGO_PKG_")
+                    || key.starts_with("CARGO_MANIFEST_")
+                    || key.starts_with("CARGO_BIN_")
+                    || matches!(
+                        key.as_ref(),
+                        "CARGO_CRATE_NAME"
+                            | "CARGO_PRIMARY_PACKAGE"
+                            | "CARGO_TARGET_TMPDIR"
+                            | "CARGO_RUSTC_CURRENT_DIR"
+                    );
+                if set_by_cargo_for_tests {
                     cmd.env_remove(key.as_ref());
                 }
             }

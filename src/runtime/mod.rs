@@ -320,7 +320,7 @@ async fn wait_for_calls(
         let now = tokio::time::Instant::now();
         if now.duration_since(last_report) >= Duration::from_secs(1) || reports == 0 {
             crate::metrics::set_drain(true, left);
-            if report && reports % 10 == 0 {
+            if report && reports.is_multiple_of(10) {
                 tracing::info!(calls_left = left, "draining");
             }
             reports += 1;

@@ -1004,7 +1004,7 @@ fn encode_cursor(key: &[u8]) -> String {
 }
 
 fn decode_cursor(c: &str) -> Option<Vec<u8>> {
-    if c.len() < 18 || c.len() % 2 != 0 || c.len() > 2 * (8 + 64) {
+    if c.len() < 18 || !c.len().is_multiple_of(2) || c.len() > 2 * (8 + 64) {
         return None;
     }
     (0..c.len())

@@ -60,7 +60,7 @@ fn all_b64_chars(bytes: &[u8]) -> bool {
 /// True when `b64` is well-formed standard base64 with canonical `=` padding (see the module
 /// doc; non-zero trailing bits are accepted). Does not decode.
 pub fn is_valid(b64: &[u8]) -> bool {
-    if b64.len() % 4 != 0 {
+    if !b64.len().is_multiple_of(4) {
         return false;
     }
     let Some((body, last)) = b64.split_last_chunk::<4>() else {
