@@ -650,6 +650,7 @@ pub fn encode_response_cancel(out: &mut Vec<u8>, event_id: &str) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::wire::json_render::{render, J};
     use base64::engine::general_purpose::STANDARD;
     use base64::Engine as _;
     use proptest::prelude::*;
@@ -1041,72 +1042,6 @@ mod tests {
         ] {
             assert!(FastDelta::scan(text.as_bytes()).is_none(), "{text}");
             let _ = both_paths(text);
-        }
-    }
-
-    /// A JSON value whose member order and string escaping the test controls.
-    #[derive(Debug, Clone)]
-    enum J {
-        /// A string, written with escapes when the frame is rendered escaped.
-        Str(String),
-        /// Literal JSON text (numbers, `true`, `null`, …).
-        Raw(&'static str),
-        /// An integer.
-        Int(u64),
-        /// An array.
-        Arr(Vec<J>),
-        /// An object, members in this order.
-        Obj(Vec<(String, J)>),
-    }
-
-    /// Writes `s` as a JSON string; with `escape`, some characters are written as escapes that
-    /// decode to the same text.
-    fn render_str(out: &mut String, s: &str, escape: bool) {
-        out.push('"');
-        for (i, c) in s.chars().enumerate() {
-            match c {
-                '"' => out.push_str("\\\""),
-                '\\' => out.push_str("\\\\"),
-                '\n' => out.push_str("\\n"),
-                c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
-                '/' if escape => out.push_str("\\/"),
-                c if escape && i % 3 == 0 && (c as u32) < 0x10000 => {
-                    out.push_str(&format!("\\u{:04X}", c as u32))
-                }
-                c => out.push(c),
-            }
-        }
-        out.push('"');
-    }
-
-    fn render(out: &mut String, value: &J, escape: bool, space: bool) {
-        let sep = if space { ", " } else { "," };
-        match value {
-            J::Str(s) => render_str(out, s, escape),
-            J::Raw(r) => out.push_str(r),
-            J::Int(n) => out.push_str(&n.to_string()),
-            J::Arr(items) => {
-                out.push('[');
-                for (i, item) in items.iter().enumerate() {
-                    if i > 0 {
-                        out.push_str(sep);
-                    }
-                    render(out, item, escape, space);
-                }
-                out.push(']');
-            }
-            J::Obj(members) => {
-                out.push('{');
-                for (i, (k, v)) in members.iter().enumerate() {
-                    if i > 0 {
-                        out.push_str(sep);
-                    }
-                    render_str(out, k, escape);
-                    out.push_str(if space { ": " } else { ":" });
-                    render(out, v, escape, space);
-                }
-                out.push('}');
-            }
         }
     }
 
