@@ -3,39 +3,12 @@
 
 use callbridge_core::openai::session::{encode_session_update, AgentSettings, TurnDetection};
 use callbridge_testkit::schema::{beta_fields, SchemaValidator};
-use serde_json::{json, Value};
-
-/// The agent of the protocol.md 5.2 example.
-fn sample_agent() -> AgentSettings {
-    AgentSettings {
-        id: "sample".to_owned(),
-        voice: "marin".to_owned(),
-        instructions:
-            "あなたは株式会社サンプルの電話受付です。丁寧な日本語で、短く答えてください。"
-                .to_owned(),
-        greeting: Some("お電話ありがとうございます。".to_owned()),
-        transcription_model: Some("gpt-4o-transcribe".to_owned()),
-        language: Some("ja".to_owned()),
-        turn_detection: TurnDetection::default(),
-        tools: vec![json!({
-            "type": "function",
-            "name": "lookup_order",
-            "description": "注文番号から注文状況を調べる",
-            "parameters": {
-                "type": "object",
-                "properties": { "order_id": { "type": "string", "description": "注文番号" } },
-                "required": ["order_id"]
-            }
-        })],
-        speed: None,
-        noise_reduction: Some("near_field".to_owned()),
-    }
-}
+use serde_json::Value;
 
 #[test]
 fn session_updates_of_every_shape_are_valid_ga_client_events() {
     let agents = [
-        sample_agent(),
+        AgentSettings::protocol_example(),
         AgentSettings::default(),
         // Everything optional off.
         AgentSettings {
@@ -44,11 +17,11 @@ fn session_updates_of_every_shape_are_valid_ga_client_events() {
             noise_reduction: None,
             tools: Vec::new(),
             speed: None,
-            ..sample_agent()
+            ..AgentSettings::protocol_example()
         },
         AgentSettings {
             language: None,
-            ..sample_agent()
+            ..AgentSettings::protocol_example()
         },
         AgentSettings {
             speed: Some(1.25),
@@ -58,7 +31,7 @@ fn session_updates_of_every_shape_are_valid_ga_client_events() {
                 prefix_padding_ms: 200,
                 silence_duration_ms: 700,
             },
-            ..sample_agent()
+            ..AgentSettings::protocol_example()
         },
     ];
     for agent in agents {

@@ -650,7 +650,7 @@ pub fn encode_response_cancel(out: &mut Vec<u8>, event_id: &str) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::wire::json_render::{render, J};
+    use crate::wire::json_render::{mutate, mutation, render, J};
     use base64::engine::general_purpose::STANDARD;
     use base64::Engine as _;
     use proptest::prelude::*;
@@ -1126,36 +1126,6 @@ mod tests {
                 members.extend(extra);
                 Just(members).prop_shuffle().prop_map(J::Obj)
             })
-    }
-
-    /// A byte-level change to a frame.
-    #[derive(Debug, Clone)]
-    enum Mutation {
-        Flip(prop::sample::Index, u8),
-        Truncate(prop::sample::Index),
-        Insert(prop::sample::Index, u8),
-    }
-
-    fn mutation() -> impl Strategy<Value = Mutation> {
-        let structural = proptest::sample::select(b"{}[]\":,\\ 0-.e\x7f\xff\x01".to_vec());
-        let byte = prop_oneof![structural, any::<u8>()];
-        prop_oneof![
-            (any::<prop::sample::Index>(), byte.clone()).prop_map(|(i, b)| Mutation::Flip(i, b)),
-            any::<prop::sample::Index>().prop_map(Mutation::Truncate),
-            (any::<prop::sample::Index>(), byte).prop_map(|(i, b)| Mutation::Insert(i, b)),
-        ]
-    }
-
-    fn mutate(frame: &mut Vec<u8>, m: &Mutation) {
-        match m {
-            Mutation::Flip(i, b) if !frame.is_empty() => {
-                let i = i.index(frame.len());
-                frame[i] = *b;
-            }
-            Mutation::Truncate(i) => frame.truncate(i.index(frame.len() + 1)),
-            Mutation::Insert(i, b) => frame.insert(i.index(frame.len() + 1), *b),
-            Mutation::Flip(..) => {}
-        }
     }
 
     proptest! {

@@ -236,6 +236,38 @@ fn write_audio_format(out: &mut Vec<u8>) {
     out.push(b'}');
 }
 
+impl AgentSettings {
+    /// The agent of protocol.md 5.2's worked example (Japanese reception desk, one tool): the
+    /// reference agent of the `session.update` tests here and of the schema tests in the test kit.
+    pub fn protocol_example() -> AgentSettings {
+        AgentSettings {
+            id: "sample".to_owned(),
+            voice: "marin".to_owned(),
+            instructions:
+                "あなたは株式会社サンプルの電話受付です。丁寧な日本語で、短く答えてください。"
+                    .to_owned(),
+            greeting: Some("お電話ありがとうございます。".to_owned()),
+            transcription_model: Some("gpt-4o-transcribe".to_owned()),
+            language: Some("ja".to_owned()),
+            turn_detection: TurnDetection::default(),
+            tools: vec![serde_json::json!({
+                "type": "function",
+                "name": "lookup_order",
+                "description": "注文番号から注文状況を調べる",
+                "parameters": {
+                    "type": "object",
+                    "properties": {
+                        "order_id": { "type": "string", "description": "注文番号" }
+                    },
+                    "required": ["order_id"]
+                }
+            })],
+            speed: None,
+            noise_reduction: Some("near_field".to_owned()),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -341,35 +373,6 @@ mod tests {
         }
     }
 
-    /// The agent of the protocol.md 5.2 example.
-    fn sample_agent() -> AgentSettings {
-        AgentSettings {
-            id: "sample".to_owned(),
-            voice: "marin".to_owned(),
-            instructions:
-                "あなたは株式会社サンプルの電話受付です。丁寧な日本語で、短く答えてください。"
-                    .to_owned(),
-            greeting: Some("お電話ありがとうございます。".to_owned()),
-            transcription_model: Some("gpt-4o-transcribe".to_owned()),
-            language: Some("ja".to_owned()),
-            turn_detection: TurnDetection::default(),
-            tools: vec![json!({
-                "type": "function",
-                "name": "lookup_order",
-                "description": "注文番号から注文状況を調べる",
-                "parameters": {
-                    "type": "object",
-                    "properties": {
-                        "order_id": { "type": "string", "description": "注文番号" }
-                    },
-                    "required": ["order_id"]
-                }
-            })],
-            speed: None,
-            noise_reduction: Some("near_field".to_owned()),
-        }
-    }
-
     /// Encodes and parses back (the test kit checks the same agents' events against the GA
     /// client schema: `testkit/tests/session_update.rs`).
     fn encode(agent: &AgentSettings) -> Value {
@@ -423,7 +426,7 @@ mod tests {
 }"#,
         )
         .unwrap();
-        assert_eq!(encode(&sample_agent()), expected);
+        assert_eq!(encode(&AgentSettings::protocol_example()), expected);
     }
 
     #[test]
@@ -443,7 +446,7 @@ mod tests {
             noise_reduction: None,
             tools: Vec::new(),
             speed: None,
-            ..sample_agent()
+            ..AgentSettings::protocol_example()
         };
         let session = &encode(&agent)["session"];
         assert_eq!(session["audio"]["input"]["transcription"], Value::Null);
@@ -458,7 +461,7 @@ mod tests {
     fn language_is_omitted_when_unknown() {
         let agent = AgentSettings {
             language: None,
-            ..sample_agent()
+            ..AgentSettings::protocol_example()
         };
         let transcription = &encode(&agent)["session"]["audio"]["input"]["transcription"];
         assert_eq!(transcription, &json!({ "model": "gpt-4o-transcribe" }));
@@ -474,7 +477,7 @@ mod tests {
                 prefix_padding_ms: 200,
                 silence_duration_ms: 700,
             },
-            ..sample_agent()
+            ..AgentSettings::protocol_example()
         };
         let audio = &encode(&agent)["session"]["audio"];
         assert_eq!(audio["output"]["speed"], 1.25);
@@ -505,11 +508,11 @@ mod tests {
 
     #[test]
     fn the_sample_agent_is_valid() {
-        assert_eq!(sample_agent().validate(), Ok(()));
+        assert_eq!(AgentSettings::protocol_example().validate(), Ok(()));
         for voice in VOICES {
             let agent = AgentSettings {
                 voice: (*voice).to_owned(),
-                ..sample_agent()
+                ..AgentSettings::protocol_example()
             };
             assert_eq!(agent.validate(), Ok(()), "{voice}");
         }
@@ -517,7 +520,7 @@ mod tests {
 
     #[test]
     fn bad_settings_are_rejected_with_the_reason() {
-        let base = sample_agent();
+        let base = AgentSettings::protocol_example();
         let with = |f: &dyn Fn(&mut AgentSettings)| {
             let mut a = base.clone();
             f(&mut a);
@@ -587,7 +590,7 @@ mod tests {
     #[test]
     fn limits_are_inclusive() {
         for (threshold, speed) in [(0.0, 0.25), (1.0, 1.5)] {
-            let mut agent = sample_agent();
+            let mut agent = AgentSettings::protocol_example();
             agent.turn_detection.threshold = threshold;
             agent.speed = Some(speed);
             assert_eq!(agent.validate(), Ok(()));

@@ -1,6 +1,8 @@
 //! JSON text for the parsers' property tests: values whose member order, spacing and string
 //! escapes the test controls, so the fast paths and simd-json can be fed the same value written
-//! many ways (used by `twilio::events` and `openai::events`).
+//! many ways, and damaged (used by `twilio::events` and `openai::events`).
+
+use proptest::prelude::*;
 
 /// A JSON value whose member order and string escaping the test controls.
 #[derive(Debug, Clone)]
@@ -67,5 +69,37 @@ pub(crate) fn render(out: &mut String, value: &J, escape: bool, space: bool) {
             }
             out.push('}');
         }
+    }
+}
+
+/// One damage done to a rendered frame: a byte replaced, the frame cut, a byte inserted.
+#[derive(Debug, Clone)]
+pub(crate) enum Mutation {
+    Flip(prop::sample::Index, u8),
+    Truncate(prop::sample::Index),
+    Insert(prop::sample::Index, u8),
+}
+
+/// A random [`Mutation`], biased to JSON's structural bytes.
+pub(crate) fn mutation() -> impl Strategy<Value = Mutation> {
+    let structural = proptest::sample::select(b"{}[]\":,\\ 0-.e\x7f\xff\x01".to_vec());
+    let byte = prop_oneof![structural, any::<u8>()];
+    prop_oneof![
+        (any::<prop::sample::Index>(), byte.clone()).prop_map(|(i, b)| Mutation::Flip(i, b)),
+        any::<prop::sample::Index>().prop_map(Mutation::Truncate),
+        (any::<prop::sample::Index>(), byte).prop_map(|(i, b)| Mutation::Insert(i, b)),
+    ]
+}
+
+/// Applies `m` to `frame`.
+pub(crate) fn mutate(frame: &mut Vec<u8>, m: &Mutation) {
+    match m {
+        Mutation::Flip(i, b) if !frame.is_empty() => {
+            let i = i.index(frame.len());
+            frame[i] = *b;
+        }
+        Mutation::Truncate(i) => frame.truncate(i.index(frame.len() + 1)),
+        Mutation::Insert(i, b) => frame.insert(i.index(frame.len() + 1), *b),
+        Mutation::Flip(..) => {}
     }
 }
